@@ -1,0 +1,42 @@
+# The two commands of the README. Each creates .venv and installs what it needs on a fresh machine.
+#   make demo  - runtime dependencies only (no torch): lint and explain the bundled YOLO-style example
+#   make test  - test and fixture dependencies (torch from this machine's disk), ruff, the fixtures, pytest
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: demo test fixtures bench-lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: setup.cfg pyproject.toml | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.test: setup.cfg pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[test,fixtures]'
+	touch $(VENV)/.runtime $@
+
+demo: $(VENV)/.runtime
+	$(BIN)/graphdoctor lint examples/yolo_demo.onnx --exit-zero
+	@echo
+	@echo "As a deployment gate (exit 1 on warnings or errors):"
+	@$(BIN)/graphdoctor lint examples/yolo_demo.onnx --format json > /dev/null \
+		&& echo "  graphdoctor lint: exit 0, safe to run trtexec" \
+		|| echo "  graphdoctor lint: exit $$?, trtexec would not run"
+
+fixtures: $(VENV)/.test
+	$(BIN)/python -m fixtures build
+
+test: fixtures
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+bench-lint: $(VENV)/.test
+	$(PIP) -e '.[bench]'
+	$(BIN)/python bench/lint.py
+
+clean:
+	rm -rf $(VENV) .cache

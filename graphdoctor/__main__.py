@@ -1,0 +1,5 @@
+"""`python -m graphdoctor` runs the CLI."""
+
+from graphdoctor.cli import main
+
+main()

@@ -1,0 +1,89 @@
+"""The facts rules share, computed once per model and cached: graphs, nodes, types, readable constants."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from graphdoctor.analysis import constants
+from graphdoctor.analysis.external import (
+    ExternalDataProblem,
+    find_external_data_problems,
+    unreadable_tensor_names,
+)
+from graphdoctor.analysis.graph import GraphSite, iter_graph_sites
+from graphdoctor.analysis.types import infer_types
+
+__all__ = ["Analysis"]
+
+
+class Analysis:
+    """Lazily computed facts about one model. Rules ask; nothing is computed that no rule asks for."""
+
+    def __init__(self, model: ir.Model, path: Path | None = None, file_size: int | None = None) -> None:
+        self.model = model
+        self.path = path
+        self.file_size = file_size
+        self._cache: dict[str, object] = {}
+
+    @cached_property
+    def graph_sites(self) -> list[GraphSite]:
+        return list(iter_graph_sites(self.model))
+
+    @cached_property
+    def _graph_paths(self) -> dict[int, str]:
+        return {id(graph): path for graph, path in self.graph_sites}
+
+    def graph_path(self, node: ir.Node) -> str:
+        """'' for the main graph, else the subgraph's or function's path."""
+        return self._graph_paths.get(id(node.graph), "")
+
+    def nodes(self, op_type: str | tuple[str, ...] | None = None, domain: str = "") -> Iterator[ir.Node]:
+        """Nodes of every graph, in graph order; filtered by op type(s) in `domain` ('' = ai.onnx)."""
+        op_types = (op_type,) if isinstance(op_type, str) else op_type
+        for graph, _ in self.graph_sites:
+            for node in graph:
+                if op_types is None:
+                    yield node
+                elif node.op_type in op_types and _same_domain(node.domain, domain):
+                    yield node
+
+    @cached_property
+    def types_inferred(self) -> bool:
+        """Run shape inference once (in memory; the file is never touched). False if it failed."""
+        return infer_types(self.model)
+
+    @cached_property
+    def external_data_problems(self) -> list[ExternalDataProblem]:
+        return find_external_data_problems(self.model)
+
+    @cached_property
+    def _unreadable(self) -> frozenset[str]:
+        return unreadable_tensor_names(self.external_data_problems)
+
+    def const_array(self, value: ir.Value | None) -> np.ndarray | None:
+        """A constant's value; None if it is not constant or its external data is broken (GD014)."""
+        tensor = constants.const_tensor(value)
+        if tensor is None or (isinstance(tensor, ir.ExternalTensor) and tensor.name in self._unreadable):
+            return None
+        return constants.const_array(value)
+
+    def scalar(self, value: ir.Value | None) -> float | int | None:
+        array = self.const_array(value)
+        if array is None or array.size != 1:
+            return None
+        return array.reshape(()).item()
+
+    def shared(self, key: str, compute):
+        """A fact several rules need (normalizations, tensor digests): computed by the first to ask."""
+        if key not in self._cache:
+            self._cache[key] = compute(self)
+        return self._cache[key]
+
+
+def _same_domain(node_domain: str, domain: str) -> bool:
+    return node_domain in ("", "ai.onnx") if domain in ("", "ai.onnx") else node_domain == domain

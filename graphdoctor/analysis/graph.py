@@ -1,0 +1,67 @@
+"""Walking graphs: nodes in every (sub)graph and function, their labels, and who consumes what."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import onnx_ir as ir
+
+__all__ = [
+    "GraphSite",
+    "consumers",
+    "is_graph_output",
+    "iter_graph_sites",
+    "node_label",
+    "opset_version",
+]
+
+GraphSite = tuple[ir.Graph | ir.Function, str]
+
+
+def iter_graph_sites(model: ir.Model) -> Iterator[GraphSite]:
+    """Every graph with its path: '' for the main graph, 'Loop_3.body' for subgraphs, functions by name."""
+    yield from _with_subgraphs(model.graph, "")
+    for function in model.functions.values():
+        yield from _with_subgraphs(function, f"function {function.domain}::{function.name}")
+
+
+def _with_subgraphs(graph: ir.Graph | ir.Function, path: str) -> Iterator[GraphSite]:
+    yield graph, path
+    for node in graph:
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                yield from _with_subgraphs(attr.value, _join(path, f"{node_label(node)}.{attr.name}"))
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for i, subgraph in enumerate(attr.value):
+                    yield from _with_subgraphs(subgraph, _join(path, f"{node_label(node)}.{attr.name}[{i}]"))
+
+
+def _join(path: str, part: str) -> str:
+    return f"{path}/{part}" if path else part
+
+
+def node_label(node: ir.Node) -> str:
+    """The node's name; for unnamed nodes (common in hand-made graphs) its op type and first output."""
+    if node.name:
+        return node.name
+    output = node.outputs[0].name if node.outputs else "?"
+    return f"{node.op_type}->{output}"
+
+
+def consumers(value: ir.Value) -> list[ir.Node]:
+    """Nodes reading `value`, each once, subgraph nodes that capture it from an outer scope included."""
+    seen: dict[int, ir.Node] = {}
+    for use in value.uses():
+        seen.setdefault(id(use.node), use.node)
+    return list(seen.values())
+
+
+def is_graph_output(value: ir.Value) -> bool:
+    return value.is_graph_output()
+
+
+def opset_version(model: ir.Model, domain: str = "") -> int | None:
+    """The imported opset of `domain` ('' is ai.onnx), or None when the model does not import it."""
+    if domain in ("", "ai.onnx"):
+        return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    return model.opset_imports.get(domain)

@@ -1,0 +1,190 @@
+"""The command line: parse, call graphdoctor.api, render, exit. No logic of its own.
+
+Exit codes (ruff/ESLint convention): 0 clean; 1 findings at or above --fail-on; 2 usage, configuration or
+input error, printed as one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from graphdoctor import __version__
+from graphdoctor.errors import GraphDoctorError
+
+__all__ = ["cli", "main"]
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+SEVERITIES = ("error", "warning", "info")
+FORMATS = ("text", "json")
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="graphdoctor")
+@click.option("-v", "--verbose", is_flag=True, help="Log what graphdoctor does to stderr.")
+def cli(verbose: bool) -> None:
+    """Diagnose, repair and verify ONNX models before deploying them with ONNX Runtime or TensorRT.
+
+    \b
+    graphdoctor lint model.onnx                 # findings with codes, numbers and fixes
+    graphdoctor rules                           # the rule catalogue
+    graphdoctor explain GD001                   # one rule's documentation
+    graphdoctor lint model.onnx && trtexec --onnx=model.onnx   # a pre-deployment gate
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="graphdoctor: %(message)s")
+
+
+def _split(values: Iterable[str]) -> list[str]:
+    """`--select GD001,GD003 --select dead-code` → ['GD001', 'GD003', 'dead-code']."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--select/--ignore: rule codes, code prefixes (GD00), names (dead-code) or plugin/name."""
+
+    @click.option("--select", multiple=True, metavar="RULES", help="Only these rules (codes, prefixes or names).")
+    @click.option("--ignore", multiple=True, metavar="RULES", help="Skip these rules (codes, prefixes or names).")
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return command(*args, **kwargs)
+
+    return wrapper
+
+
+def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--format and --config, shared by the commands that report."""
+
+    @click.option("--format", "output_format", type=click.Choice(FORMATS), default="text", show_default=True)
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="A pyproject.toml or .graphdoctor.toml (default: the nearest one above the model).",
+    )
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return command(*args, **kwargs)
+
+    return wrapper
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@selection_options
+@output_options
+@click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITIES),
+    default="warning",
+    show_default=True,
+    help="Exit 1 when a finding is at least this severe.",
+)
+@click.option("--exit-zero", is_flag=True, help="Report only: exit 0 even when findings remain.")
+@click.pass_context
+def lint(ctx: click.Context, models: tuple[Path, ...], **options: Any) -> None:
+    """Check MODELS for what breaks between a PyTorch export and a TensorRT engine.
+
+    Never modifies the model. Settings come from the command line, then [tool.graphdoctor] in the
+    nearest pyproject.toml (or .graphdoctor.toml), then the defaults.
+    """
+    from graphdoctor import api
+    from graphdoctor.config import find_config, load_config
+    from graphdoctor.rule import Severity
+
+    config_path = options.pop("config_path") or find_config(models[0])
+    config = load_config(config_path, "lint")
+    settings = _merge(ctx, options, config.settings)
+    results = [
+        api.lint(
+            model,
+            select=_split(settings["select"]),
+            ignore=_split(settings["ignore"]),
+            rule_options=config.rule_options,
+        )
+        for model in models
+    ]
+    _render(results, settings["output_format"])
+    failed = any(result.fails(Severity.parse(settings["fail_on"])) for result in results)
+    ctx.exit(1 if failed and not settings["exit_zero"] else 0)
+
+
+def _merge(ctx: click.Context, options: dict[str, Any], file_settings: dict[str, Any]) -> dict[str, Any]:
+    """Command line over configuration file over defaults."""
+    merged = dict(options)
+    for key, value in file_settings.items():
+        target = "output_format" if key == "format" else key
+        if ctx.get_parameter_source(target) is click.core.ParameterSource.DEFAULT:
+            merged[target] = [value] if target in ("select", "ignore") and isinstance(value, str) else value
+    if merged["output_format"] not in FORMATS or merged["fail_on"] not in SEVERITIES:
+        raise GraphDoctorError(f"configuration: format must be one of {FORMATS}, fail-on one of {SEVERITIES}")
+    return merged
+
+
+def _render(results: list[Any], output_format: str) -> None:
+    if output_format == "json":
+        from graphdoctor.report import json as json_report
+
+        json_report.render_lint(results, sys.stdout)
+    else:
+        from graphdoctor.report import text
+
+        text.render_lint(results, sys.stdout, color=_use_color())
+
+
+def _use_color() -> bool:
+    if os.environ.get("NO_COLOR") or os.environ.get("CI"):
+        return False
+    return sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+def rules() -> None:
+    """List every rule: code, name, default severity, fix safety, summary."""
+    from graphdoctor.report import text
+    from graphdoctor.rule import load_rules
+
+    text.render_rules(load_rules(), sys.stdout)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("rule")
+def explain(rule: str) -> None:
+    """Print the documentation of RULE (a code such as GD001, or a name such as int64-weights)."""
+    from graphdoctor.report import text
+    from graphdoctor.rule import load_rules
+
+    matches = [r for r in load_rules() if rule.upper() == r.code or rule in (r.name, r.qualified_name)]
+    if not matches:
+        raise GraphDoctorError(f"unknown rule '{rule}' (see `graphdoctor rules`)")
+    text.render_explain(matches[0], sys.stdout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI, turning every error into one line on stderr and exit code 2."""
+    try:
+        code = cli.main(args=argv, prog_name="graphdoctor", standalone_mode=False)
+    except GraphDoctorError as error:
+        _fail(str(error), error.exit_code)
+    except click.ClickException as error:
+        _fail(error.format_message(), 2)
+    except click.Abort:
+        _fail("aborted", 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 2)
+    except Exception as error:  # an internal error still gets one line, the traceback only on request
+        if os.environ.get("GRAPHDOCTOR_DEBUG"):
+            raise
+        _fail(f"internal error: {type(error).__name__}: {error} (set GRAPHDOCTOR_DEBUG=1 for a traceback)", 2)
+    sys.exit(code or 0)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"graphdoctor: error: {message}", err=True)
+    sys.exit(code)

@@ -1,0 +1,114 @@
+"""Loading ONNX models safely and lazily.
+
+Models load into onnx-ir with external data memory-mapped, so a 2 GB model costs megabytes until a rule
+reads a tensor. Everything that can go wrong with a file becomes a `ModelLoadError` with one clear line:
+a missing path, a directory, an empty or truncated file, a file that is not ONNX, and external data whose
+location escapes the model's folder (we never open a file outside it). External data that is missing or
+shorter than declared does not stop loading: rule GD014 reports it, and readers of tensor values skip it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from graphdoctor.errors import ModelLoadError
+
+__all__ = ["LoadedModel", "iter_external_tensors", "load_model"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model with the file it came from (the folder bounds where its external data may live)."""
+
+    model: ir.Model
+    path: Path
+    file_size: int
+
+
+def load_model(path: str | os.PathLike[str]) -> LoadedModel:
+    """Load `path` without reading external data; raise ModelLoadError on anything unreadable or unsafe."""
+    file = Path(path)
+    size = _check_is_model_file(file)
+    proto = _parse_model_proto(file)
+    _check_is_onnx(file, proto)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as error:  # the IR rejects inconsistent graphs the protobuf parser accepted
+        raise ModelLoadError(f"{file}: not a valid ONNX model: {_first_line(error)}") from None
+    base_dir = file.resolve().parent
+    ir.external_data.set_base_dir(model.graph, base_dir)
+    _refuse_escaping_external_data(file, model, base_dir)
+    return LoadedModel(model=model, path=file, file_size=size)
+
+
+def iter_external_tensors(model: ir.Model):
+    """Yield every tensor of the model (all graphs, Constant nodes included) stored as external data."""
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                yield value.const_value
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                    yield attr.value
+
+
+def _check_is_model_file(file: Path) -> int:
+    if not file.exists():
+        raise ModelLoadError(f"{file}: no such file")
+    if file.is_dir():
+        raise ModelLoadError(f"{file}: is a directory, not an ONNX model file")
+    try:
+        size = file.stat().st_size
+        with file.open("rb"):
+            pass
+    except OSError as error:
+        raise ModelLoadError(f"{file}: cannot be read: {error.strerror}") from None
+    if size == 0:
+        raise ModelLoadError(f"{file}: is empty (0 bytes), not an ONNX model")
+    return size
+
+
+def _parse_model_proto(file: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load_model(os.fspath(file), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as error:
+        raise ModelLoadError(
+            f"{file}: not a valid ONNX model: the protobuf does not parse ({_first_line(error)});"
+            " the file is truncated or not ONNX"
+        ) from None
+
+
+def _check_is_onnx(file: Path, proto: onnx.ModelProto) -> None:
+    """A protobuf parser accepts many non-ONNX byte strings; require the fields every ONNX model has."""
+    if proto.ir_version <= 0 or not proto.HasField("graph"):
+        raise ModelLoadError(f"{file}: not an ONNX model (no ir_version or no graph)")
+    if not proto.opset_import:
+        raise ModelLoadError(f"{file}: not a valid ONNX model: it imports no opset (truncated file?)")
+
+
+def _refuse_escaping_external_data(file: Path, model: ir.Model, base_dir: Path) -> None:
+    for tensor in iter_external_tensors(model):
+        location = os.fspath(tensor.location)
+        if os.path.isabs(location):
+            raise ModelLoadError(
+                f"{file}: tensor '{tensor.name}' names external data by absolute path '{location}';"
+                " refused: external data must live in the model's folder"
+            )
+        target = (base_dir / location).resolve()
+        if not target.is_relative_to(base_dir):
+            raise ModelLoadError(
+                f"{file}: tensor '{tensor.name}' has external data '{location}' outside the model's folder"
+                f" (resolves to {target}); refused"
+            )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

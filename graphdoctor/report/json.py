@@ -1,0 +1,69 @@
+"""The machine-readable report. Schema (version 1):
+
+    {"schema_version": 1, "tool": "graphdoctor", "version": "0.1.0",
+     "models": [{"path": str, "file_size": int, "seconds": float, "rules": [code, ...],
+                 "summary": {"error": int, "warning": int, "info": int},
+                 "findings": [{"code", "name", "severity", "message", "help", "message_id",
+                               "node", "values", "graph", "nbytes", "data"}]}]}
+
+`data` holds the numbers behind the message (placeholder values); `node` and `nbytes` may be null.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from graphdoctor import __version__
+from graphdoctor.api import LintResult
+from graphdoctor.rule import Finding, Severity
+
+__all__ = ["SCHEMA_VERSION", "render_lint"]
+
+SCHEMA_VERSION = 1
+
+
+def render_lint(results: Iterable[LintResult], stream: TextIO) -> None:
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "graphdoctor",
+        "version": __version__,
+        "models": [_model(result) for result in results],
+    }
+    json.dump(document, stream, indent=2, default=_jsonable)
+    stream.write("\n")
+
+
+def _model(result: LintResult) -> dict[str, Any]:
+    return {
+        "path": str(result.path),
+        "file_size": result.file_size,
+        "seconds": round(result.seconds, 4),
+        "rules": [rule.code for rule in result.rules],
+        "summary": {str(s): result.count(s) for s in (Severity.ERROR, Severity.WARNING, Severity.INFO)},
+        "findings": [_finding(f) for f in result.findings],
+    }
+
+
+def _finding(finding: Finding) -> dict[str, Any]:
+    return {
+        "code": finding.code,
+        "name": finding.name,
+        "severity": str(finding.severity),
+        "message": finding.message,
+        "help": finding.help,
+        "message_id": finding.message_id,
+        "node": finding.node,
+        "values": list(finding.values),
+        "graph": finding.graph,
+        "nbytes": finding.nbytes,
+        "data": dict(finding.data),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars and other number-likes in finding data."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

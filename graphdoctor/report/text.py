@@ -1,0 +1,95 @@
+"""The terminal report: findings grouped by rule, worst first within a rule, and a summary line.
+
+Colour comes from rich, and only when writing to a terminal: CI logs and pipes get plain text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import groupby
+from typing import TextIO
+
+from graphdoctor.analysis.format import format_bytes
+from graphdoctor.api import LintResult
+from graphdoctor.rule import Finding, Rule, Severity
+
+__all__ = ["render_explain", "render_lint", "render_rules"]
+
+_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+
+
+def render_lint(results: Iterable[LintResult], stream: TextIO, color: bool) -> None:
+    out = _Writer(stream, color)
+    for result in results:
+        _render_one(result, out)
+
+
+def _render_one(result: LintResult, out: _Writer) -> None:
+    out.line(f"[bold]{result.path}[/bold]", plain=str(result.path))
+    for (code, name), group in groupby(result.findings, key=lambda f: (f.code, f.name)):
+        findings = sorted(group, key=lambda f: -f.severity)
+        out.line("")
+        out.line(f"[bold]{code}[/bold] {name} ({len(findings)})", plain=f"{code} {name} ({len(findings)})")
+        for finding in findings:
+            _render_finding(finding, out)
+    out.line("")
+    summary = _summary(result)
+    out.line(summary, plain=summary)
+
+
+def _render_finding(finding: Finding, out: _Writer) -> None:
+    label = f"{finding.severity!s:<7}"
+    style = _STYLE[finding.severity]
+    out.line(f"  [{style}]{label}[/{style}] {_escape(finding.location)}", plain=f"  {label} {finding.location}")
+    out.line(f"          {_escape(finding.message)}", plain=f"          {finding.message}")
+    if finding.help:
+        out.line(f"          [dim]fix: {_escape(finding.help)}[/dim]", plain=f"          fix: {finding.help}")
+
+
+def _summary(result: LintResult) -> str:
+    counts = [(result.count(s), s) for s in (Severity.ERROR, Severity.WARNING, Severity.INFO)]
+    total = len(result.findings)
+    detail = ", ".join(_plural(n, str(s)) if s != Severity.INFO else f"{n} info" for n, s in counts if n)
+    wasted = sum(f.nbytes or 0 for f in result.findings if f.nbytes)
+    size = f"; {format_bytes(wasted)} at stake" if wasted else ""
+    head = _plural(total, "finding") + (f" ({detail})" if detail else "")
+    return f"{head}{size}; {_plural(len(result.rules), 'rule')} in {result.seconds:.2f} s"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def render_rules(rules: Iterable[Rule], stream: TextIO) -> None:
+    for rule in rules:
+        fix = rule.meta.fix.value if rule.meta.fix else "-"
+        stream.write(f"{rule.code}  {rule.qualified_name:<24} {rule.meta.severity!s:<8}{fix:<7}{rule.meta.summary}\n")
+
+
+def render_explain(rule: Rule, stream: TextIO) -> None:
+    meta = rule.meta
+    fix = f"fix: {meta.fix.value}" if meta.fix else "fix: none (check only)"
+    stream.write(f"{meta.code} {rule.qualified_name} ({meta.kind.value}; default severity {meta.severity}; {fix})\n")
+    stream.write(f"{meta.summary}\n\n{rule.doc}\n")
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+class _Writer:
+    """Writes rich markup on a terminal and the plain twin elsewhere."""
+
+    def __init__(self, stream: TextIO, color: bool) -> None:
+        self.stream = stream
+        self.console = None
+        if color:
+            from rich.console import Console
+
+            self.console = Console(file=stream, highlight=False, soft_wrap=True)
+
+    def line(self, markup: str, plain: str | None = None) -> None:
+        if self.console is not None:
+            self.console.print(markup)
+        else:
+            self.stream.write((markup if plain is None else plain) + "\n")
