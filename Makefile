@@ -32,6 +32,7 @@ fixtures: $(VENV)/.test
 
 test: fixtures
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 bench-lint: $(VENV)/.test

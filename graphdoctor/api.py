@@ -1,8 +1,8 @@
 """The Python API: what the CLI calls, and what users call from their own scripts.
 
-    from graphdoctor.api import lint
-    result = lint("model.onnx", ignore=["GD011"])
-    for finding in result.findings: print(finding.code, finding.message)
+from graphdoctor.api import lint
+result = lint("model.onnx", ignore=["GD011"])
+for finding in result.findings: print(finding.code, finding.message)
 """
 
 from __future__ import annotations

@@ -90,7 +90,11 @@ def _graph_io(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
             if value.dtype == _DOUBLE and value.const_value is None:
                 downstream = _downstream([value]) if kind == "input" else ""
                 yield ctx.report(
-                    "graph_io", values=[value], kind=kind, name=value.name, type=format_type(value),
+                    "graph_io",
+                    values=[value],
+                    kind=kind,
+                    name=value.name,
+                    type=format_type(value),
                     downstream=downstream,
                 )
 
@@ -102,12 +106,19 @@ def _casts_and_dtype_attrs(ctx: RuleContext) -> Iterator[Finding]:
         if node.op_type == "Cast" and node.attributes.get_int("to") == _DOUBLE:
             source = node.inputs[0]
             yield ctx.report(
-                "cast", node=node, values=[node.outputs[0]], source=source.name if source else "?",
-                type=format_type(source) if source else "?", downstream=_downstream(list(node.outputs)),
+                "cast",
+                node=node,
+                values=[node.outputs[0]],
+                source=source.name if source else "?",
+                type=format_type(source) if source else "?",
+                downstream=_downstream(list(node.outputs)),
             )
         elif node.op_type in _DTYPE_ATTR_OPS and node.attributes.get_int("dtype") == _DOUBLE:
             yield ctx.report(
-                "dtype_attr", node=node, values=[node.outputs[0]], op=node.op_type,
+                "dtype_attr",
+                node=node,
+                values=[node.outputs[0]],
+                op=node.op_type,
                 downstream=_downstream(list(node.outputs)),
             )
 
@@ -124,8 +135,14 @@ def _weights(ctx: RuleContext) -> Iterator[Finding]:
     nbytes = sum(v.const_value.nbytes if v.const_value is not None else 0 for v in doubles)
     biggest = max(doubles, key=lambda v: v.const_value.nbytes if v.const_value is not None else 0)
     yield ctx.report(
-        "weight", values=doubles, nbytes=nbytes // 2, count=len(doubles), size=format_bytes(nbytes),
-        example=biggest.name, type=format_type(biggest), downstream=_downstream(doubles),
+        "weight",
+        values=doubles,
+        nbytes=nbytes // 2,
+        count=len(doubles),
+        size=format_bytes(nbytes),
+        example=biggest.name,
+        type=format_type(biggest),
+        downstream=_downstream(doubles),
     )
 
 

@@ -47,9 +47,7 @@ class Analysis:
         op_types = (op_type,) if isinstance(op_type, str) else op_type
         for graph, _ in self.graph_sites:
             for node in graph:
-                if op_types is None:
-                    yield node
-                elif node.op_type in op_types and _same_domain(node.domain, domain):
+                if op_types is None or (node.op_type in op_types and _same_domain(node.domain, domain)):
                     yield node
 
     @cached_property
