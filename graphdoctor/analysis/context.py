@@ -63,10 +63,17 @@ class Analysis:
     def _unreadable(self) -> frozenset[str]:
         return unreadable_tensor_names(self.external_data_problems)
 
+    def is_readable(self, tensor: ir.TensorProtocol) -> bool:
+        """False for external data that is missing, truncated or refused (GD014 reports those)."""
+        return not (isinstance(tensor, ir.ExternalTensor) and tensor.name in self._unreadable)
+
     def const_array(self, value: ir.Value | None) -> np.ndarray | None:
-        """A constant's value; None if it is not constant or its external data is broken (GD014)."""
+        """A constant's value; None if it is not constant or its external data is broken (GD014).
+
+        This maps the whole tensor: for large weights prefer `tensor_data.iter_chunks`, whose memory stays flat.
+        """
         tensor = constants.const_tensor(value)
-        if tensor is None or (isinstance(tensor, ir.ExternalTensor) and tensor.name in self._unreadable):
+        if tensor is None or not self.is_readable(tensor):
             return None
         return constants.const_array(value)
 
