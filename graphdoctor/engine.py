@@ -55,10 +55,18 @@ class RuleContext:
             message_id=message_id,
             node=node_label(node) if node is not None else None,
             values=value_names,
-            graph=self.analysis.graph_path(node) if node is not None else "",
+            graph=self._graph_of(node, values),
             nbytes=nbytes,
             data=dict(data),
+            fix=message.fix or meta.fix,
         )
+
+    def _graph_of(self, node: ir.Node | None, values: Sequence[ir.Value | str]) -> str:
+        """Where the finding is: the node's graph, else the first value's."""
+        if node is not None:
+            return self.analysis.graph_path(node)
+        first = next((v for v in values if not isinstance(v, str)), None)
+        return self.analysis.graph_path(first) if first is not None else ""
 
 
 def select_rules(rules: Iterable[Rule], select: Iterable[str] = (), ignore: Iterable[str] = ()) -> list[Rule]:

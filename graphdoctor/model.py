@@ -2,14 +2,17 @@
 
 Models load into onnx-ir with external data memory-mapped, so a 2 GB model costs megabytes until a rule
 reads a tensor. Everything that can go wrong with a file becomes a `ModelLoadError` with one clear line:
-a missing path, a directory, an empty or truncated file, a file that is not ONNX, and external data whose
-location escapes the model's folder (we never open a file outside it). External data that is missing or
+a missing path, a directory, a pipe, an empty or truncated file, a file that is not ONNX, external data
+without a byte size (STRING, negative dims), and external data whose location escapes the model's folder,
+in any graph, subgraph or function body (we never open a file outside it). External data that is missing or
 shorter than declared does not stop loading: rule GD014 reports it, and readers of tensor values skip it.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,21 +45,39 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     except Exception as error:  # the IR rejects inconsistent graphs the protobuf parser accepted
         raise ModelLoadError(f"{file}: not a valid ONNX model: {_first_line(error)}") from None
     base_dir = file.resolve().parent
-    ir.external_data.set_base_dir(model.graph, base_dir)
-    _refuse_escaping_external_data(file, model, base_dir)
+    for tensor in iter_external_tensors(model):
+        tensor.base_dir = base_dir  # set here, not by ir's set_base_dir, which skips function bodies
+        _refuse_unsized(file, tensor)
+        _refuse_escaping(file, tensor, base_dir)
     return LoadedModel(model=model, path=file, file_size=size)
 
 
-def iter_external_tensors(model: ir.Model):
-    """Yield every tensor of the model (all graphs, Constant nodes included) stored as external data."""
-    for graph in model.graphs():
-        for value in graph.initializers.values():
-            if isinstance(value.const_value, ir.ExternalTensor):
-                yield value.const_value
+def iter_external_tensors(model: ir.Model) -> Iterator[ir.ExternalTensor]:
+    """Yield every tensor stored as external data: initializers and tensor attributes of the main graph,
+    its subgraphs and every function body. One missed here would escape the containment check below."""
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.graph.subgraphs()]
+    for function in model.functions.values():
+        graphs += [function, *function.subgraphs()]
+    for graph in graphs:
+        if isinstance(graph, ir.Graph):
+            for value in graph.initializers.values():
+                if isinstance(value.const_value, ir.ExternalTensor):
+                    yield value.const_value
         for node in graph:
             for attr in node.attributes.values():
-                if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
-                    yield attr.value
+                yield from _external_tensors_of(attr)
+
+
+def _external_tensors_of(attr: ir.Attr | ir.RefAttr) -> Iterator[ir.ExternalTensor]:
+    if attr.is_ref():
+        return
+    if attr.type == ir.AttributeType.TENSOR:
+        tensors = [attr.value]
+    elif attr.type == ir.AttributeType.TENSORS:
+        tensors = list(attr.value)
+    else:
+        return
+    yield from (t for t in tensors if isinstance(t, ir.ExternalTensor))
 
 
 def _check_is_model_file(file: Path) -> int:
@@ -65,7 +86,10 @@ def _check_is_model_file(file: Path) -> int:
     if file.is_dir():
         raise ModelLoadError(f"{file}: is a directory, not an ONNX model file")
     try:
-        size = file.stat().st_size
+        status = file.stat()
+        if not stat.S_ISREG(status.st_mode):  # opening a FIFO would block forever
+            raise ModelLoadError(f"{file}: is not a regular file (a pipe or device?), not an ONNX model file")
+        size = status.st_size
         with file.open("rb"):
             pass
     except OSError as error:
@@ -93,20 +117,38 @@ def _check_is_onnx(file: Path, proto: onnx.ModelProto) -> None:
         raise ModelLoadError(f"{file}: not a valid ONNX model: it imports no opset (truncated file?)")
 
 
-def _refuse_escaping_external_data(file: Path, model: ir.Model, base_dir: Path) -> None:
-    for tensor in iter_external_tensors(model):
-        location = os.fspath(tensor.location)
-        if os.path.isabs(location):
-            raise ModelLoadError(
-                f"{file}: tensor '{tensor.name}' names external data by absolute path '{location}';"
-                " refused: external data must live in the model's folder"
-            )
+def _refuse_unsized(file: Path, tensor: ir.ExternalTensor) -> None:
+    """External data holds fixed-size elements only: a STRING or UNDEFINED dtype, or a negative dim, has no
+    byte size, and every reader of the tensor (GD014 first) would fail on it."""
+    try:
+        nbytes = tensor.nbytes
+    except TypeError:
+        nbytes = -1
+    if nbytes < 0 or any(d < 0 for d in tensor.shape.numpy()):
+        raise ModelLoadError(
+            f"{file}: not a valid ONNX model: tensor '{tensor.name}' stores {tensor.dtype.name}"
+            f"{list(tensor.shape.numpy())} as external data, which has no valid byte size"
+        )
+
+
+def _refuse_escaping(file: Path, tensor: ir.ExternalTensor, base_dir: Path) -> None:
+    location = os.fspath(tensor.location)
+    if os.path.isabs(location):
+        raise ModelLoadError(
+            f"{file}: tensor '{tensor.name}' names external data by absolute path '{location}';"
+            " refused: external data must live in the model's folder"
+        )
+    try:
         target = (base_dir / location).resolve()
-        if not target.is_relative_to(base_dir):
-            raise ModelLoadError(
-                f"{file}: tensor '{tensor.name}' has external data '{location}' outside the model's folder"
-                f" (resolves to {target}); refused"
-            )
+    except (OSError, ValueError, RuntimeError) as error:  # an embedded NUL byte; a symlink loop
+        raise ModelLoadError(
+            f"{file}: tensor '{tensor.name}' has an invalid external data location {location!r}: {_first_line(error)}"
+        ) from None
+    if not target.is_relative_to(base_dir):
+        raise ModelLoadError(
+            f"{file}: tensor '{tensor.name}' has external data '{location}' outside the model's folder"
+            f" (resolves to {target}); refused"
+        )
 
 
 def _first_line(error: BaseException) -> str:

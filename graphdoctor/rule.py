@@ -79,6 +79,7 @@ class Message:
     text: str
     help: str = ""
     severity: Severity | None = None  # None: the rule's default
+    fix: FixSafety | None = None  # None: the rule's; a rule may mix safe and unsafe fixes
 
     def placeholders(self) -> set[str]:
         fields = (f for part in (self.text, self.help) for _, f, _, _ in string.Formatter().parse(part))
@@ -121,6 +122,7 @@ class Finding:
     graph: str = ""  # path of the (sub)graph, '' for the main graph
     nbytes: int | None = None  # bytes at stake, where size matters
     data: Mapping[str, Any] = field(default_factory=dict)
+    fix: FixSafety | None = None  # how `graphdoctor fix` would repair it, if it can
 
     @property
     def location(self) -> str:

@@ -36,11 +36,17 @@ class Analysis:
 
     @cached_property
     def _graph_paths(self) -> dict[int, str]:
-        return {id(graph): path for graph, path in self.graph_sites}
+        """Nodes of a function point at the function's inner graph, so both are keys."""
+        paths = {id(graph): path for graph, path in self.graph_sites}
+        paths.update({id(g.graph): path for g, path in self.graph_sites if isinstance(g, ir.Function)})
+        return paths
 
-    def graph_path(self, node: ir.Node) -> str:
-        """'' for the main graph, else the subgraph's or function's path."""
-        return self._graph_paths.get(id(node.graph), "")
+    def graph_path(self, owner: ir.Node | ir.Value) -> str:
+        """'' for the main graph, else the path of the subgraph or function holding a node or value."""
+        graph = owner.graph
+        if graph is None and isinstance(owner, ir.Value) and owner.producer() is not None:
+            graph = owner.producer().graph
+        return self._graph_paths.get(id(graph), "")
 
     def nodes(self, op_type: str | tuple[str, ...] | None = None, domain: str = "") -> Iterator[ir.Node]:
         """Nodes of every graph, in graph order; filtered by op type(s) in `domain` ('' = ai.onnx)."""

@@ -7,6 +7,7 @@ escape the model's folder never get here: the loader refuses them.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,9 +22,11 @@ __all__ = ["ExternalDataProblem", "find_external_data_problems", "unreadable_ten
 class ExternalDataProblem:
     tensor: str
     location: str
-    kind: str  # 'missing' | 'truncated' | 'size_mismatch' | 'hard_link'
+    kind: str  # 'missing' | 'not_a_file' | 'truncated' | 'size_mismatch' | 'hard_link'
     expected: int  # bytes the tensor needs
     available: int  # bytes the file provides at the tensor's offset (or declared length)
+    offset: int = 0  # where the tensor starts in the file
+    file_size: int | None = None  # None when the file is missing or not a regular file
 
 
 def find_external_data_problems(model: ir.Model) -> list[ExternalDataProblem]:
@@ -48,18 +51,22 @@ def _stat(path: str) -> os.stat_result | None:
         return None
 
 
-def _problems_of(tensor: ir.ExternalTensor, stat: os.stat_result | None) -> Iterator[ExternalDataProblem]:
+def _problems_of(tensor: ir.ExternalTensor, status: os.stat_result | None) -> Iterator[ExternalDataProblem]:
     location = os.fspath(tensor.location)
     name = tensor.name or "?"
     needed = tensor.nbytes
     offset = tensor.offset or 0
-    if stat is None:
-        yield ExternalDataProblem(name, location, "missing", needed, 0)
+    if status is None:
+        yield ExternalDataProblem(name, location, "missing", needed, 0, offset)
         return
+    if not stat.S_ISREG(status.st_mode):  # a directory ('' or '.'), a pipe: its size and links mean nothing
+        yield ExternalDataProblem(name, location, "not_a_file", needed, 0, offset)
+        return
+    size = status.st_size
     if tensor.length is not None and tensor.length != needed:
-        yield ExternalDataProblem(name, location, "size_mismatch", needed, tensor.length)
-    available = max(stat.st_size - offset, 0)
+        yield ExternalDataProblem(name, location, "size_mismatch", needed, tensor.length, offset, size)
+    available = max(size - offset, 0)
     if available < needed:
-        yield ExternalDataProblem(name, location, "truncated", needed, available)
-    if stat.st_nlink > 1:  # onnx-ir refuses to read hard-linked data (a containment bypass)
-        yield ExternalDataProblem(name, location, "hard_link", needed, stat.st_nlink)
+        yield ExternalDataProblem(name, location, "truncated", needed, available, offset, size)
+    if status.st_nlink > 1:  # onnx-ir refuses to read hard-linked data (a containment bypass)
+        yield ExternalDataProblem(name, location, "hard_link", needed, status.st_nlink, offset, size)

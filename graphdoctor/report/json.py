@@ -4,9 +4,10 @@
      "models": [{"path": str, "file_size": int, "seconds": float, "rules": [code, ...],
                  "summary": {"error": int, "warning": int, "info": int},
                  "findings": [{"code", "name", "severity", "message", "help", "message_id",
-                               "node", "values", "graph", "nbytes", "data"}]}]}
+                               "node", "values", "graph", "nbytes", "data", "fix"}]}]}
 
-`data` holds the numbers behind the message (placeholder values); `node` and `nbytes` may be null.
+`data` holds the numbers behind the message (placeholder values); `node` and `nbytes` may be null;
+`fix` is "safe", "unsafe" or null (no automatic fix).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def _finding(finding: Finding) -> dict[str, Any]:
         "graph": finding.graph,
         "nbytes": finding.nbytes,
         "data": dict(finding.data),
+        "fix": finding.fix.value if finding.fix else None,
     }
 
 

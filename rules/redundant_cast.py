@@ -1,0 +1,268 @@
+"""GD002 redundant-cast: Casts that change nothing, round trips that undo themselves, and Casts of constants.
+
+What it finds
+    - `Cast`/`CastLike` to the type its input already has: a no-op (warning on float tensors; info on
+      integer and bool tensors, the index and mask arithmetic where exporters leave `.long()`/`.bool()`).
+    - Round trips `A → B → A` where every A value is exact in B (float16→float32→float16, bfloat16→float32,
+      float32→float64→float32, int32→int64→int32, uint8/int8/int16→float32→back, int32→float64→int32,
+      bool→any number→bool): the pair is a no-op. When the intermediate value has other readers, only the
+      second Cast can go, and the finding says so.
+    - Round trips that are *not* no-ops, reported so nobody "cleans them up": float32→float16→float32 and
+      other float narrowings round to the narrower precision (warning); float→int→float truncates toward
+      zero and number→bool→number maps every nonzero to 1 (info).
+    - Casts whose input is a constant (an initializer or a Constant node): foldable into the constant (info).
+    Integer narrowings (int64→int32→int64) and inexact int→float→int trips are left alone: shape arithmetic
+    does them on purpose. A Cast whose input type is unknown is never reported.
+
+Why it matters
+    Every Cast is a kernel launch and a full read and write of the tensor. A no-op Cast between MatMul and
+    Add, or Conv and Relu, blocks the fusions TensorRT and ONNX Runtime would make, and FP16 converters
+    leave float16→float32→float16 pairs behind by the hundred. The lossy round trips are the opposite trap:
+    ONNX Runtime's `convert_float_to_float16` and `onnxslim --dtype fp32` collapse float→int64→float pairs,
+    silently turning a truncation into an identity (4.05 instead of 4.0).
+
+How to fix
+    `graphdoctor fix` removes same-type Casts and lossless round trips and folds Casts of constants (safe:
+    outputs stay bit-identical). Lossy round trips are never removed; if one is intended, keep it (and
+    check the output of simplifiers that collapse it), otherwise cast once or keep the wider type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import onnx_ir as ir
+
+from graphdoctor.analysis.constants import const_tensor
+from graphdoctor.analysis.format import format_bytes, format_dtype, format_type
+from graphdoctor.analysis.graph import consumers, node_label
+from graphdoctor.engine import RuleContext
+from graphdoctor.rule import Finding, FixSafety, Message, RuleKind, RuleMeta, Severity
+
+__all__ = ["META", "check", "is_exact"]
+
+_D = ir.DataType
+# Significant bits (implicit bit included) and largest finite value of the float types we reason about.
+_FLOAT_BITS = {_D.BFLOAT16: 8, _D.FLOAT16: 11, _D.FLOAT: 24, _D.DOUBLE: 53}
+_FLOAT_MAX = {_D.BFLOAT16: "3.39e38", _D.FLOAT16: "65504", _D.FLOAT: "3.4e38", _D.DOUBLE: "1.8e308"}
+# Float formats holding every value of a narrower one, NaN and inf included: (narrow, wide).
+_EXACT_FLOATS = {
+    (_D.FLOAT16, _D.FLOAT),
+    (_D.FLOAT16, _D.DOUBLE),
+    (_D.BFLOAT16, _D.FLOAT),
+    (_D.BFLOAT16, _D.DOUBLE),
+    (_D.FLOAT, _D.DOUBLE),
+}
+_INT_RANGE = {
+    dtype: (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    for dtype, bits, signed in (
+        (_D.INT8, 8, True),
+        (_D.INT16, 16, True),
+        (_D.INT32, 32, True),
+        (_D.INT64, 64, True),
+        (_D.UINT8, 8, False),
+        (_D.UINT16, 16, False),
+        (_D.UINT32, 32, False),
+        (_D.UINT64, 64, False),
+    )
+}
+_CAST_OPS = ("Cast", "CastLike")
+_FIX_HELP = "`graphdoctor fix` (safe)"
+
+META = RuleMeta(
+    code="GD002",
+    name="redundant-cast",
+    kind=RuleKind.SUGGESTION,
+    severity=Severity.WARNING,
+    summary="no-op Casts, lossless Cast round trips, Casts of constants; lossy round trips flagged, never removed",
+    fix=FixSafety.SAFE,
+    messages={
+        "same_dtype": Message(
+            "{op} '{cast}' casts {dtype} to {dtype} (no-op): an extra kernel that can block fusions such as MatMul+Add",
+            help=f"remove it: {_FIX_HELP}",
+        ),
+        "same_dtype_index": Message(
+            "{op} '{cast}' casts {dtype} to {dtype} (no-op) on an index, shape or mask tensor: clutter that runtimes"
+            " drop at load time",
+            help=f"remove it: {_FIX_HELP}",
+            severity=Severity.INFO,
+        ),
+        "lossless_round_trip": Message(
+            "Casts '{first}' and '{second}' convert {src} to {mid} and back: {why}, so the pair is a no-op{shared}",
+            help=f"{{remove}}: {_FIX_HELP}",
+        ),
+        "rounding_round_trip": Message(
+            "Casts '{first}' and '{second}' round {src} to {mid} precision ({bits} significant bits, largest finite"
+            " {max}) and back: values change, this is not a no-op",
+            help="keep it if the rounding is intended (e.g. FP16 emulation); otherwise cast once or stay in {src}."
+            " `graphdoctor fix` never removes it",
+        ),
+        "truncating_round_trip": Message(
+            "Casts '{first}' and '{second}' convert {src} to {mid} and back: truncates toward zero (-2.7 becomes -2)"
+            " and is undefined outside the {mid} range; not a no-op",
+            help="if intended, keep it (`graphdoctor fix` never removes it), and check the output of tools that"
+            " collapse such pairs: onnxslim and ONNX Runtime's FP16 converter do",
+            severity=Severity.INFO,
+        ),
+        "nonzero_round_trip": Message(
+            "Casts '{first}' and '{second}' convert {src} to bool and back: every nonzero value becomes 1"
+            " (x != 0); not a no-op",
+            help="if intended, `(x != 0).to(x.dtype)` says so; never removed",
+            severity=Severity.INFO,
+        ),
+        "constant_cast": Message(
+            "{op} '{cast}' converts constant '{constant}' ({type}) to {target} at run time: foldable into the"
+            " constant{shared}",
+            help=f"fold it: {_FIX_HELP} stores the constant as {{target}}",
+            severity=Severity.INFO,
+        ),
+    },
+)
+
+
+def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
+    ctx.analysis.types_inferred  # noqa: B018 - dtypes of intermediate values
+    for node in ctx.analysis.nodes(_CAST_OPS):
+        finding = _check_cast(node, ctx)
+        if finding is not None:
+            yield finding
+
+
+def is_exact(src: ir.DataType, mid: ir.DataType) -> bool:
+    """Whether every `src` value converts to `mid` and back unchanged, so `src → mid → src` is a no-op."""
+    if src == _D.BOOL:  # 0/1 survive any number type, and x != 0 brings them back
+        return mid in _INT_RANGE or mid in _FLOAT_BITS
+    if src in _INT_RANGE and mid in _INT_RANGE:
+        low, high = _INT_RANGE[src]
+        mid_low, mid_high = _INT_RANGE[mid]
+        return mid_low <= low and high <= mid_high
+    if src in _INT_RANGE and mid in _FLOAT_BITS:  # integers are exact up to 2**significant bits
+        low, high = _INT_RANGE[src]
+        return max(-low, high) <= 2 ** _FLOAT_BITS[mid]
+    return (src, mid) in _EXACT_FLOATS
+
+
+def _check_cast(node: ir.Node, ctx: RuleContext) -> Finding | None:
+    """At most one finding per Cast: no-op first, then a round trip it closes, then a constant it reads."""
+    source = node.inputs[0] if node.inputs else None
+    target = _target(node)
+    if source is None or target is None or source.dtype is None:
+        return None  # unknown types: never guess
+    if source.dtype == target:
+        return ctx.report(
+            "same_dtype" if target.is_floating_point() else "same_dtype_index",
+            node=node,
+            values=[source, *node.outputs],
+            op=node.op_type,
+            cast=node_label(node),
+            dtype=format_dtype(target),
+        )
+    first = source.producer()
+    if first is not None and first.op_type in _CAST_OPS and first.domain in ("", "ai.onnx"):
+        return _round_trip(first, node, ctx)
+    if const_tensor(source) is not None and not source.is_graph_input():
+        return _constant_cast(node, source, target, ctx)
+    return None
+
+
+def _target(node: ir.Node) -> ir.DataType | None:
+    """The type a Cast (`to`) or CastLike (its second input) produces; None when unknown."""
+    if node.op_type == "CastLike":
+        like = node.inputs[1] if len(node.inputs) > 1 else None
+        return like.dtype if like is not None else None
+    to = node.attributes.get_int("to")
+    try:
+        return ir.DataType(to) if to is not None else None
+    except ValueError:
+        return None
+
+
+def _round_trip(first: ir.Node, second: ir.Node, ctx: RuleContext) -> Finding | None:
+    """`first` casts src → mid and `second` casts mid back to src: a no-op, or a lossy trip worth naming."""
+    origin = first.inputs[0] if first.inputs else None
+    src, mid = origin.dtype if origin is not None else None, _target(first)
+    if origin is None or src is None or mid is None or src == mid or _target(second) != src:
+        return None
+    names = {"first": node_label(first), "second": node_label(second), "src": format_dtype(src)}
+    names["mid"] = format_dtype(mid)
+    values = [origin, first.outputs[0], second.outputs[0]]
+    why = _why_exact(origin, src, mid)
+    if why is not None:
+        return _lossless(first, second, origin, ctx, values, names | {"why": why})
+    if src in _FLOAT_BITS and mid in _FLOAT_BITS:
+        bits, largest = _FLOAT_BITS[mid], _FLOAT_MAX[mid]
+        return ctx.report("rounding_round_trip", node=second, values=values, bits=bits, max=largest, **names)
+    if src in _FLOAT_BITS and mid in _INT_RANGE:
+        return ctx.report("truncating_round_trip", node=second, values=values, **names)
+    if mid == _D.BOOL and (src in _FLOAT_BITS or src in _INT_RANGE):
+        return ctx.report("nonzero_round_trip", node=second, values=values, **names)
+    return None  # integer narrowing, inexact int → float → int: intended in shape arithmetic
+
+
+def _why_exact(origin: ir.Value, src: ir.DataType, mid: ir.DataType) -> str | None:
+    """Why `origin` survives src → mid unchanged: its type, or the narrower type an exact Cast made it from.
+
+    The second case catches f16 → f32 → f16 → f32: the last pair narrows float32, but only float16 values.
+    """
+    if is_exact(src, mid):
+        return f"every {format_dtype(src)} value is exact in {format_dtype(mid)}"
+    producer = origin.producer()
+    if producer is None or producer.op_type not in _CAST_OPS or not producer.inputs or producer.inputs[0] is None:
+        return None
+    narrow = producer.inputs[0].dtype
+    if narrow is None or not is_exact(narrow, src) or not (narrow == mid or is_exact(narrow, mid)):
+        return None
+    made_by = f"Cast '{node_label(producer)}'"
+    return f"'{origin.name}' holds only {format_dtype(narrow)} values ({made_by}), exact in {format_dtype(mid)}"
+
+
+def _lossless(
+    first: ir.Node,
+    second: ir.Node,
+    origin: ir.Value,
+    ctx: RuleContext,
+    values: list[ir.Value],
+    names: dict[str, str],
+) -> Finding:
+    """A lossless pair: both Casts go, unless the intermediate value has other readers; then only `second`."""
+    middle = first.outputs[0]
+    others = [n for n in consumers(middle) if n is not second]
+    if not others and not middle.is_graph_output():
+        shared, remove, removable = "", "remove both", "both"
+    else:
+        readers = f"{len(others)} other node(s)" if others else "a graph output"
+        also = " and is a graph output" if others and middle.is_graph_output() else ""
+        shared = f"; '{middle.name}' also feeds {readers}{also}, so only '{names['second']}' can go"
+        remove = f"remove '{names['second']}' (its readers read '{origin.name}' directly)"
+        removable = "second"
+    return ctx.report(
+        "lossless_round_trip", node=second, values=values, shared=shared, remove=remove, removable=removable, **names
+    )
+
+
+def _constant_cast(node: ir.Node, source: ir.Value, target: ir.DataType, ctx: RuleContext) -> Finding:
+    """A Cast of a constant; folding duplicates the constant when something else also reads it."""
+    tensor = const_tensor(source)
+    others = [n for n in consumers(source) if n is not node]
+    shared = ""
+    if others or source.is_graph_output():
+        copy = format_bytes(_cast_nbytes(tensor, target)) if tensor is not None else "?"
+        shared = f"; the constant also feeds {len(others)} other node(s), so folding stores a second copy ({copy})"
+    return ctx.report(
+        "constant_cast",
+        node=node,
+        values=[source, *node.outputs],
+        op=node.op_type,
+        cast=node_label(node),
+        constant=source.name or "?",
+        type=format_type(source),
+        target=format_dtype(target),
+        shared=shared,
+    )
+
+
+def _cast_nbytes(tensor: ir.TensorProtocol, target: ir.DataType) -> int:
+    try:
+        return int(tensor.size * target.itemsize)
+    except (TypeError, ValueError, AttributeError):  # packed or unsized types
+        return tensor.nbytes
