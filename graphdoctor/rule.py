@@ -126,7 +126,13 @@ class Finding:
 
     @property
     def location(self) -> str:
-        where = f"node '{self.node}'" if self.node else (f"'{self.values[0]}'" if self.values else "model")
+        """Where to look: the node, else the value(s) (a summary over many names the first and a count)."""
+        if self.node:
+            where = f"node '{self.node}'"
+        elif len(self.values) > 1:
+            where = f"'{self.values[0]}' and {len(self.values) - 1} more"
+        else:
+            where = f"'{self.values[0]}'" if self.values else "model"
         return f"{self.graph}: {where}" if self.graph else where
 
     def sort_key(self) -> tuple:
