@@ -38,7 +38,7 @@ import onnx_ir as ir
 
 from graphdoctor.analysis.constants import const_tensor
 from graphdoctor.analysis.format import format_bytes, format_type
-from graphdoctor.analysis.graph import node_label
+from graphdoctor.analysis.graph import node_label, subgraph_owners
 from graphdoctor.engine import RuleContext
 from graphdoctor.rule import Finding, FixSafety, Message, RuleKind, RuleMeta, Severity
 
@@ -118,7 +118,7 @@ class _Liveness:
 
     def __init__(self, ctx: RuleContext) -> None:
         self.graphs = [_as_graph(site) for site, _ in ctx.analysis.graph_sites]
-        self.owner = _subgraph_owners(self.graphs)
+        self.owner = subgraph_owners(node for graph in self.graphs for node in graph)
         self.dead: set[int] = set()
         self._solve()
 
@@ -155,18 +155,6 @@ class _Liveness:
 def _as_graph(site: ir.Graph | ir.Function) -> ir.Graph:
     """The ir.Graph whose nodes these are: a function's nodes belong to its inner graph."""
     return site.graph if isinstance(site, ir.Function) else site
-
-
-def _subgraph_owners(graphs: Iterable[ir.Graph]) -> dict[int, ir.Node]:
-    owners: dict[int, ir.Node] = {}
-    for graph in graphs:
-        for node in graph:
-            for attr in node.attributes.values():
-                if attr.type == ir.AttributeType.GRAPH:
-                    owners[id(attr.value)] = node
-                elif attr.type == ir.AttributeType.GRAPHS:
-                    owners.update((id(subgraph), node) for subgraph in attr.value)
-    return owners
 
 
 def _nbytes(value: ir.Value) -> int:

@@ -45,7 +45,7 @@ import onnx_ir as ir
 
 from graphdoctor.analysis.constants import const_tensor, iter_constant_values
 from graphdoctor.analysis.format import format_bytes
-from graphdoctor.analysis.graph import node_label, opset_version
+from graphdoctor.analysis.graph import node_label, opset_version, subgraph_owners
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.engine import RuleContext
 from graphdoctor.rule import Finding, Message, RuleKind, RuleMeta, Severity
@@ -137,7 +137,7 @@ def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
         if value_range.outside == 0:
             fitting.append((source, source.tensor.nbytes))
         else:
-            owners = _subgraph_owners(ctx) if owners is None else owners
+            owners = subgraph_owners(ctx.analysis.nodes()) if owners is None else owners
             finding = _classify(model, ctx, source, value_range, owners)
             if finding is not None:
                 yield finding
@@ -231,18 +231,6 @@ def _trace(start: ir.Value, owners: dict[int, ir.Node]) -> list[_Sink]:
             for output in node.outputs:
                 follow(output, (*via, node))
     return sinks
-
-
-def _subgraph_owners(ctx: RuleContext) -> dict[int, ir.Node]:
-    """id(subgraph) -> the node holding it as an attribute."""
-    owners: dict[int, ir.Node] = {}
-    for node in ctx.analysis.nodes():
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                owners[id(attr.value)] = node
-            elif attr.type == ir.AttributeType.GRAPHS:
-                owners.update((id(graph), node) for graph in attr.value)
-    return owners
 
 
 def _outer_value(owner: ir.Node, output: ir.Value) -> ir.Value | None:

@@ -23,6 +23,7 @@ import onnx.numpy_helper
 import onnx_ir as ir
 import pytest
 
+from fixtures.handmade import function_with_external_constant
 from graphdoctor import api
 from graphdoctor.cli import main
 from graphdoctor.errors import ModelLoadError
@@ -281,29 +282,9 @@ def nul_in_location(tmp: Path) -> Path:
 def escaping_from_function_body(tmp: Path) -> Path:
     """A Constant inside a model-local function is a tensor too; its data must not escape either."""
     (tmp / "secret.bin").write_bytes(bytes(16))
-    constant = onnx.helper.make_tensor("c", onnx.TensorProto.FLOAT, [4], [0.0] * 4)
-    constant.ClearField("float_data")
-    constant.data_location = onnx.TensorProto.EXTERNAL
-    constant.external_data.add(key="location", value="../secret.bin")
-    function = onnx.helper.make_function(
-        "local",
-        "AddC",
-        ["x"],
-        ["y"],
-        [
-            onnx.helper.make_node("Constant", [], ["c"], value=constant, name="const"),
-            onnx.helper.make_node("Add", ["x", "c"], ["y"], name="add"),
-        ],
-        [onnx.helper.make_opsetid("", 17)],
-    )
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("AddC", ["x"], ["y"], domain="local", name="call")],
-        "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])],
-    )
-    opsets = [onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("local", 1)]
-    return save_in_folder(tmp, graph, opset_imports=opsets, functions=[function])
+    (tmp / "model").mkdir()
+    onnx.save_model(function_with_external_constant("../secret.bin"), tmp / "model" / "model.onnx")
+    return tmp / "model" / "model.onnx"
 
 
 def save_with_initializer(tmp: Path, tensor: onnx.TensorProto) -> Path:

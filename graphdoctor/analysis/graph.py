@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import onnx_ir as ir
 
@@ -13,6 +13,7 @@ __all__ = [
     "iter_graph_sites",
     "node_label",
     "opset_version",
+    "subgraph_owners",
 ]
 
 GraphSite = tuple[ir.Graph | ir.Function, str]
@@ -38,6 +39,18 @@ def _with_subgraphs(graph: ir.Graph | ir.Function, path: str) -> Iterator[GraphS
 
 def _join(path: str, part: str) -> str:
     return f"{path}/{part}" if path else part
+
+
+def subgraph_owners(nodes: Iterable[ir.Node]) -> dict[int, ir.Node]:
+    """id(subgraph) -> the node (If, Loop, Scan) holding it as an attribute."""
+    owners: dict[int, ir.Node] = {}
+    for node in nodes:
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                owners[id(attr.value)] = node
+            elif attr.type == ir.AttributeType.GRAPHS:
+                owners.update((id(subgraph), node) for subgraph in attr.value)
+    return owners
 
 
 def node_label(node: ir.Node) -> str:

@@ -11,6 +11,7 @@ import onnx.helper
 import onnx.numpy_helper
 import pytest
 
+from fixtures.handmade import function_with_external_constant
 from graphdoctor import api
 from graphdoctor.cli import main
 from graphdoctor.rule import Severity
@@ -138,29 +139,7 @@ def test_location_naming_a_directory(tmp_path):
 
 def test_external_data_inside_a_function_body_is_checked(tmp_path):
     """Constants in function bodies are tensors like any other: their data is checked too."""
-    constant = onnx.helper.make_tensor("c", onnx.TensorProto.FLOAT, [4], [0.0] * 4)
-    constant.ClearField("float_data")
-    constant.data_location = onnx.TensorProto.EXTERNAL
-    constant.external_data.add(key="location", value="lost.bin")
-    function = onnx.helper.make_function(
-        "local",
-        "AddC",
-        ["x"],
-        ["y"],
-        [
-            onnx.helper.make_node("Constant", [], ["c"], value=constant, name="const"),
-            onnx.helper.make_node("Add", ["x", "c"], ["y"], name="add"),
-        ],
-        [onnx.helper.make_opsetid("", 17)],
-    )
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("AddC", ["x"], ["y"], domain="local", name="call")],
-        "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])],
-    )
-    opsets = [onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("local", 1)]
-    model = onnx.helper.make_model(graph, opset_imports=opsets, functions=[function])
+    model = function_with_external_constant("lost.bin")
     path = tmp_path / "model.onnx"
     onnx.save_model(model, path)
     [finding] = gd014(path)
