@@ -1,0 +1,315 @@
+"""Benchmark `graphdoctor lint` against its peers: `polygraphy check lint` and `onnx.checker` (full check).
+
+    .venv/bin/python bench/lint.py                            # all models, 5 runs (3 on the >2 GB model)
+    .venv/bin/python bench/lint.py --models resnet50,yolo --runs 2
+    .venv/bin/python bench/lint.py --model-file mine=path/to/model.onnx --models mine
+
+Each tool runs on each model in a fresh process, N times; the table shows medians of wall time and peak
+RSS, and each peer's ratio to graphdoctor on the same model in the same run. A peer that fails (timeout,
+out of memory, a crash, an error on a valid model) is a row with its reason, never a crashed bench.
+`graphdoctor --version` is measured too: the start-up floor no model can go below.
+
+Writes bench/out/lint.md (the table) and bench/out/lint.json (every run, the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from measure import MIB, Limits, Run, Series, measure
+from models import ALL_MODELS, ModelUnavailable, is_large, model_path, model_size
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+BIN = Path(sys.prefix) / "bin"  # the venv running this script; not resolved, or the venv would be lost
+
+SMALL_MODEL_TARGET_S = 1.0
+SMALL_MODEL_BYTES = 200 * 1000**2
+LARGE_MODEL_TARGET_BYTES = 500 * 1000**2
+CHECKER_SCRIPT = "import sys, onnx; onnx.checker.check_model(sys.argv[1], full_check=True)"
+PACKAGES = ("graphdoctor", "polygraphy", "onnx", "onnxruntime", "onnx-ir", "onnx-graphsurgeon", "torch", "numpy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tool:
+    """A peer as the table names it, and how to run it on one model in a fresh process."""
+
+    name: str
+    key: str  # for --tools
+    command: Callable[[Path], list[str]]
+    env: Callable[[], dict[str, str]] | None = None
+
+
+def hidden_torch_env() -> dict[str, str]:
+    """PYTHONPATH with a `torch` that fails to import: polygraphy then skips its torch import (~3.5 s,
+    ~0.9 GB per call, measured in research/polygraphy.md), as on a machine without torch."""
+    stub = Path(tempfile.gettempdir()) / "gd-bench-notorch"
+    (stub / "torch").mkdir(parents=True, exist_ok=True)
+    (stub / "torch" / "__init__.py").write_text('raise ImportError("torch hidden by bench/lint.py")\n')
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(stub), os.environ.get("PYTHONPATH")]))}
+
+
+GRAPHDOCTOR = Tool(
+    "graphdoctor lint",
+    "graphdoctor",
+    lambda path: [str(BIN / "graphdoctor"), "lint", str(path), "--exit-zero", "--format", "json"],
+)
+TOOLS = (
+    GRAPHDOCTOR,
+    Tool(
+        "polygraphy check lint",
+        "polygraphy",
+        lambda path: [str(BIN / "polygraphy"), "check", "lint", str(path)],
+    ),
+    Tool("onnx.checker full_check", "checker", lambda path: [str(BIN / "python"), "-c", CHECKER_SCRIPT, str(path)]),
+    Tool(
+        "polygraphy check lint (torch hidden)",
+        "polygraphy-notorch",
+        lambda path: [str(BIN / "polygraphy"), "check", "lint", str(path)],
+        hidden_torch_env,
+    ),
+)
+DEFAULT_TOOLS = ("graphdoctor", "polygraphy", "checker")
+
+
+@dataclasses.dataclass
+class Row:
+    """One (model, tool) result; `series` is None when the model or the tool could not be had."""
+
+    model: str
+    size_bytes: int | None
+    tool: str
+    series: Series | None
+    skipped: str = ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    limits = Limits(timeout_s=args.timeout, address_space_bytes=int(args.mem_limit_gib * 1024 * MIB))
+    tools = [tool for tool in TOOLS if tool.key in args.tools]
+    started, load_before = datetime.datetime.now(datetime.timezone.utc), _load()
+    rows = [measure_startup(args.runs or 5, limits)]
+    for name in args.models:
+        rows += bench_model(name, args.model_files, tools, args.runs, limits)
+    environment = describe_environment(started, load_before, limits)
+    markdown = render_markdown(rows, environment)
+    print(markdown)
+    write_outputs(rows, environment, markdown, args.out)
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", help=f"comma-separated (default: {','.join(ALL_MODELS)}, or the --model-file ones)")
+    parser.add_argument("--runs", type=int, help="runs per tool and model (default: 5, and 3 on models over 2 GB)")
+    parser.add_argument("--tools", default=",".join(DEFAULT_TOOLS), help=f"of {[t.key for t in TOOLS]}")
+    parser.add_argument("--model-file", action="append", default=[], metavar="NAME=PATH", help="bench any model")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run (default: %(default)s)")
+    parser.add_argument("--mem-limit-gib", type=float, default=16.0, help="address space per run (RLIMIT_AS)")
+    parser.add_argument("--out", type=Path, default=OUT, help="where lint.md and lint.json go")
+    args = parser.parse_args(argv)
+    args.tools = {key.strip() for key in args.tools.split(",")} | {"graphdoctor"}  # the ratios need it
+    args.model_files = dict(_parse_model_file(item, parser) for item in args.model_file)
+    default_models = ",".join(args.model_files or ALL_MODELS)
+    args.models = [name.strip() for name in (args.models or default_models).split(",") if name.strip()]
+    unknown = args.tools - {tool.key for tool in TOOLS}
+    if unknown:
+        parser.error(f"unknown tools: {', '.join(sorted(unknown))}")
+    return args
+
+
+def _parse_model_file(item: str, parser: argparse.ArgumentParser) -> tuple[str, Path]:
+    name, sep, path = item.partition("=")
+    if not sep or not Path(path).is_file():
+        parser.error(f"--model-file wants NAME=PATH to an existing file, got '{item}'")
+    return name, Path(path)
+
+
+def measure_startup(runs: int, limits: Limits) -> Row:
+    """The floor: interpreter, click and graphdoctor's own import, no model, no onnx-ir."""
+    _progress(f"start-up: graphdoctor --version × {runs}")
+    return Row(
+        "(start-up)", None, "graphdoctor --version", measure([str(BIN / "graphdoctor"), "--version"], runs, limits)
+    )
+
+
+def bench_model(name: str, model_files: dict[str, Path], tools: list[Tool], runs: int | None, limits: Limits):
+    """Every tool on one model; a model that cannot be had is one skipped row."""
+    try:
+        path = model_files[name] if name in model_files else model_path(name)
+    except ModelUnavailable as error:
+        _progress(f"{name}: skipped: {error}")
+        return [Row(name, None, "—", None, skipped=str(error))]
+    size = model_size(path)
+    count = runs or (3 if is_large(path) else 5)
+    rows = []
+    for tool in tools:
+        _progress(f"{name} ({_format_size(size)}): {tool.name} × {count}")
+        rows.append(Row(name, size, tool.name, run_tool(tool, path, count, limits)))
+    return rows
+
+
+def run_tool(tool: Tool, path: Path, runs: int, limits: Limits) -> Series:
+    command = tool.command(path)
+    if not Path(command[0]).exists():
+        missing = Run(0.0, None, None, False, f"{Path(command[0]).name} is not installed in {BIN.parent}")
+        return Series(command, [missing])
+    return measure(command, runs, limits, env=tool.env() if tool.env else None)
+
+
+# --- reporting ---------------------------------------------------------------------------------------------
+
+
+def render_markdown(rows: list[Row], environment: dict) -> str:
+    """The table, then the targets the project has to show, then where the numbers came from."""
+    lines = [
+        "| model | size | tool | median wall s | median CPU s | median peak RSS MiB"
+        " | ratio vs graphdoctor (time, memory) | status |",
+        "|---|---|---|---:|---:|---:|---|---|",
+    ]
+    baselines = {row.model: row.series for row in rows if row.tool == GRAPHDOCTOR.name}
+    lines += [_table_line(row, baselines.get(row.model)) for row in rows]
+    lines += ["", *render_targets(rows), "", render_environment(environment)]
+    return "\n".join(lines) + "\n"
+
+
+def _table_line(row: Row, baseline: Series | None) -> str:
+    size = _format_size(row.size_bytes) if row.size_bytes else "—"
+    if row.series is None:
+        return f"| {row.model} | {size} | {row.tool} | — | — | — | — | skipped: {row.skipped} |"
+    series = row.series
+    runs = f" ({len(series.runs)} run{'s' if len(series.runs) != 1 else ''})"
+    status = "ok" + runs if series.ok else f"failed: {series.reason}" + (" (run 1)" if len(series.runs) == 1 else runs)
+    return (
+        f"| {row.model} | {size} | {row.tool} | {_number(series.median_wall_s, 2)} |"
+        f" {_number(series.median_cpu_s, 2)} | {_number(series.median_peak_rss_mib, 0)} |"
+        f" {_ratios(series, baseline)} | {status} |"
+    )
+
+
+def _ratios(series: Series, baseline: Series | None) -> str:
+    if baseline is None or not baseline.ok or series is baseline:
+        return "1.00× / 1.00×" if series is baseline else "—"
+    time_ratio = _ratio(series.median_wall_s, baseline.median_wall_s)
+    memory_ratio = _ratio(series.median_peak_rss_mib, baseline.median_peak_rss_mib)
+    prefix = "≥ " if not series.ok else ""  # a failed peer's numbers stop where it failed
+    return f"{prefix}{time_ratio} / {memory_ratio}"
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    return f"{value / base:.1f}×" if value is not None and base else "—"
+
+
+def render_targets(rows: list[Row]) -> list[str]:
+    """The two promises: small models (under 200 MB) lint well under a second; a >2 GB model in under 500 MB.
+    Wall time is judged; CPU time is shown beside it, since other load on a shared machine inflates wall time."""
+    lines = ["Targets:"]
+    for row in rows:
+        if row.tool != GRAPHDOCTOR.name or row.series is None or row.size_bytes is None:
+            continue
+        if SMALL_MODEL_BYTES <= row.size_bytes <= 2 * 1000**3:
+            continue
+        if row.size_bytes > 2 * 1000**3:
+            rss = row.series.median_peak_rss_mib
+            met = row.series.ok and rss is not None and rss * MIB < LARGE_MODEL_TARGET_BYTES
+            lines.append(
+                f"- {row.model} (>2 GB): peak RSS {_number(rss, 0)} MiB, target < 500 MB (476.8 MiB): "
+                f"{'met' if met else 'MISSED'}"
+            )
+        else:
+            wall = row.series.median_wall_s
+            met = row.series.ok and wall is not None and wall < SMALL_MODEL_TARGET_S
+            lines.append(
+                f"- {row.model} (small): lint {_number(wall, 2)} s wall ({_number(row.series.median_cpu_s, 2)} s CPU),"
+                f" target < {SMALL_MODEL_TARGET_S:.0f} s: {'met' if met else 'MISSED'}"
+            )
+    return lines
+
+
+def render_environment(environment: dict) -> str:
+    versions = ", ".join(f"{name} {version}" for name, version in environment["versions"].items())
+    return (
+        f"Measured {environment['started']} on {environment['cpu']} ({environment['cpus']} CPUs visible, "
+        f"load average {environment['load_before']} before, {environment['load_after']} after), "
+        f"Python {environment['python']}; {versions}. Each cell: median over fresh processes "
+        f"(`/usr/bin/time -v` max RSS); limits per run: {environment['timeout_s']:.0f} s, "
+        f"{environment['address_space_gib']:.0f} GiB address space."
+    )
+
+
+def describe_environment(started: datetime.datetime, load_before: str, limits: Limits) -> dict:
+    """What the numbers depend on: the machine, how busy it was, and every package version involved."""
+    return {
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": _load(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in PACKAGES},
+        "timeout_s": limits.timeout_s,
+        "address_space_gib": (limits.address_space_bytes or 0) / 1024 / MIB,
+        "argv": sys.argv,
+    }
+
+
+def write_outputs(rows: list[Row], environment: dict, markdown: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lint.md").write_text(markdown)
+    raw = {
+        "environment": environment,
+        "results": [
+            {"model": row.model, "size_bytes": row.size_bytes, "tool": row.tool, "skipped": row.skipped}
+            | (row.series.to_json() if row.series else {})
+            for row in rows
+        ],
+    }
+    (out / "lint.json").write_text(json.dumps(raw, indent=2) + "\n")
+    _progress(f"wrote {out / 'lint.md'} and {out / 'lint.json'}")
+
+
+def _format_size(size: int | None) -> str:
+    if size is None:
+        return "—"
+    return f"{size / 1024**3:.2f} GiB" if size >= 1024**3 else f"{size / MIB:.1f} MiB"
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def _progress(message: str) -> None:
+    print(f"bench/lint: {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

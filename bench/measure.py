@@ -1,0 +1,238 @@
+"""Run a command in a fresh process, N times, and collect wall time and peak RSS.
+
+Every run is a new process because what users pay for a linter includes interpreter start-up and imports
+(polygraphy imports torch when it is installed, graphdoctor imports onnx-ir): timing a function inside one
+warm process would hide exactly the costs that differ most between the tools.
+
+Peak RSS comes from GNU time's "Maximum resident set size" (`/usr/bin/time -v`), i.e. the kernel's
+ru_maxrss of the measured process, so it needs no polling and misses no short spike. Wall time is taken
+in this process around the child, at perf_counter resolution (GNU time prints only hundredths).
+
+A run that fails, times out or hits the memory limit becomes a `Run` with a readable `reason`; it is never
+an exception, because a peer failing on a model is a result worth reporting, not a bench crash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["Limits", "Run", "Series", "measure", "run_once"]
+
+GNU_TIME = "/usr/bin/time"
+MIB = 1024 * 1024
+TAIL_LINES = 40
+FAILURE_LINES = (  # (pattern, which match): first lint error, last exception, last error-looking line
+    (r"\[E\] LINT|\[!\]", 0),
+    (r"^\w+(\.\w+)*(Error|Exception|Fail)\w*: ", -1),
+    (r"Error|\[E\](?!.*FAILED \| Runtime)", -1),
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may take: wall seconds, then address space (RLIMIT_AS), so a peer that would OOM the
+    shared machine fails alone with MemoryError/bad_alloc instead."""
+
+    timeout_s: float = 600.0
+    address_space_bytes: int | None = 16 * 1024 * MIB
+
+
+@dataclass
+class Run:
+    """One fresh-process run of a command."""
+
+    wall_s: float
+    peak_rss_mib: float | None
+    returncode: int | None  # None: killed by us on timeout
+    ok: bool
+    reason: str = ""  # why it is not ok, one line
+    cpu_s: float | None = None  # user + system: less sensitive than wall time to other load on the machine
+    output_tail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Series:
+    """The runs of one command and their medians."""
+
+    command: list[str]
+    runs: list[Run]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.runs) and all(run.ok for run in self.runs)
+
+    @property
+    def reason(self) -> str:
+        return next((run.reason for run in self.runs if not run.ok), "")
+
+    @property
+    def counted(self) -> list[Run]:
+        """The successful runs; when none succeeded, the failed ones (how long and how big until it failed)."""
+        return [run for run in self.runs if run.ok] or self.runs
+
+    @property
+    def median_wall_s(self) -> float | None:
+        return _median([run.wall_s for run in self.counted])
+
+    @property
+    def median_peak_rss_mib(self) -> float | None:
+        return _median([run.peak_rss_mib for run in self.counted if run.peak_rss_mib is not None])
+
+    @property
+    def median_cpu_s(self) -> float | None:
+        return _median([run.cpu_s for run in self.counted if run.cpu_s is not None])
+
+    def to_json(self) -> dict:
+        return {
+            "command": self.command,
+            "ok": self.ok,
+            "reason": self.reason,
+            "median_wall_s": self.median_wall_s,
+            "median_peak_rss_mib": self.median_peak_rss_mib,
+            "median_cpu_s": self.median_cpu_s,
+            "runs": [asdict(run) for run in self.runs],
+        }
+
+
+Judge = Callable[[int, list[str]], str]
+"""(returncode, output tail) -> "" when the run counts as ok, else a one-line reason."""
+
+
+def measure(
+    command: Sequence[str],
+    runs: int,
+    limits: Limits,
+    judge: Judge | None = None,
+    env: Mapping[str, str] | None = None,
+    stop_on_failure: bool = True,
+) -> Series:
+    """Run `command` `runs` times, each in a fresh process.
+
+    Stops at the first failure by default: failures here (OOM, timeout, an unsupported model) are
+    deterministic, and repeating a 10-minute timeout three times teaches nothing.
+    """
+    series = Series(command=list(command), runs=[])
+    for _ in range(runs):
+        run = run_once(command, limits, judge or default_judge, env)
+        series.runs.append(run)
+        if not run.ok and stop_on_failure:
+            break
+    return series
+
+
+def run_once(command: Sequence[str], limits: Limits, judge: Judge, env: Mapping[str, str] | None = None) -> Run:
+    """One run under GNU time, in its own session so a timeout kills the whole process tree."""
+    with tempfile.TemporaryDirectory(prefix="gd-bench-") as scratch:
+        time_file = Path(scratch) / "time.txt"
+        output_file = Path(scratch) / "output.txt"
+        wrapped = [GNU_TIME, "-v", "-o", str(time_file), *command]
+        with output_file.open("wb") as output:
+            start = time.perf_counter()
+            returncode = _run_with_limits(wrapped, output, limits, env)
+            wall = time.perf_counter() - start
+        tail = _tail(output_file)
+        time_report = time_file.read_text(errors="replace") if time_file.exists() else ""
+    peak, cpu = _peak_rss_mib(time_report), _cpu_seconds(time_report)
+    if returncode is None:
+        reason = f"timeout after {limits.timeout_s:.0f} s"
+        return Run(wall, peak, None, False, reason, cpu_s=cpu, output_tail=tail)
+    reason = _signal_reason(time_report) or judge(returncode, tail)
+    return Run(wall, peak, returncode, not reason, reason, cpu_s=cpu, output_tail=tail)
+
+
+def default_judge(returncode: int, tail: list[str]) -> str:
+    """Exit 0 is ok; anything else fails, explained by the most telling line of the output."""
+    if returncode == 0:
+        return ""
+    return f"exit {returncode}: {explain_failure(tail)}"
+
+
+def explain_failure(tail: list[str]) -> str:
+    """Pick the line that says why, most telling first: running out of memory; a linter's own error entry
+    (polygraphy's `[E] LINT`, `[!]`); the exception a traceback ends with; any error line; the last line."""
+    memory = [line for line in tail if re.search(r"MemoryError|bad_alloc|[Oo]ut of memory|Cannot allocate", line)]
+    if memory:
+        return _shorten(f"out of memory ({memory[-1]})")
+    for pattern, pick in FAILURE_LINES:
+        matches = [line for line in tail if re.search(pattern, line)]
+        if matches:
+            return _shorten(matches[pick])
+    return _shorten(tail[-1] if tail else "no output")
+
+
+def _run_with_limits(command: list[str], output, limits: Limits, env: Mapping[str, str] | None) -> int | None:
+    """Return the exit status, or None when the wall-clock limit killed the process group."""
+    process = subprocess.Popen(
+        command,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+        preexec_fn=_limit_address_space(limits.address_space_bytes),
+    )
+    try:
+        return process.wait(timeout=limits.timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return None
+
+
+def _limit_address_space(limit: int | None) -> Callable[[], None] | None:
+    """RLIMIT_AS in the child (inherited by GNU time's child): over-allocation raises, the machine lives."""
+    if limit is None:
+        return None
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def _peak_rss_mib(time_report: str) -> float | None:
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_report)
+    return int(match.group(1)) / 1024 if match else None
+
+
+def _cpu_seconds(time_report: str) -> float | None:
+    times = re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", time_report)
+    return sum(float(value) for value in times) if len(times) == 2 else None
+
+
+def _signal_reason(time_report: str) -> str:
+    """GNU time notes a child killed by a signal; SIGKILL without our timeout means the OOM killer."""
+    match = re.search(r"Command terminated by signal (\d+)", time_report)
+    if not match:
+        return ""
+    number = int(match.group(1))
+    name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else str(number)
+    hint = " (out of memory?)" if number == signal.SIGKILL else ""
+    return f"killed by {name}{hint}"
+
+
+def _tail(path: Path) -> list[str]:
+    """The last lines of a run's output, stripped of blank lines (enough to explain a failure)."""
+    with path.open("rb") as file:
+        file.seek(max(0, path.stat().st_size - 64 * 1024))
+        text = file.read().decode(errors="replace")
+    return [line.rstrip() for line in text.splitlines() if line.strip()][-TAIL_LINES:]
+
+
+def _shorten(text: str, width: int = 160) -> str:
+    text = " ".join(text.split()).replace("|", "/")  # one line, safe inside a markdown table
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
