@@ -12,14 +12,17 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphdoctor.analysis import Analysis
 from graphdoctor.engine import run_rules, select_rules
 from graphdoctor.model import load_model
 from graphdoctor.rule import Finding, Rule, Severity, load_rules
 
-__all__ = ["LintResult", "lint"]
+if TYPE_CHECKING:
+    from graphdoctor.verify.compare import VerifyResult
+
+__all__ = ["LintResult", "lint", "verify"]
 
 
 @dataclass(frozen=True)
@@ -57,4 +60,57 @@ def lint(
         rules=chosen,
         seconds=time.perf_counter() - start,
         file_size=loaded.file_size,
+    )
+
+
+def verify(
+    reference: str | os.PathLike[str],
+    candidate: str | os.PathLike[str] | None = None,
+    *,
+    backends: Iterable[str] = ("onnxruntime-cpu",),
+    preset: str = "auto",
+    atol: float | None = None,
+    rtol: float | None = None,
+    min_cosine: float | None = None,
+    inputs: str | os.PathLike[str] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    seed: int = 0,
+    save_inputs: str | os.PathLike[str] | None = None,
+) -> VerifyResult:
+    """Run `reference` on ONNX Runtime CPU and `candidate` (default: the reference itself) on each backend,
+    on the same inputs, and compare every output at the tolerance preset ('auto': fp16 when either model
+    holds FLOAT16 tensors or a backend computes in FP16, else fp32)."""
+    from graphdoctor.verify import inputs as verify_inputs
+    from graphdoctor.verify.compare import verify_models
+    from graphdoctor.verify.metrics import tolerance_for
+    from graphdoctor.verify.runners import get_backend
+
+    ref = load_model(reference)
+    cand = load_model(candidate) if candidate is not None else ref
+    chosen = [get_backend(name) for name in backends]
+    if inputs is not None:
+        feeds = verify_inputs.bind_inputs(ref.model, verify_inputs.load_inputs(inputs))
+        source = str(inputs)
+    else:
+        feeds = verify_inputs.generate_inputs(ref.model, seed=seed, shapes=shapes)
+        source = f"generated (seed {seed})"
+    if save_inputs is not None:
+        verify_inputs.save_inputs(feeds, save_inputs)
+    if preset == "auto":
+        preset = "fp16" if _holds_fp16(ref.model, cand.model) or any(b.computes_fp16 for b in chosen) else "fp32"
+    tolerance = tolerance_for(preset, atol, rtol, min_cosine)
+    return verify_models(ref.path, cand.path, chosen, feeds, source, tolerance)
+
+
+def _holds_fp16(*models) -> bool:
+    import onnx_ir as ir
+
+    return any(
+        value.dtype == ir.DataType.FLOAT16
+        for model in models
+        for value in (*model.graph.inputs, *model.graph.outputs, *model.graph.initializers.values())
+    ) or any(
+        node.op_type == "Cast" and node.attributes.get_int("to") == ir.DataType.FLOAT16
+        for model in models
+        for node in model.graph
     )

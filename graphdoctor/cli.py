@@ -34,6 +34,7 @@ def cli(verbose: bool) -> None:
 
     \b
     graphdoctor lint model.onnx                 # findings with codes, numbers and fixes
+    graphdoctor verify model.onnx fixed.onnx    # same inputs, compare every output, per backend
     graphdoctor rules                           # the rule catalogue
     graphdoctor explain GD001                   # one rule's documentation
     graphdoctor lint model.onnx && trtexec --onnx=model.onnx   # a pre-deployment gate
@@ -142,6 +143,81 @@ def _use_color() -> bool:
     if os.environ.get("NO_COLOR") or os.environ.get("CI"):
         return False
     return sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
+
+
+def _parse_shapes(values: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    from graphdoctor.verify.inputs import parse_shape
+
+    return dict(parse_shape(value) for value in _split_shapes(values))
+
+
+def _split_shapes(values: Iterable[str]) -> list[str]:
+    """`--shape a:1x3,b:1x8` or repeated --shape; commas only split between NAME:DIMS items."""
+    return [part for value in values for part in value.split(",") if part]
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("candidate", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    metavar="NAME",
+    help="Run the candidate on these (repeatable): onnxruntime-cpu (default), onnxruntime-cuda, "
+    "onnxruntime-tensorrt, tensorrt, fp16-emulation. Unavailable ones are skipped with the reason.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["auto", "exact", "fp32", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="Tolerances; auto is fp16 when a model holds FP16 or a backend computes in FP16, else fp32.",
+)
+@click.option("--atol", type=float, help="Override the preset's absolute tolerance.")
+@click.option("--rtol", type=float, help="Override the preset's relative tolerance.")
+@click.option("--min-cosine", type=float, help="Override the preset's minimum cosine similarity.")
+@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help=".npz, .npy or a folder of input_N.pb.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help="Dynamic dims, e.g. images:1x3x640x640.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
+@click.option("--save-inputs", type=click.Path(path_type=Path), help="Write the inputs used (.npz) for replay.")
+@click.option("--format", "output_format", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.pass_context
+def verify(ctx: click.Context, reference: Path, candidate: Path | None, **options: Any) -> None:
+    """Run REFERENCE and CANDIDATE on the same inputs and compare every output, per backend.
+
+    The reference runs on ONNX Runtime CPU; the candidate (default: the reference itself, to compare
+    backends) runs on each --backend. Every verdict names the backend and the precision it computed in.
+    Exit 0 when every backend that ran agrees within tolerance, 1 when one differs, 2 on errors.
+    """
+    from graphdoctor import api
+
+    result = api.verify(
+        reference,
+        candidate,
+        backends=options["backends"] or ("onnxruntime-cpu",),
+        preset=options["preset"],
+        atol=options["atol"],
+        rtol=options["rtol"],
+        min_cosine=options["min_cosine"],
+        inputs=options["inputs_path"],
+        shapes=_parse_shapes(options["shapes"]),
+        seed=options["seed"],
+        save_inputs=options["save_inputs"],
+    )
+    if options["output_format"] == "json":
+        from graphdoctor.report import json as json_report
+
+        json_report.render_verify(result, sys.stdout)
+    else:
+        from graphdoctor.report import text
+
+        text.render_verify(result, sys.stdout, color=_use_color())
+    if not any(v.ran for v in result.verdicts):
+        raise GraphDoctorError(
+            "no backend could run: " + "; ".join(f"{v.backend}: {v.reason}" for v in result.verdicts)
+        )
+    ctx.exit(0 if result.passed else 1)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from typing import Any, TextIO
 
@@ -20,7 +21,7 @@ from graphdoctor import __version__
 from graphdoctor.api import LintResult
 from graphdoctor.rule import Finding, Severity
 
-__all__ = ["SCHEMA_VERSION", "render_lint"]
+__all__ = ["SCHEMA_VERSION", "render_lint", "render_verify"]
 
 SCHEMA_VERSION = 1
 
@@ -69,3 +70,48 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+def render_verify(result, stream: TextIO) -> None:
+    """Schema (version 1): {"schema_version", "tool", "version", "verify": {"reference", "candidate", "passed",
+    "tolerance": {name, atol, rtol, min_cosine, max_mismatch}, "inputs": {name: {"dtype", "shape"}},
+    "input_source", "seconds", "verdicts": [{"backend", "precision", "status", "reason",
+    "outputs": [TensorComparison fields], "details": {...}}]}}"""
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "graphdoctor",
+        "version": __version__,
+        "verify": {
+            "reference": str(result.reference),
+            "candidate": str(result.candidate),
+            "passed": result.passed,
+            "tolerance": dict(result.tolerance.__dict__),
+            "inputs": {n: {"dtype": str(a.dtype), "shape": list(a.shape)} for n, a in result.inputs.items()},
+            "input_source": result.input_source,
+            "seconds": round(result.seconds, 3),
+            "verdicts": [
+                {
+                    "backend": v.backend,
+                    "precision": v.precision,
+                    "status": v.status,
+                    "reason": v.reason,
+                    "outputs": [c.as_dict() for c in v.outputs],
+                    "details": v.details,
+                }
+                for v in result.verdicts
+            ],
+        },
+    }
+    json.dump(_strict(document), stream, indent=2, default=_jsonable)
+    stream.write("\n")
+
+
+def _strict(value: Any) -> Any:
+    """JSON has no inf or NaN: write them as the strings "inf", "-inf", "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value

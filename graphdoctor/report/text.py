@@ -13,7 +13,7 @@ from graphdoctor.analysis.format import format_bytes
 from graphdoctor.api import LintResult
 from graphdoctor.rule import Finding, Rule, Severity
 
-__all__ = ["render_explain", "render_lint", "render_rules"]
+__all__ = ["render_explain", "render_lint", "render_rules", "render_verify"]
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -93,3 +93,77 @@ class _Writer:
             self.console.print(markup)
         else:
             self.stream.write((markup if plain is None else plain) + "\n")
+
+
+def render_verify(result, stream: TextIO, color: bool) -> None:
+    """Per backend: its precision, its verdict and one line per output; then the overall verdict."""
+    out = _Writer(stream, color)
+    out.line(f"[bold]verify[/bold] {result.reference} (reference) vs {result.candidate}", plain=_verify_head(result))
+    shapes = ", ".join(f"{name} {array.dtype}{list(array.shape)}" for name, array in result.inputs.items())
+    out.line(f"inputs: {result.input_source}: {_escape(shapes)}", plain=f"inputs: {result.input_source}: {shapes}")
+    out.line(f"tolerance: {result.tolerance.describe()}", plain=f"tolerance: {result.tolerance.describe()}")
+    for verdict in result.verdicts:
+        out.line("")
+        _render_verdict(verdict, out)
+    out.line("")
+    summary = _verify_summary(result)
+    style = "bold green" if result.passed else "bold red"
+    out.line(f"[{style}]{_escape(summary)}[/{style}]", plain=summary)
+
+
+def _verify_head(result) -> str:
+    return f"verify {result.reference} (reference) vs {result.candidate}"
+
+
+_STATUS_STYLE = {"passed": "green", "failed": "bold red", "skipped": "dim", "error": "bold red"}
+
+
+def _render_verdict(verdict, out: _Writer) -> None:
+    style = _STATUS_STYLE[verdict.status]
+    head = f"{verdict.backend}: {verdict.status.upper()}"
+    out.line(
+        f"[{style}]{head}[/{style}] [dim]({_escape(verdict.precision)})[/dim]", plain=f"{head} ({verdict.precision})"
+    )
+    if verdict.reason:
+        out.line(f"  {_escape(verdict.reason)}", plain=f"  {verdict.reason}")
+    for comparison in verdict.outputs:
+        line = _comparison_line(comparison)
+        out.line(f"  {_escape(line)}", plain=f"  {line}")
+    for name, renderer in _DETAIL_RENDERERS.items():
+        if name in verdict.details:
+            renderer(verdict.details[name], out)
+
+
+def _comparison_line(c) -> str:
+    mark = "ok  " if c.passed else "FAIL"
+    parts = [
+        f"{mark} {c.name}{list(c.shape)}",
+        f"max abs {c.max_abs:.3g}",
+        f"max rel {c.max_rel:.3g}",
+        f"cosine {c.cosine:.6f}",
+        f"mismatch {c.mismatch:.2%}",
+    ]
+    if c.top1_agreement is not None:
+        parts.append(f"top-1 agreement {c.top1_agreement:.1%}")
+    if c.cand_nonfinite or c.ref_nonfinite:
+        parts.append(f"inf/NaN {c.ref_nonfinite} → {c.cand_nonfinite}")
+    if c.reason:
+        parts.append(c.reason)
+    return "  ".join(parts)
+
+
+def _verify_summary(result) -> str:
+    ran = [v for v in result.verdicts if v.ran]
+    skipped = [v for v in result.verdicts if v.status == "skipped"]
+    errors = [v for v in result.verdicts if v.status == "error"]
+    verdict = "PASSED" if result.passed else "FAILED"
+    parts = [f"{verdict} on {', '.join(f'{v.backend} ({v.status})' for v in ran) or 'no backend'}"]
+    if skipped:
+        parts.append(f"skipped: {', '.join(v.backend for v in skipped)}")
+    if errors:
+        parts.append(f"errors: {', '.join(v.backend for v in errors)}")
+    return "; ".join(parts) + f" ({result.tolerance.name} tolerance, {result.seconds:.1f} s)"
+
+
+# Extra reports a verdict may carry (layer-wise comparison), rendered after its outputs.
+_DETAIL_RENDERERS: dict = {}

@@ -1,0 +1,122 @@
+"""Backends that run a model on inputs: ONNX Runtime's execution providers, and more registered by name.
+
+A backend states its name and the precision its arithmetic really has, because a verdict is only as good
+as the backend behind it: ONNX Runtime's CPU provider runs most FP16 nodes in FP32 (it inserts Casts around
+them), so it proves that an FP16 model loads and what its rounded weights do, never FP16 overflow. Backends
+that need a GPU or an optional package say why they are unavailable instead of failing.
+
+Any tensor of the graph can be fetched, not only the outputs: `run(..., outputs=[names])` exposes them for
+that run only (layer-wise comparison fetches a few at a time to bound memory).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from graphdoctor.errors import GraphDoctorError
+
+__all__ = ["BACKENDS", "Backend", "OnnxruntimeBackend", "get_backend", "session_model"]
+
+_EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
+
+
+class Backend:
+    """A way to run an ONNX file. Subclasses set `name` and `precision` and implement `run`."""
+
+    name: str = ""
+    precision: str = ""  # what the arithmetic really is, in words, for the verdict
+    computes_fp16: bool = False  # its arithmetic is FP16 (then the fp16 tolerance preset applies)
+
+    def unavailable_reason(self) -> str | None:
+        """None when this backend can run here; else why not (missing package, no GPU)."""
+        return None
+
+    def run(
+        self, model: Path, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _Provider:
+    name: str  # ONNX Runtime's provider name
+    label: str
+    precision: str
+
+
+_PROVIDERS = {
+    "onnxruntime-cpu": _Provider(
+        "CPUExecutionProvider",
+        "ONNX Runtime CPU",
+        "the model's dtypes; FP16 nodes mostly run in FP32 on this provider, so FP16 overflow is invisible",
+    ),
+    "onnxruntime-cuda": _Provider("CUDAExecutionProvider", "ONNX Runtime CUDA", "the model's dtypes, on the GPU"),
+    "onnxruntime-tensorrt": _Provider(
+        "TensorrtExecutionProvider", "ONNX Runtime TensorRT EP", "TensorRT FP32 engine built by ONNX Runtime"
+    ),
+}
+
+
+class OnnxruntimeBackend(Backend):
+    """One ONNX Runtime execution provider (graph optimizations at their default, as deployed)."""
+
+    def __init__(self, key: str) -> None:
+        self.provider = _PROVIDERS[key]
+        self.name = key
+        self.precision = self.provider.precision
+
+    def unavailable_reason(self) -> str | None:
+        import onnxruntime as ort
+
+        if self.provider.name not in ort.get_available_providers():
+            return f"{self.provider.name} is not in this onnxruntime build (install onnxruntime-gpu with a GPU)"
+        return None
+
+    def run(
+        self, model: Path, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        source = session_model(model, outputs, options)
+        try:
+            session = ort.InferenceSession(source, options, providers=[self.provider.name])
+            names = [o.name for o in session.get_outputs()]
+            results = session.run(names, dict(inputs))
+        except Exception as error:  # onnxruntime raises its own exception types for bad models and inputs
+            raise GraphDoctorError(f"{self.provider.label} cannot run {model.name}: {_first_line(error)}") from None
+        return dict(zip(names, results, strict=True))
+
+
+def session_model(model: Path, outputs: Sequence[str] | None, options) -> str | bytes:
+    """The model path itself, or, when other tensors are to be fetched, the serialized graph with those
+    tensors as its outputs (weights stay in their external files: ONNX Runtime is told where they are)."""
+    if outputs is None:
+        return os.fspath(model)
+    import onnx
+
+    proto = onnx.load_model(os.fspath(model), load_external_data=False)
+    del proto.graph.output[:]
+    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
+    options.add_session_config_entry(_EXTERNAL_FOLDER, os.fspath(model.resolve().parent))
+    return proto.SerializeToString()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
+
+
+BACKENDS: dict[str, Callable[[], Backend]] = {key: (lambda key=key: OnnxruntimeBackend(key)) for key in _PROVIDERS}
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise GraphDoctorError(f"unknown backend '{name}' (choose from {', '.join(sorted(BACKENDS))})")
+    return BACKENDS[name]()
