@@ -47,12 +47,23 @@ def lint(
     ignore: Iterable[str] = (),
     rule_options: Mapping[str, Mapping[str, Any]] | None = None,
     rules: Iterable[Rule] | None = None,
+    deep: bool = False,
+    inputs: str | os.PathLike[str] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    seed: int = 0,
 ) -> LintResult:
-    """Load the model at `path` (lazily; the file is never modified) and run the selected rules on it."""
+    """Load the model at `path` (lazily; the file is never modified) and run the selected rules on it.
+
+    `deep` adds the slow rules (they run other tools); `inputs` (a file) or `shapes` give sample inputs,
+    generated with `seed` when only shapes are given, so rules can check activations, not only constants.
+    """
     start = time.perf_counter()
-    chosen = select_rules(load_rules() if rules is None else rules, select, ignore)
+    chosen = [
+        r for r in select_rules(load_rules() if rules is None else rules, select, ignore) if deep or not r.meta.deep
+    ]
     loaded = load_model(path)
-    analysis = Analysis(loaded.model, loaded.path, loaded.file_size)
+    samples = _sample_inputs(loaded.model, inputs, shapes, seed) if inputs is not None or shapes else None
+    analysis = Analysis(loaded.model, loaded.path, loaded.file_size, samples)
     findings = run_rules(chosen, analysis, rule_options)
     return LintResult(
         path=loaded.path,
@@ -61,6 +72,14 @@ def lint(
         seconds=time.perf_counter() - start,
         file_size=loaded.file_size,
     )
+
+
+def _sample_inputs(model, inputs, shapes, seed: int):
+    from graphdoctor.verify import inputs as verify_inputs
+
+    if inputs is not None:
+        return verify_inputs.bind_inputs(model, verify_inputs.load_inputs(inputs))
+    return verify_inputs.generate_inputs(model, seed=seed, shapes=shapes)
 
 
 def verify(

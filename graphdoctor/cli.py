@@ -88,6 +88,15 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     help="Exit 1 when a finding is at least this severe.",
 )
 @click.option("--exit-zero", is_flag=True, help="Report only: exit 0 even when findings remain.")
+@click.option("--deep", is_flag=True, help="Also run the slow rules (GD005 runs simplifiers and verifies them).")
+@click.option(
+    "--inputs",
+    "inputs_path",
+    type=click.Path(path_type=Path),
+    help="Sample inputs (.npz, .npy, input_N.pb folder): rules also check activations (GD007).",
+)
+@click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help="Generate sample inputs of this shape.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated sample inputs.")
 @click.pass_context
 def lint(ctx: click.Context, models: tuple[Path, ...], **options: Any) -> None:
     """Check MODELS for what breaks between a PyTorch export and a TensorRT engine.
@@ -108,6 +117,10 @@ def lint(ctx: click.Context, models: tuple[Path, ...], **options: Any) -> None:
             select=_split(settings["select"]),
             ignore=_split(settings["ignore"]),
             rule_options=config.rule_options,
+            deep=options["deep"],
+            inputs=options["inputs_path"],
+            shapes=_parse_shapes(options["shapes"]),
+            seed=options["seed"],
         )
         for model in models
     ]

@@ -97,6 +97,8 @@ class RuleMeta:
     fix: FixSafety | None = None
     since: str = "0.1.0"
     options: Any = None  # a dataclass instance holding the defaults, or None
+    deep: bool = False  # slow (runs tools or models): only with `lint --deep`
+    needs_inputs: bool = False  # part of it runs the model on sample inputs: only with `lint --inputs/--shape`
 
     def __post_init__(self) -> None:
         if not _CODE.match(self.code):

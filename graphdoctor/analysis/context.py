@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
 
@@ -24,10 +24,17 @@ __all__ = ["Analysis"]
 class Analysis:
     """Lazily computed facts about one model. Rules ask; nothing is computed that no rule asks for."""
 
-    def __init__(self, model: ir.Model, path: Path | None = None, file_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model: ir.Model,
+        path: Path | None = None,
+        file_size: int | None = None,
+        sample_inputs: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         self.model = model
         self.path = path
         self.file_size = file_size
+        self.sample_inputs = sample_inputs  # given with `lint --inputs/--shape`: rules may run the model
         self._cache: dict[str, object] = {}
 
     @cached_property
