@@ -7,6 +7,7 @@ for finding in result.findings: print(finding.code, finding.message)
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -95,15 +96,28 @@ def verify(
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     seed: int = 0,
     save_inputs: str | os.PathLike[str] | None = None,
+    torch_program: str | os.PathLike[str] | None = None,
+    layerwise: bool = False,
+    layers_per_run: int | None = None,
 ) -> VerifyResult:
     """Run `reference` on ONNX Runtime CPU and `candidate` (default: the reference itself) on each backend,
     on the same inputs, and compare every output at the tolerance preset ('auto': fp16 when either model
-    holds FLOAT16 tensors or a backend computes in FP16, else fp32)."""
+    holds FLOAT16 tensors or a backend computes in FP16, else fp32).
+
+    With `torch_program` (a torch.export .pt2), that program is the reference instead, and `reference`, the
+    ONNX model exported from it, runs on each backend; no `candidate` then.
+
+    `layerwise` also compares every float tensor both models compute under the same name, a slice per run
+    (`layers_per_run` tensors, else a 256 MiB budget), and names the first node beyond tolerance."""
+    from graphdoctor.errors import GraphDoctorError
     from graphdoctor.verify import inputs as verify_inputs
     from graphdoctor.verify.compare import verify_models
-    from graphdoctor.verify.metrics import tolerance_for
     from graphdoctor.verify.runners import get_backend
 
+    if torch_program is not None and candidate is not None:
+        raise GraphDoctorError("--torch compares REFERENCE with the program it was exported from: give no CANDIDATE")
+    if layerwise and torch_program is not None:
+        raise GraphDoctorError("--layerwise compares the tensors of two ONNX models: it does not combine with --torch")
     ref = load_model(reference)
     cand = load_model(candidate) if candidate is not None else ref
     chosen = [get_backend(name) for name in backends]
@@ -115,10 +129,50 @@ def verify(
         source = f"generated (seed {seed})"
     if save_inputs is not None:
         verify_inputs.save_inputs(feeds, save_inputs)
-    if preset == "auto":
-        preset = "fp16" if _holds_fp16(ref.model, cand.model) or any(b.computes_fp16 for b in chosen) else "fp32"
-    tolerance = tolerance_for(preset, atol, rtol, min_cosine)
-    return verify_models(ref.path, cand.path, chosen, feeds, source, tolerance)
+    tolerance = _tolerance_per_backend(preset, _holds_fp16(ref.model, cand.model), atol, rtol, min_cosine)
+    if torch_program is not None:
+        return _verify_against_torch(ref, Path(torch_program), chosen, feeds, source, tolerance)
+    layers = _layerwise_options(layers_per_run) if layerwise else None
+    paths = ref.path, cand.path
+    del ref, cand  # the parsed graphs hold the weights; the runs read the files themselves
+    gc.collect()  # graphs are reference cycles: freed only by the collector
+    return verify_models(*paths, chosen, feeds, source, tolerance, layerwise=layers)
+
+
+def _tolerance_per_backend(preset: str, holds_fp16: bool, atol, rtol, min_cosine):
+    """'auto': fp16 for a backend computing in FP16 or models holding FP16, else fp32; explicit presets as given."""
+    from graphdoctor.verify.metrics import tolerance_for
+
+    def tolerance_of(backend):
+        chosen = preset
+        if preset == "auto":
+            chosen = "fp16" if holds_fp16 or backend.computes_fp16 else "fp32"
+        return tolerance_for(chosen, atol, rtol, min_cosine)
+
+    tolerance_for(preset if preset != "auto" else "fp32", atol, rtol, min_cosine)  # bad values fail before any run
+    return tolerance_of
+
+
+def _layerwise_options(layers_per_run: int | None):
+    from graphdoctor.verify.layerwise import LayerwiseOptions
+
+    return LayerwiseOptions(layers_per_run=layers_per_run)
+
+
+def _verify_against_torch(onnx_model, program: Path, backends, feeds, source: str, tolerance) -> VerifyResult:
+    """The torch.export program is the oracle (inputs by position, outputs named after the ONNX outputs);
+    the ONNX model runs on each backend."""
+    import dataclasses
+
+    from graphdoctor.verify.compare import verify_models
+    from graphdoctor.verify.inputs import input_specs
+    from graphdoctor.verify.torch_reference import RUNNER, run_exported_program
+
+    start = time.perf_counter()
+    args = [feeds[spec.name] for spec in input_specs(onnx_model.model)]
+    expected = run_exported_program(program, args, [value.name for value in onnx_model.model.graph.outputs])
+    result = verify_models(program, onnx_model.path, backends, feeds, source, tolerance, reference_outputs=expected)
+    return dataclasses.replace(result, reference_runner=RUNNER, seconds=time.perf_counter() - start)
 
 
 def _holds_fp16(*models) -> bool:

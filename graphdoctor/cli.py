@@ -194,6 +194,25 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help="Dynamic dims, e.g. images:1x3x640x640.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
 @click.option("--save-inputs", type=click.Path(path_type=Path), help="Write the inputs used (.npz) for replay.")
+@click.option(
+    "--torch",
+    "torch_program",
+    type=click.Path(path_type=Path),
+    help="A torch.export program (.pt2) that REFERENCE was exported from: it becomes the reference, and "
+    "REFERENCE runs on each backend (no CANDIDATE). Needs graphdoctor[torch].",
+)
+@click.option(
+    "--layerwise",
+    is_flag=True,
+    help="Also compare every tensor both models compute under the same name, a slice per run, and name the "
+    "first node beyond tolerance, with the error per stage.",
+)
+@click.option(
+    "--layers-per-run",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="With --layerwise: expose N tensors per run (default: as many as fit 256 MiB for both models).",
+)
 @click.option("--format", "output_format", type=click.Choice(FORMATS), default="text", show_default=True)
 @click.pass_context
 def verify(ctx: click.Context, reference: Path, candidate: Path | None, **options: Any) -> None:
@@ -217,6 +236,9 @@ def verify(ctx: click.Context, reference: Path, candidate: Path | None, **option
         shapes=_parse_shapes(options["shapes"]),
         seed=options["seed"],
         save_inputs=options["save_inputs"],
+        torch_program=options["torch_program"],
+        layerwise=options["layerwise"],
+        layers_per_run=options["layers_per_run"],
     )
     if options["output_format"] == "json":
         from graphdoctor.report import json as json_report

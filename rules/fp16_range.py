@@ -1,4 +1,4 @@
-"""GD007 fp16-range: float32/float64 constants that FP16 cannot hold.
+"""GD007 fp16-range: float constants, and with sample inputs activations, that FP16 cannot hold.
 
 What it finds
     Initializers, Constant nodes and ConstantOfShape fill values, read in bounded memory, with
@@ -12,25 +12,41 @@ What it finds
     saturate on purpose and get one info, not a warning. Normalization eps constants are GD004's, not
     reported here.
 
+    Activations need sample inputs (`graphdoctor lint --inputs x.npz`, or `--shape images:1x3x640x640` to
+    generate them): the FP32 model runs once on ONNX Runtime's CPU provider, a slice of tensors at a time,
+    and every float32 tensor of the main graph is checked:
+    - tensors holding values beyond FP16's range: a warning naming the producing node, the worst value and how
+      many elements become inf. Only where the overflow starts is reported (a tensor none of whose node's
+      inputs overflow); the tensors computed from it are counted in the message;
+    - tensors whose nonzero values mostly flush to 0 in FP16 (at least `activation_flush_fraction` of them:
+      an info; a warning from 90%).
+    Attention masks saturating on purpose are not findings: negative-only overflow in a tensor that reaches
+    a Softmax through mask-shaped ops (Where, Add, Sub, Mul, Expand, Cast, ...) and whose large values come
+    from a constant or input holding them. Without sample inputs only constants are checked.
+
 Why it matters
     Converting to FP16 turns such values into inf or 0, or the converter clamps them without saying so
     (onnxconverter-common clamps to ±1e4, a 50% error on 20000; onnxruntime's converter to ±65504). A scale
-    that becomes 0 or inf changes every value it touches. ONNX Runtime's CPU provider runs most FP16 ops in
-    FP32, so a CPU check of the converted model often hides the damage a GPU shows.
+    that becomes 0 or inf changes every value it touches; an activation that becomes inf turns into NaN at
+    the next normalization or Softmax. ONNX Runtime's CPU provider runs most FP16 ops in FP32, so a CPU check
+    of the converted model hides all of this; a GPU (TensorRT, CUDA) shows it.
 
 How to fix
-    Keep the nodes that read these constants in FP32 (`graphdoctor fix --fp16` does, and reports every value
-    it would otherwise change), or rescale the model so the constant fits (fold a large scale into the next
-    weight). Activations beyond FP16's range are a separate check that needs sample inputs.
+    Keep the nodes that read these constants, or that compute the overflowing activations, in FP32 (`graphdoctor
+    fix --fp16` does, and reports every value it would otherwise change), or rescale the model so the values
+    fit (fold a large scale into the next weight; normalize before, not after, a large product). Check the
+    result without a GPU with `graphdoctor verify model.onnx --backend fp16-emulation`.
 
 Options
     flush_fraction (0.01): share of a large weight's nonzero values that must flush to 0 for it to be reported.
     max_small_size (16): constants with at most this many values are "small": any flushed value is reported.
+    activation_flush_fraction (0.5): share of an activation's nonzero values that must flush to 0 for it to be
+    reported (with sample inputs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,30 +54,33 @@ import onnx_ir as ir
 
 from graphdoctor.analysis.constants import const_tensor, iter_constant_values
 from graphdoctor.analysis.format import format_dtype, format_number, format_shape
+from graphdoctor.analysis.graph import node_label
 from graphdoctor.analysis.normalization import normalizations
+from graphdoctor.analysis.ranges import (
+    FP16_FLUSH,
+    FP16_OVERFLOW,
+    SOURCE,
+    TensorRange,
+    feeds_softmax,
+    is_mask_saturation,
+    sample_ranges,
+)
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.engine import RuleContext
 from graphdoctor.rule import Finding, Message, RuleKind, RuleMeta, Severity
 
 __all__ = ["META", "Options", "check"]
 
-FP16_OVERFLOW = 65520.0  # |x| >= this rounds to inf in FP16 (65504 is the largest finite value)
-FP16_FLUSH = 2.0**-25  # 0 < |x| <= this rounds to 0 in FP16
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
-# ops a mask passes through between its fill constant and the Softmax (broadcasting, dtype, combining)
-_MASK_PATH_OPS = frozenset(
-    {"Where", "Add", "Sub", "Mul", "Min", "Max", "Clip", "Expand", "Tile", "Cast", "CastLike", "Reshape"}
-    | {"Unsqueeze", "Squeeze", "Transpose", "Concat", "Slice", "Gather", "Identity"}
-)
-_SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
-_MASK_PATH_DEPTH = 8
 _CHUNK_BYTES = 4 * 1024 * 1024  # the scan holds about 2 chunks at once (data and magnitudes)
+_MOSTLY = 0.9  # an activation flushing at least this share of its nonzero values is a warning
 
 
 @dataclass(frozen=True)
 class Options:
     flush_fraction: float = 0.01
     max_small_size: int = 16
+    activation_flush_fraction: float = 0.5
 
 
 META = RuleMeta(
@@ -69,8 +88,9 @@ META = RuleMeta(
     name="fp16-range",
     kind=RuleKind.PROBLEM,
     severity=Severity.WARNING,
-    summary="float constants beyond FP16's range, or that flush to zero in FP16",
+    summary="float constants (and, with sample inputs, activations) beyond FP16's range or flushing to zero",
     options=Options(),
+    needs_inputs=True,
     messages={
         "overflow": Message(
             "constant '{name}' {type} has {count} value(s) beyond FP16's range (worst {worst}): they become inf"
@@ -98,6 +118,20 @@ META = RuleMeta(
             " (e.g. LayerScale), keep it in FP32 under --fp16 or rescale it",
             severity=Severity.INFO,
         ),
+        "activation_overflow": Message(
+            "{op_type} '{node_name}' computes '{tensor}' {type} with {count} of {size} value(s) beyond FP16's range"
+            " on the sample inputs (worst {worst}, {source}): they become inf in FP16{downstream}",
+            help="keep this node and what follows up to the next normalization in FP32 under --fp16, or rescale"
+            " (normalize before the large product); check with `graphdoctor verify --backend fp16-emulation`",
+        ),
+        "activation_flush": Message(
+            "{flushed} of {nonzero} nonzero values ({percent}%) of '{tensor}' {type}, computed by {op_type}"
+            " '{node_name}', become 0 in FP16 on the sample inputs (|x| ≤ 2.98e-08; largest |x| {max_abs},"
+            " {source})",
+            help="if later ops divide by or rescale this tensor, keep its producer in FP32 under --fp16, or"
+            " rescale the model so it lives in FP16's range",
+            severity=Severity.INFO,
+        ),
     },
 )
 
@@ -110,12 +144,15 @@ def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
         if id(value) in skip:
             continue
         stats = _scan(tensor)
-        if stats.overflow and stats.worst < 0 and _feeds_softmax(value):
+        if stats.overflow and stats.worst < 0 and feeds_softmax(value):
             masks.append((value, stats))
             continue
         yield from _findings(value, type_, stats, options, ctx)
     if masks:
         yield _mask_finding(masks, ctx)
+    ranges = sample_ranges(ctx.analysis)
+    if ranges is not None:
+        yield from _activation_findings(model, ranges, options, ctx)
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -176,26 +213,6 @@ def _add_overflow(stats: _Stats, chunk: np.ndarray, magnitude: np.ndarray) -> No
             stats.worst = worst
 
 
-def _feeds_softmax(value: ir.Value) -> bool:
-    """Whether the value reaches a Softmax through mask-shaped ops only (Where, Add, Expand, ...)."""
-    frontier, seen = [value], {id(value)}
-    for _ in range(_MASK_PATH_DEPTH):
-        following = []
-        for current in frontier:
-            for use in current.uses():
-                node = use.node
-                if node.op_type in _SOFTMAX_OPS:
-                    return True
-                if node.op_type not in _MASK_PATH_OPS:
-                    continue
-                for output in node.outputs:
-                    if id(output) not in seen:
-                        seen.add(id(output))
-                        following.append(output)
-        frontier = following
-    return False
-
-
 # --- reporting ----------------------------------------------------------------------------------------------
 
 
@@ -248,3 +265,98 @@ def _mask_finding(masks: list[tuple[ir.Value, _Stats]], ctx: RuleContext) -> Fin
         worst=format_number(worst),
         example=masks[0][0].name or "?",
     )
+
+
+# --- activations (with sample inputs) -----------------------------------------------------------------------
+
+
+def _activation_findings(
+    model: ir.Model, ranges: Mapping[str, TensorRange], options: Options, ctx: RuleContext
+) -> Iterator[Finding]:
+    """Overflow where it starts, and tensors that mostly flush to zero, in graph order."""
+    values = {v.name: v for v in _main_graph_values(model) if v.name in ranges}
+    overflowing = {
+        name
+        for name, value in values.items()
+        if ranges[name].overflow and not is_mask_saturation(value, ranges, ctx.analysis)
+    }
+    for name, value in values.items():
+        measured = ranges[name]
+        node = value.producer()
+        if name in overflowing and node is not None and not _overflowing_inputs(node, overflowing):
+            yield _overflow_finding(value, node, measured, _downstream(value, overflowing), ctx)
+        fraction = measured.flush_fraction
+        if node is not None and measured.flushed and fraction >= options.activation_flush_fraction:
+            yield _flush_finding(value, node, measured, ctx)
+
+
+def _main_graph_values(model: ir.Model) -> Iterator[ir.Value]:
+    yield from model.graph.inputs
+    for node in model.graph:
+        yield from node.outputs
+
+
+def _overflowing_inputs(node: ir.Node, overflowing: set[str]) -> bool:
+    return any(v is not None and v.name in overflowing for v in node.inputs)
+
+
+def _downstream(value: ir.Value, overflowing: set[str]) -> int:
+    """How many other overflowing tensors are computed from this one (the overflow propagating)."""
+    seen, frontier, count = {id(value)}, [value], 0
+    while frontier:
+        current = frontier.pop()
+        for use in current.uses():
+            for output in use.node.outputs:
+                if id(output) in seen:
+                    continue
+                seen.add(id(output))
+                frontier.append(output)
+                count += output.name in overflowing
+    return count
+
+
+def _overflow_finding(
+    value: ir.Value, node: ir.Node, measured: TensorRange, downstream: int, ctx: RuleContext
+) -> Finding:
+    tail = f"; {downstream} tensor(s) computed from it overflow too" if downstream else ""
+    return ctx.report(
+        "activation_overflow",
+        node=node,
+        values=[value],
+        op_type=node.op_type,
+        node_name=node_label(node),
+        tensor=value.name,
+        type=_type_of(measured),
+        count=measured.overflow,
+        size=measured.size,
+        worst=format_number(measured.worst),
+        worst_value=measured.worst,
+        source=SOURCE,
+        downstream=tail,
+        downstream_count=downstream,
+    )
+
+
+def _flush_finding(value: ir.Value, node: ir.Node, measured: TensorRange, ctx: RuleContext) -> Finding:
+    fraction = measured.flush_fraction
+    return ctx.report(
+        "activation_flush",
+        node=node,
+        values=[value],
+        severity=Severity.WARNING if fraction >= _MOSTLY else None,
+        op_type=node.op_type,
+        node_name=node_label(node),
+        tensor=value.name,
+        type=_type_of(measured),
+        flushed=measured.flushed,
+        nonzero=measured.nonzero,
+        percent=f"{fraction * 100:.1f}",
+        fraction=fraction,
+        max_abs=format_number(measured.max_abs),
+        source=SOURCE,
+    )
+
+
+def _type_of(measured: TensorRange) -> str:
+    """`float32[2,16,128]`: the shape the sample inputs gave, which says more than `[batch,sequence,128]`."""
+    return f"{measured.dtype}[{','.join(str(d) for d in measured.shape)}]"

@@ -135,5 +135,9 @@ def test_wheel_ships_every_rule_module(tmp_path: Path):
     shipped = {n.removeprefix("graphdoctor/rules/") for n in names if n.startswith("graphdoctor/rules/")}
     expected = {p.name for p in (root / "rules").glob("*.py")}
     assert shipped == expected
+    packages = {
+        f"{p.parent.relative_to(root).as_posix()}/__init__.py" for p in (root / "graphdoctor").rglob("__init__.py")
+    }
+    assert packages <= names  # every subpackage is listed in setup.cfg
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "builtin = graphdoctor.rules" in zipfile.ZipFile(wheel).read(entry_points).decode()

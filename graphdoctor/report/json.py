@@ -73,10 +73,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def render_verify(result, stream: TextIO) -> None:
-    """Schema (version 1): {"schema_version", "tool", "version", "verify": {"reference", "candidate", "passed",
+    """Schema (version 1): {"schema_version", "tool", "version", "verify": {"reference", "candidate",
+    "reference_runner" (what computed the reference outputs), "passed",
     "tolerance": {name, atol, rtol, min_cosine, max_mismatch}, "inputs": {name: {"dtype", "shape"}},
     "input_source", "seconds", "verdicts": [{"backend", "precision", "status", "reason",
-    "outputs": [TensorComparison fields], "details": {...}}]}}"""
+    "outputs": [TensorComparison fields], "details": {...}, "tolerance": {...} | null}]}}
+
+    `details` may hold "layerwise" (schema in graphdoctor.verify.layerwise.LayerwiseReport.as_dict),
+    "fp16_overflow" or "fp16_nonfinite" (the first node whose output overflows FP16, from fp16-emulation).
+    Non-finite numbers are written as the strings "inf", "-inf", "nan"."""
     document = {
         "schema_version": SCHEMA_VERSION,
         "tool": "graphdoctor",
@@ -84,6 +89,7 @@ def render_verify(result, stream: TextIO) -> None:
         "verify": {
             "reference": str(result.reference),
             "candidate": str(result.candidate),
+            "reference_runner": result.reference_runner,
             "passed": result.passed,
             "tolerance": dict(result.tolerance.__dict__),
             "inputs": {n: {"dtype": str(a.dtype), "shape": list(a.shape)} for n, a in result.inputs.items()},
@@ -97,6 +103,7 @@ def render_verify(result, stream: TextIO) -> None:
                     "reason": v.reason,
                     "outputs": [c.as_dict() for c in v.outputs],
                     "details": v.details,
+                    "tolerance": dict(v.tolerance.__dict__) if v.tolerance else None,
                 }
                 for v in result.verdicts
             ],

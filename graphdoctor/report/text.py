@@ -69,6 +69,10 @@ def render_rules(rules: Iterable[Rule], stream: TextIO) -> None:
 def render_explain(rule: Rule, stream: TextIO) -> None:
     meta = rule.meta
     fix = f"fix: {meta.fix.value}" if meta.fix else "fix: none (check only)"
+    if meta.deep:
+        fix += "; runs only with lint --deep"
+    if meta.needs_inputs:
+        fix += "; checks activations with lint --inputs/--shape"
     stream.write(f"{meta.code} {rule.qualified_name} ({meta.kind.value}; default severity {meta.severity}; {fix})\n")
     stream.write(f"{meta.summary}\n\n{rule.doc}\n")
 
@@ -97,11 +101,12 @@ class _Writer:
 
 def render_verify(result, stream: TextIO, color: bool) -> None:
     """Per backend: its precision, its verdict and one line per output; then the overall verdict."""
+    _register_detail_renderers()
     out = _Writer(stream, color)
-    out.line(f"[bold]verify[/bold] {result.reference} (reference) vs {result.candidate}", plain=_verify_head(result))
+    head = _verify_head(result)
+    out.line(f"[bold]verify[/bold] {_escape(head.removeprefix('verify '))}", plain=head)
     shapes = ", ".join(f"{name} {array.dtype}{list(array.shape)}" for name, array in result.inputs.items())
     out.line(f"inputs: {result.input_source}: {_escape(shapes)}", plain=f"inputs: {result.input_source}: {shapes}")
-    out.line(f"tolerance: {result.tolerance.describe()}", plain=f"tolerance: {result.tolerance.describe()}")
     for verdict in result.verdicts:
         out.line("")
         _render_verdict(verdict, out)
@@ -112,7 +117,7 @@ def render_verify(result, stream: TextIO, color: bool) -> None:
 
 
 def _verify_head(result) -> str:
-    return f"verify {result.reference} (reference) vs {result.candidate}"
+    return f"verify {result.reference} (reference, on {result.reference_runner}) vs {result.candidate}"
 
 
 _STATUS_STYLE = {"passed": "green", "failed": "bold red", "skipped": "dim", "error": "bold red"}
@@ -124,6 +129,9 @@ def _render_verdict(verdict, out: _Writer) -> None:
     out.line(
         f"[{style}]{head}[/{style}] [dim]({_escape(verdict.precision)})[/dim]", plain=f"{head} ({verdict.precision})"
     )
+    if verdict.tolerance is not None:
+        line = f"  tolerance: {verdict.tolerance.describe()}"
+        out.line(_escape(line), plain=line)
     if verdict.reason:
         out.line(f"  {_escape(verdict.reason)}", plain=f"  {verdict.reason}")
     for comparison in verdict.outputs:
@@ -162,8 +170,15 @@ def _verify_summary(result) -> str:
         parts.append(f"skipped: {', '.join(v.backend for v in skipped)}")
     if errors:
         parts.append(f"errors: {', '.join(v.backend for v in errors)}")
-    return "; ".join(parts) + f" ({result.tolerance.name} tolerance, {result.seconds:.1f} s)"
+    return "; ".join(parts) + f" ({result.seconds:.1f} s)"
 
 
 # Extra reports a verdict may carry (layer-wise comparison), rendered after its outputs.
 _DETAIL_RENDERERS: dict = {}
+
+
+def _register_detail_renderers() -> None:
+    """Imported here, at render time: `lint` renders through this module and never needs them."""
+    from graphdoctor.report.layerwise import render_layerwise
+
+    _DETAIL_RENDERERS.setdefault("layerwise", render_layerwise)

@@ -7,16 +7,21 @@ and each backend gets its own verdict naming the backend and the precision its a
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.verify.metrics import TensorComparison, Tolerance, compare_arrays
 from graphdoctor.verify.runners import Backend, OnnxruntimeBackend
+
+if TYPE_CHECKING:
+    from graphdoctor.verify.layerwise import LayerwiseOptions
 
 __all__ = ["BackendVerdict", "VerifyResult", "compare_outputs", "verify_models"]
 
@@ -31,6 +36,7 @@ class BackendVerdict:
     reason: str = ""
     outputs: list[TensorComparison] = field(default_factory=list)
     details: dict = field(default_factory=dict)  # extra reports (layer-wise) by name
+    tolerance: Tolerance | None = None  # what this backend was judged by (None when it did not run)
 
     @property
     def ran(self) -> bool:
@@ -46,12 +52,14 @@ class VerifyResult:
     input_source: str  # 'generated (seed 0)' or the file they came from
     verdicts: list[BackendVerdict]
     seconds: float
+    reference_runner: str = "onnxruntime-cpu"  # what computed the reference outputs (the oracle)
 
     @property
     def passed(self) -> bool:
-        """At least one backend ran, and every backend that ran passed."""
+        """At least one backend ran, every backend that ran passed, and none that was available failed to run
+        the model (TensorRT's parser rejecting it is a failure to deploy, not a pass). Skipped ones don't count."""
         ran = [v for v in self.verdicts if v.ran]
-        return bool(ran) and all(v.status == "passed" for v in ran)
+        return bool(ran) and all(v.status in ("passed", "skipped") for v in self.verdicts)
 
 
 def compare_outputs(
@@ -86,12 +94,27 @@ def verify_models(
     backends: Sequence[Backend],
     inputs: Mapping[str, np.ndarray],
     input_source: str,
-    tolerance: Tolerance,
+    tolerance: Tolerance | Callable[[Backend], Tolerance],
+    reference_outputs: Mapping[str, np.ndarray] | None = None,
+    layerwise: LayerwiseOptions | None = None,
 ) -> VerifyResult:
+    """`tolerance` is one for all backends, or a function choosing one per backend (FP16 backends get the
+    fp16 preset under 'auto'); `VerifyResult.tolerance` is the first backend's.
+
+    `reference_outputs`, when given, replace the oracle's run of `reference` (a torch.export program
+    computed them): the candidate is then compared with those on each backend. `layerwise` adds, to each
+    verdict whose backend ran, the comparison of the tensors both ONNX models share (details["layerwise"])."""
     start = time.perf_counter()
-    expected = OnnxruntimeBackend(ORACLE).run(reference, inputs)
-    verdicts = [_verdict(backend, candidate, inputs, expected, tolerance) for backend in backends]
-    return VerifyResult(reference, candidate, tolerance, inputs, input_source, verdicts, time.perf_counter() - start)
+    expected = OnnxruntimeBackend(ORACLE).run(reference, inputs) if reference_outputs is None else reference_outputs
+    tolerance_of = tolerance if callable(tolerance) else (lambda _backend: tolerance)
+    verdicts = [_verdict(backend, candidate, inputs, expected, tolerance_of(backend)) for backend in backends]
+    if layerwise is not None and reference_outputs is None:
+        verdicts = [
+            _with_layerwise(verdict, backend, reference, candidate, inputs, tolerance_of(backend), layerwise)
+            for verdict, backend in zip(verdicts, backends, strict=True)
+        ]
+    first = tolerance_of(backends[0])
+    return VerifyResult(reference, candidate, first, inputs, input_source, verdicts, time.perf_counter() - start)
 
 
 def _verdict(
@@ -112,4 +135,37 @@ def _verdict(
     failed = [c for c in outputs if not c.passed]
     status = "failed" if failed else "passed"
     reason = f"{len(failed)} of {len(outputs)} outputs differ beyond {tolerance.describe()}" if failed else ""
-    return BackendVerdict(backend.name, backend.precision, status, reason, outputs)
+    details = _explain(backend, candidate, inputs, actual) if failed else {}
+    reason += "".join(f"; {d['message']}" for d in details.values() if isinstance(d, dict) and "message" in d)
+    return BackendVerdict(backend.name, backend.precision, status, reason, outputs, details, tolerance)
+
+
+def _explain(backend: Backend, candidate: Path, inputs: Mapping[str, np.ndarray], actual) -> dict:
+    """A backend may say why it failed: `explain(candidate, inputs, actual) -> dict | None`, details by name
+    (fp16-emulation names the first node whose output overflows); a 'message' in one joins the reason."""
+    explain = getattr(backend, "explain", None)
+    if explain is None:
+        return {}
+    try:
+        return dict(explain(candidate, inputs, actual) or {})
+    except GraphDoctorError as error:
+        return {"explain_error": str(error)}
+
+
+def _with_layerwise(
+    verdict: BackendVerdict,
+    backend: Backend,
+    reference: Path,
+    candidate: Path,
+    inputs: Mapping[str, np.ndarray],
+    tolerance: Tolerance,
+    options: LayerwiseOptions,
+) -> BackendVerdict:
+    """The verdict with the layer-wise report (plain data) attached, when its backend ran; the outputs'
+    verdict stands as it is (the report locates a difference, it does not add one)."""
+    if not verdict.ran:
+        return verdict
+    from graphdoctor.verify.layerwise import layerwise_details
+
+    details = layerwise_details(reference, candidate, backend, inputs, tolerance, options)
+    return dataclasses.replace(verdict, details={**verdict.details, "layerwise": details})

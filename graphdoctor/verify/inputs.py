@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = ["InputSpec", "bind_inputs", "generate_inputs", "input_specs", "load_i
 _DEFAULT_DIM = {"batch": 1, "sequence": 128, "spatial": 224, "other": 1}
 _MASK = re.compile(r"mask", re.IGNORECASE)
 _TOKEN_TYPE = re.compile(r"token_type|segment", re.IGNORECASE)
+_UNNAMED = re.compile(r"|input_\d+|arr_\d+")  # .npy, input_N.pb without names, np.savez(*arrays)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def generate_inputs(
     if unknown:
         raise GraphDoctorError(f"--shape names unknown input(s) {unknown}; inputs: {[s.name for s in specs]}")
     rng = np.random.default_rng(seed)
-    symbols: dict[str, int] = {}
+    symbols = _given_symbols(specs, shapes)
     inputs = {}
     for spec in specs:
         shape = _concrete_shape(spec, shapes.get(spec.name), symbols)
@@ -80,16 +82,29 @@ def generate_inputs(
     return inputs
 
 
-def _concrete_shape(spec: InputSpec, given: tuple[int, ...] | None, symbols: dict[str, int]) -> tuple[int, ...]:
-    if given is not None:
+def _given_symbols(specs: list[InputSpec], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+    """Symbolic dims fixed by --shape, collected before any input is generated: `--shape input_ids:2x16`
+    must also size an attention_mask declared before it. Two --shape values for one symbol must agree."""
+    symbols: dict[str, int] = {}
+    for spec in specs:
+        given = shapes.get(spec.name)
+        if given is None:
+            continue
         if len(given) != len(spec.dims):
             raise GraphDoctorError(f"--shape {spec.name}: rank {len(given)}, but the input has rank {len(spec.dims)}")
         for dim, size in zip(spec.dims, given, strict=True):
             if isinstance(dim, int) and dim != size:
                 raise GraphDoctorError(f"--shape {spec.name}: dim {dim} is static, got {size}")
-            if isinstance(dim, str):
-                symbols.setdefault(dim, size)
-        return given
+            if isinstance(dim, str) and symbols.setdefault(dim, size) != size:
+                raise GraphDoctorError(
+                    f"--shape {spec.name}: dim '{dim}' is {size}, but another --shape set it to {symbols[dim]}"
+                )
+    return symbols
+
+
+def _concrete_shape(spec: InputSpec, given: tuple[int, ...] | None, symbols: dict[str, int]) -> tuple[int, ...]:
+    if given is not None:
+        return given  # checked by _given_symbols
     shape = []
     for index, dim in enumerate(spec.dims):
         if isinstance(dim, int):
@@ -149,7 +164,7 @@ def load_inputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                 return {name: archive[name] for name in archive.files}
         if source.suffix == ".npy":
             return {"": np.load(source, allow_pickle=False)}
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise GraphDoctorError(f"{source}: cannot read inputs: {error}") from None
     raise GraphDoctorError(f"{source}: inputs must be an .npz, an .npy, or a folder of input_N.pb files")
 
@@ -157,6 +172,7 @@ def load_inputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 def _load_pb_folder(folder: Path) -> dict[str, np.ndarray]:
     import onnx
     import onnx.numpy_helper
+    from google.protobuf.message import DecodeError
 
     files = sorted(folder.glob("input_*.pb"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
     if not files:
@@ -164,8 +180,11 @@ def _load_pb_folder(folder: Path) -> dict[str, np.ndarray]:
     inputs = {}
     for file in files:
         tensor = onnx.TensorProto()
-        tensor.ParseFromString(file.read_bytes())
-        inputs[tensor.name or file.stem] = onnx.numpy_helper.to_array(tensor)
+        try:
+            tensor.ParseFromString(file.read_bytes())
+            inputs[tensor.name or file.stem] = onnx.numpy_helper.to_array(tensor)
+        except DecodeError as error:  # OSError and ValueError are caught by load_inputs
+            raise GraphDoctorError(f"{file}: not a serialized ONNX TensorProto: {error}") from None
     return inputs
 
 
@@ -174,7 +193,8 @@ def bind_inputs(model: ir.Model, loaded: Mapping[str, np.ndarray]) -> dict[str, 
     names = [spec.name for spec in input_specs(model)]
     if set(loaded) == set(names):
         return dict(loaded)
-    if len(loaded) == len(names):
+    # only unnamed arrays bind by position: named ones that differ would be bound to the wrong inputs silently
+    if len(loaded) == len(names) and all(_UNNAMED.fullmatch(key) for key in loaded):
         return dict(zip(names, loaded.values(), strict=True))
     raise GraphDoctorError(f"inputs hold {sorted(loaded)}; the model needs {names}")
 

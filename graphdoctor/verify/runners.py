@@ -63,12 +63,15 @@ _PROVIDERS = {
 
 
 class OnnxruntimeBackend(Backend):
-    """One ONNX Runtime execution provider (graph optimizations at their default, as deployed)."""
+    """One ONNX Runtime execution provider, with graph optimizations at their default as deployed, or off
+    (`optimize=False`): its optimizer folds constants and fuses Conv+BatchNorm as simplifiers do, so a check
+    of a simplifier's rewrite must run both models with every node as written."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, optimize: bool = True) -> None:
         self.provider = _PROVIDERS[key]
-        self.name = key
-        self.precision = self.provider.precision
+        self.optimize = optimize
+        self.name = key if optimize else f"{key}-unoptimized"
+        self.precision = self.provider.precision if optimize else f"{self.provider.precision}; graph optimizations off"
 
     def unavailable_reason(self) -> str | None:
         import onnxruntime as ort
@@ -84,14 +87,31 @@ class OnnxruntimeBackend(Backend):
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if not self.optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         source = session_model(model, outputs, options)
         try:
             session = ort.InferenceSession(source, options, providers=[self.provider.name])
             names = [o.name for o in session.get_outputs()]
-            results = session.run(names, dict(inputs))
+            results = session.run(names, _as_declared(session, inputs))
         except Exception as error:  # onnxruntime raises its own exception types for bad models and inputs
             raise GraphDoctorError(f"{self.provider.label} cannot run {model.name}: {_first_line(error)}") from None
         return dict(zip(names, results, strict=True))
+
+
+_ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _as_declared(session, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Float inputs in the dtype each input declares: a candidate converted with FP16 inputs gets the
+    reference's float32 values rounded, as its users would feed it."""
+    feeds = dict(inputs)
+    for declared in session.get_inputs():
+        target = _ORT_FLOATS.get(declared.type)
+        value = feeds.get(declared.name)
+        if target is not None and value is not None and value.dtype != target and value.dtype.kind == "f":
+            feeds[declared.name] = value.astype(target)
+    return feeds
 
 
 def session_model(model: Path, outputs: Sequence[str] | None, options) -> str | bytes:
@@ -114,6 +134,27 @@ def _first_line(error: BaseException) -> str:
 
 
 BACKENDS: dict[str, Callable[[], Backend]] = {key: (lambda key=key: OnnxruntimeBackend(key)) for key in _PROVIDERS}
+
+
+def _fp16_emulation() -> Backend:
+    """FP16 storage emulated on ONNX Runtime CPU; its module loads only when the backend is asked for."""
+    from graphdoctor.verify.fp16_emulation import Fp16EmulationBackend
+
+    return Fp16EmulationBackend()
+
+
+BACKENDS["fp16-emulation"] = _fp16_emulation
+
+
+def _tensorrt(fp16: bool) -> Backend:
+    """Native TensorRT; its module imports tensorrt only when asked whether it can run."""
+    from graphdoctor.verify.tensorrt_backend import TensorrtBackend
+
+    return TensorrtBackend(fp16=fp16)
+
+
+BACKENDS["tensorrt"] = lambda: _tensorrt(fp16=False)
+BACKENDS["tensorrt-fp16"] = lambda: _tensorrt(fp16=True)
 
 
 def get_backend(name: str) -> Backend:

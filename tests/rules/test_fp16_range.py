@@ -215,3 +215,104 @@ def test_bert_attention_mask_is_recognised(name):
 @pytest.mark.parametrize("name", ["resnet50", "mobilenet_v3_large", "efficientnet_b0", "yolo", "yolo_bn_eps"])
 def test_clean_exports(name):
     assert api.lint(exported(name), select=["GD007"]).findings == []
+
+
+# --- activations, with sample inputs ------------------------------------------------------------------------
+
+OVERFLOWING = model_from_text(f"""{HEADER}
+g (float[N,8] x) => (float[N,8] y) <float k = {{1000.0}}, float[8] gamma = {{1, 1, 1, 1, 1, 1, 1, 1}}> {{
+    big = Mul(x, k)
+    bigger = Add(big, big)
+    y = LayerNormalization<axis=-1>(bigger, gamma)
+}}""")
+
+
+SHRUNK = model_from_text(f"""{HEADER}
+g (float[N,4] x) => (float[N,4] y) <float k = {{1e-6}}> {{
+    small = Mul(x, k)
+    y = Div(small, k)
+}}""")
+
+
+def with_inputs(tmp_path: Path, **arrays: np.ndarray) -> Path:
+    path = tmp_path / "inputs.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_activation_overflow_is_reported_where_it_starts(lint_proto, tmp_path: Path):
+    x = np.zeros((2, 8), np.float32)
+    x[0, :3] = [100.0, -200.0, 1.0]
+    [finding] = lint_proto(OVERFLOWING, "GD007", inputs=with_inputs(tmp_path, x=x))
+    assert (finding.message_id, finding.severity, finding.node) == ("activation_overflow", Severity.WARNING, "Mul_0")
+    assert finding.values == ("big",)
+    assert (finding.data["count"], finding.data["size"], finding.data["worst_value"]) == (2, 16, -200000.0)
+    assert finding.data["downstream_count"] == 1  # 'bigger' overflows because 'big' does
+    assert "'big' float32[2,8] with 2 of 16 value(s) beyond FP16's range" in finding.message
+    assert "measured in FP32 on ONNX Runtime CPU" in finding.message
+    assert "1 tensor(s) computed from it overflow too" in finding.message
+
+
+def test_activations_need_sample_inputs(lint_proto):
+    assert lint_proto(OVERFLOWING, "GD007") == []
+
+
+def test_generated_inputs_from_shapes(lint_proto):
+    """Standard-normal inputs: |x| > 65.52 never happens at this size, so x * 1000 stays in range."""
+    assert lint_proto(OVERFLOWING, "GD007", shapes={"x": (4, 8)}) == []
+
+
+def test_activation_flushing_to_zero(lint_proto, tmp_path: Path):
+    """x * 1e-6 then back: the product's values are at most 2e-8, which FP16 flushes to 0."""
+    x = np.array([[0.01, 0.02, 0.001, 0.0]], np.float32)
+    [finding] = lint_proto(SHRUNK, "GD007", inputs=with_inputs(tmp_path, x=x))
+    assert (finding.message_id, finding.node, finding.severity) == ("activation_flush", "Mul_0", Severity.WARNING)
+    assert (finding.data["flushed"], finding.data["nonzero"], finding.data["percent"]) == (3, 3, "100.0")
+    assert "'small' float32[1,4], computed by Mul 'Mul_0', become 0 in FP16" in finding.message
+
+
+def test_activation_flush_fraction_option(lint_proto, tmp_path: Path):
+    x = np.array([[0.01, 0.01, 0.01, 1.0]], np.float32)  # 3 of 4 products flush: 75%, an info
+    inputs = with_inputs(tmp_path, x=x)
+    [finding] = lint_proto(SHRUNK, "GD007", inputs=inputs)
+    assert (finding.message_id, finding.severity, finding.data["percent"]) == (
+        "activation_flush",
+        Severity.INFO,
+        "75.0",
+    )
+    options = {"fp16-range": {"activation_flush_fraction": 0.8}}
+    assert lint_proto(SHRUNK, "GD007", inputs=inputs, rule_options=options) == []
+
+
+def test_saturating_attention_mask_activations_are_not_findings(lint_proto, tmp_path: Path):
+    """The -3.4e38 fill overflows in the Where output too; only the constant's info is reported."""
+    scores = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    mask = np.ones((2, 8), bool)
+    mask[1, 4:] = False
+    inputs = with_inputs(tmp_path, scores=scores, mask=~mask)
+    findings = lint_proto(masked_softmax(float(np.finfo(np.float32).min)), "GD007", inputs=inputs)
+    assert [f.message_id for f in findings] == ["mask_fill"]
+
+
+@pytest.mark.torch
+def test_bert_opset17_lint_shape_has_no_activation_findings(capsys):
+    """`graphdoctor lint --shape` on a real export: the attention mask is an info, nothing overflows."""
+    from graphdoctor.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["lint", str(exported("bert_opset17")), "--select", "GD007", "--shape", "input_ids:2x16"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "attention-mask fill" in out and "1 finding (1 info)" in out
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["bert_opset14", "bert_opset17", "resnet50", "yolo"])
+def test_real_exports_on_sample_inputs(name, tmp_path: Path):
+    """Padded BERT masks saturate on purpose; the CNNs stay in range: no activation findings."""
+    from fixtures import torch_exports
+
+    path = exported(name)
+    inputs = with_inputs(tmp_path, **torch_exports.sample_inputs(path))
+    findings = api.lint(path, select=["GD007"], inputs=inputs).findings
+    assert not [f for f in findings if f.message_id.startswith("activation")]

@@ -1,0 +1,340 @@
+"""Value ranges of activations: run the FP32 model on sample inputs and keep, per tensor, what FP16 would do.
+
+ONNX Runtime's CPU provider runs most FP16 nodes in FP32, so a CPU check of an FP16 model never shows an
+activation overflowing 65504. Running the FP32 model once and recording each intermediate tensor's range
+does: a tensor whose FP32 values reach 65520 becomes inf in FP16, one whose nonzero values are at most 2^-25
+becomes 0. Memory stays bounded: tensors are fetched a slice at a time (as extra graph outputs of one run),
+reduced to a few numbers each (`TensorRange`), and dropped before the next slice.
+
+Attention masks saturate on purpose (a fill of -3.4e38, -1e9 or -10000 added to scores before Softmax), and
+are recognised by structure, not by value: large negative values that reach a Softmax through mask-shaped
+ops (Where, Add, Sub, Mul, Expand, Cast, ...) and come from a constant or input holding such values.
+GD007 uses the same helpers for constants, so the two parts of the rule agree on what a mask is.
+
+FP16 facts, exact under round-to-nearest-even: the largest finite value is 65504, and every |x| < 65520
+rounds to it or below, every |x| >= 65520 to inf; the smallest subnormal is 2^-24 ≈ 5.96e-08, and
+2^-25 (halfway to it) ties to even, i.e. to 0, so nonzero |x| <= 2^-25 ≈ 2.98e-08 flushes to 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_ir as ir
+
+from graphdoctor.analysis.constants import const_tensor
+from graphdoctor.analysis.graph import node_label
+from graphdoctor.analysis.tensor_data import iter_chunks
+
+if TYPE_CHECKING:
+    from graphdoctor.analysis.context import Analysis
+
+__all__ = [
+    "FP16_FLUSH",
+    "FP16_MAX",
+    "FP16_OVERFLOW",
+    "MASK_PATH_OPS",
+    "SHARED_KEY",
+    "SOURCE",
+    "TensorRange",
+    "feeds_softmax",
+    "float_tensor_names",
+    "is_mask_saturation",
+    "iter_slices",
+    "range_of",
+    "sample_ranges",
+    "value_ranges",
+]
+
+logger = logging.getLogger(__name__)
+
+FP16_MAX = 65504.0  # the largest finite FP16 value
+FP16_OVERFLOW = 65520.0  # |x| >= this rounds to inf in FP16; below it, to at most 65504
+FP16_FLUSH = 2.0**-25  # 0 < |x| <= this rounds to 0 in FP16 (2^-25 ties to even: 0)
+SHARED_KEY = "value_ranges"
+SOURCE = "measured in FP32 on ONNX Runtime CPU"  # what produced the numbers, for messages
+DEFAULT_BUDGET = 128 * 1024 * 1024  # bytes of fetched tensors held at once, at most (plus one tensor)
+_FIRST_SLICE = 8  # tensors in the first run, before their sizes are known
+_CHUNK = 1 << 20  # elements reduced at a time: temporaries stay a few MiB whatever the tensor's size
+
+# ops a mask passes through between its fill value and the Softmax (broadcasting, dtype, combining)
+MASK_PATH_OPS = frozenset(
+    {"Where", "Add", "Sub", "Mul", "Min", "Max", "Clip", "Expand", "Tile", "Cast", "CastLike", "Reshape"}
+    | {"Unsqueeze", "Squeeze", "Transpose", "Concat", "Slice", "Gather", "Identity"}
+)
+_SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
+_MASK_PATH_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """What one tensor held on the sample inputs, reduced to the numbers FP16 cares about."""
+
+    name: str
+    node: str | None  # the producing node's label; None for a graph input
+    op_type: str | None
+    dtype: str
+    shape: tuple[int, ...]  # on the sample inputs
+    size: int  # elements seen
+    min: float  # over finite values (nan when there were none)
+    max: float
+    max_abs: float
+    worst: float  # the finite value of largest magnitude, with its sign
+    overflow: int  # finite values with |x| >= 65520: inf in FP16
+    overflow_negative: int  # of which negative (mask fills are)
+    flushed: int  # nonzero finite values with |x| <= 2^-25: 0 in FP16
+    nonzero: int  # nonzero finite values
+    nonfinite: int  # inf or NaN already in FP32
+
+    @property
+    def flush_fraction(self) -> float:
+        return self.flushed / self.nonzero if self.nonzero else 0.0
+
+
+# --- measuring ----------------------------------------------------------------------------------------------
+
+
+def value_ranges(
+    model_path: str | Path,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    model: ir.Model | None = None,
+    names: Sequence[str] | None = None,
+    budget_bytes: int = DEFAULT_BUDGET,
+    run: Callable[[Sequence[str]], Mapping[str, np.ndarray]] | None = None,
+) -> dict[str, TensorRange]:
+    """The range of every float32 activation (graph inputs and node outputs of the main graph) of the model
+    at `model_path`, run in FP32 on ONNX Runtime's CPU provider with `inputs`.
+
+    `model` is the same model already loaded (its types inferred); `names` limits the tensors; `run` replaces
+    the ONNX Runtime run (it gets tensor names and returns their arrays), e.g. to measure another backend.
+    Subgraph tensors (If/Loop bodies) cannot be fetched from outside and are not measured.
+    """
+    if model is None:
+        from graphdoctor.analysis.types import infer_types
+        from graphdoctor.model import load_model
+
+        model = load_model(model_path).model
+        infer_types(model)
+    if run is None:
+        run = _onnxruntime_run(Path(model_path), inputs)
+    wanted = list(names) if names is not None else float_tensor_names(model)
+    producers = _producers(model)
+    ranges: dict[str, TensorRange] = {}
+    for fetched in iter_slices(run, wanted, budget_bytes):
+        for name, array in fetched.items():
+            if array.dtype == np.float32:
+                node = producers.get(name)
+                ranges[name] = range_of(name, array, node)
+    return ranges
+
+
+def float_tensor_names(model: ir.Model) -> list[str]:
+    """Graph inputs and node outputs of the main graph that are float32, or of unknown type (ORT will tell),
+    in graph order; Constant outputs are constants, checked without running anything."""
+    names = [v.name for v in model.graph.inputs if v.name and v.dtype == ir.DataType.FLOAT]
+    initializers = set(model.graph.initializers)
+    for node in model.graph:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            continue
+        for value in node.outputs:
+            if value.name and value.name not in initializers and value.dtype in (ir.DataType.FLOAT, None):
+                names.append(value.name)
+    return names
+
+
+def iter_slices(
+    run: Callable[[Sequence[str]], Mapping[str, np.ndarray]], names: Sequence[str], budget_bytes: int
+) -> Iterator[Mapping[str, np.ndarray]]:
+    """Fetch `names` over several runs, each holding about `budget_bytes` of tensors: the first run takes a
+    few, and later runs take as many as the average size seen so far says fit."""
+    seen_bytes, seen_count, start = 0, 0, 0
+    while start < len(names):
+        count = _FIRST_SLICE if not seen_count else max(1, int(budget_bytes // max(seen_bytes / seen_count, 1)))
+        batch = list(names[start : start + count])
+        fetched = run(batch)
+        seen_bytes += sum(int(np.asarray(a).nbytes) for a in fetched.values())
+        seen_count += len(batch)
+        start += len(batch)
+        logger.info("fetched %d tensors (%d of %d)", len(batch), start, len(names))
+        yield fetched
+        del fetched
+
+
+def range_of(name: str, array: np.ndarray, node: ir.Node | None = None) -> TensorRange:
+    """Reduce one tensor to its TensorRange, a chunk at a time."""
+    acc = _Accumulator()
+    array = np.asarray(array)
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, _CHUNK):
+        acc.add(flat[start : start + _CHUNK])
+    return acc.result(name, node, str(flat.dtype), tuple(int(d) for d in array.shape))
+
+
+@dataclass
+class _Accumulator:
+    size: int = 0
+    min: float = math.inf
+    max: float = -math.inf
+    worst: float = 0.0
+    overflow: int = 0
+    overflow_negative: int = 0
+    flushed: int = 0
+    nonzero: int = 0
+    nonfinite: int = 0
+
+    def add(self, chunk: np.ndarray) -> None:
+        self.size += chunk.size
+        finite = np.isfinite(chunk)
+        bad = chunk.size - int(np.count_nonzero(finite))
+        if bad:
+            self.nonfinite += bad
+            chunk = chunk[finite]
+        if not chunk.size:
+            return
+        low, high = float(chunk.min()), float(chunk.max())
+        self.min, self.max = min(self.min, low), max(self.max, high)
+        for extreme in (low, high):
+            if abs(extreme) > abs(self.worst):
+                self.worst = extreme
+        magnitude = np.abs(chunk)
+        self.nonzero += chunk.size - int(np.count_nonzero(magnitude == 0))
+        self.flushed += int(np.count_nonzero((magnitude <= FP16_FLUSH) & (magnitude > 0)))
+        if max(-low, high) >= FP16_OVERFLOW:
+            self.overflow += int(np.count_nonzero(magnitude >= FP16_OVERFLOW))
+            self.overflow_negative += int(np.count_nonzero(chunk <= -FP16_OVERFLOW))
+
+    def result(self, name: str, node: ir.Node | None, dtype: str, shape: tuple[int, ...]) -> TensorRange:
+        empty = self.min > self.max
+        return TensorRange(
+            name=name,
+            node=node_label(node) if node is not None else None,
+            op_type=node.op_type if node is not None else None,
+            dtype=dtype,
+            shape=shape,
+            size=self.size,
+            min=math.nan if empty else self.min,
+            max=math.nan if empty else self.max,
+            max_abs=math.nan if empty else abs(self.worst),
+            worst=math.nan if empty else self.worst,
+            overflow=self.overflow,
+            overflow_negative=self.overflow_negative,
+            flushed=self.flushed,
+            nonzero=self.nonzero,
+            nonfinite=self.nonfinite,
+        )
+
+
+def _producers(model: ir.Model) -> dict[str, ir.Node]:
+    return {value.name: node for node in model.graph for value in node.outputs if value.name}
+
+
+def _onnxruntime_run(
+    model_path: Path, inputs: Mapping[str, np.ndarray]
+) -> Callable[[Sequence[str]], Mapping[str, np.ndarray]]:
+    from graphdoctor.verify.runners import OnnxruntimeBackend
+
+    backend = OnnxruntimeBackend("onnxruntime-cpu")
+    return lambda names: backend.run(model_path, inputs, outputs=names)
+
+
+def sample_ranges(analysis: Analysis) -> dict[str, TensorRange] | None:
+    """The model's activation ranges on the analysis's sample inputs, measured once and shared by the rules
+    that ask; None without sample inputs (`lint --inputs/--shape`) or without a model file to run."""
+    if analysis.sample_inputs is None or analysis.path is None:
+        return None
+
+    def compute(a: Analysis) -> dict[str, TensorRange]:
+        a.types_inferred  # noqa: B018 - dtypes tell which tensors are float
+        return value_ranges(a.path, a.sample_inputs, model=a.model)  # type: ignore[arg-type]
+
+    return analysis.shared(SHARED_KEY, compute)
+
+
+# --- attention masks ----------------------------------------------------------------------------------------
+
+
+def feeds_softmax(value: ir.Value) -> bool:
+    """Whether the value reaches a Softmax through mask-shaped ops only (Where, Add, Expand, ...)."""
+    frontier, seen = [value], {id(value)}
+    for _ in range(_MASK_PATH_DEPTH):
+        following = []
+        for current in frontier:
+            for use in current.uses():
+                node = use.node
+                if node.op_type in _SOFTMAX_OPS:
+                    return True
+                if node.op_type not in MASK_PATH_OPS:
+                    continue
+                for output in node.outputs:
+                    if id(output) not in seen:
+                        seen.add(id(output))
+                        following.append(output)
+        frontier = following
+    return False
+
+
+def is_mask_saturation(value: ir.Value, ranges: Mapping[str, TensorRange], analysis: Analysis | None = None) -> bool:
+    """Whether an activation's overflow is an attention mask saturating on purpose: only negative values
+    overflow, the tensor reaches a Softmax through mask-shaped ops, and its large negative values come, through
+    mask-shaped ops too, from a constant or graph input that holds them (not from the scores' own arithmetic)."""
+    measured = ranges.get(value.name or "")
+    if measured is None or measured.overflow != measured.overflow_negative:
+        return False
+    return feeds_softmax(value) and _from_large_negative_source(value, ranges, analysis)
+
+
+def _from_large_negative_source(value: ir.Value, ranges: Mapping[str, TensorRange], analysis: Analysis | None) -> bool:
+    """Walk producers back through mask-shaped ops to a constant or graph input holding values <= -65520."""
+    frontier, seen = [value], {id(value)}
+    for _ in range(_MASK_PATH_DEPTH):
+        preceding = []
+        for current in frontier:
+            if _is_large_negative_source(current, ranges, analysis):
+                return True
+            node = current.producer()
+            if node is not None and node.op_type == "ConstantOfShape" and _fill_is_large_negative(node):
+                return True
+            if node is None or node.op_type not in MASK_PATH_OPS:
+                continue
+            for source in node.inputs:
+                if source is not None and id(source) not in seen:
+                    seen.add(id(source))
+                    preceding.append(source)
+        frontier = preceding
+    return False
+
+
+def _is_large_negative_source(value: ir.Value, ranges: Mapping[str, TensorRange], analysis: Analysis | None) -> bool:
+    tensor = const_tensor(value)
+    if tensor is not None:
+        if analysis is not None and not analysis.is_readable(tensor):
+            return False
+        return tensor.dtype.is_floating_point() and _min_of(tensor) <= -FP16_OVERFLOW
+    if value.producer() is None and value.name in ranges:  # a graph input, measured
+        return ranges[value.name].overflow_negative > 0
+    return False
+
+
+def _fill_is_large_negative(node: ir.Node) -> bool:
+    fill = node.attributes.get_tensor("value")
+    return fill is not None and fill.dtype.is_floating_point() and _min_of(fill) <= -FP16_OVERFLOW
+
+
+def _min_of(tensor: ir.TensorProtocol) -> float:
+    """The smallest finite value of a float constant, read in bounded memory (inf when there is none)."""
+    smallest = math.inf
+    try:
+        for chunk in iter_chunks(tensor):
+            finite = chunk[np.isfinite(chunk)]
+            if finite.size:
+                smallest = min(smallest, float(finite.min()))
+    except (OSError, ValueError, TypeError):
+        return math.inf
+    return smallest

@@ -1,0 +1,648 @@
+"""The "fp16-emulation" backend: FP16 storage, emulated on ONNX Runtime's CPU provider.
+
+ONNX Runtime's CPU provider has FP16 kernels for a handful of ops and runs the rest in FP32 behind Casts it
+inserts, then drops the FP16 round trips: an FP16 model's `(x*x)/100` with x=300 returns 900 there, where a
+GPU returns inf. So this backend does not run an FP16 model; it runs the FP32 model with every float tensor
+rounded through FP16 as it is stored: a `Cast(to=FLOAT16)` then `Cast(to=FLOAT)` after each one. The pair
+reproduces what FP16 storage does to each tensor (11 significant bits, inf beyond 65504, 0 below 2^-25),
+so overflow shows up on a machine without a GPU. What it does not reproduce is arithmetic inside an op:
+MatMul, Conv and reductions still accumulate in FP32 (GPUs often accumulate FP16 products in FP32 too).
+
+The FP16 region of an FP32 model, as a converter keeping graph inputs and outputs in FP32 (`--keep-io-types`)
+would make it (the model itself is not converted: this is what-if):
+- float32 graph inputs and every float32 tensor a node computes are rounded; activations beyond 65504
+  become inf, tiny ones 0, exactly as an FP16 tensor would hold them;
+- float32 constants (initializers, Constant, ConstantOfShape) are first clamped into FP16's range (±65504,
+  nonzero magnitudes at least 2^-24), as ONNX Runtime's FP16 converter and TensorRT convert weights, then
+  rounded. Clamping reads only the constants that need it; the rounding of weights is a Cast pair that
+  ONNX Runtime folds once when the session starts, so weights are never copied in Python;
+- ops whose ONNX schema has no FP16 output (Range, ...) stay FP32, and inputs that must be float32 (Resize
+  scales) read the unrounded constant: those are the nodes a converter keeps in FP32.
+A model that already holds FLOAT16 tensors (a converted model) has its region chosen by its converter: it
+is upcast to float32 storage (Casts retargeted, FP16 weights and inputs read through exact Casts up), its
+FLOAT16 tensors are rounded and its float32 ones left alone, and FLOAT16 outputs stay FLOAT16.
+
+ONNX Runtime would remove the Cast pairs if asked: CastChainElimination (opt-in in 1.32 through the session
+entry `optimization.enable_cast_chain_elimination`) collapses them. The session disables it and
+CastElimination by name, and runs at the basic level (constant folding, no fusions that could absorb a
+pair). RemoveDuplicateCastTransformer, which always runs, keeps a float→float16→float pair because the
+first Cast loses precision. A self-test (`(x*x)/100` with x=300 must give inf) checks this on the installed
+onnxruntime before the backend says it is available.
+
+Graph inputs and outputs keep their names and FP32 types; rounded tensors keep their names too (the value
+before rounding is `<name>__gd_fp32`), so layer-wise comparison fetches the tensors an FP16 model would hold.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphdoctor.analysis.graph import iter_graph_sites, node_label
+from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, iter_slices
+from graphdoctor.analysis.tensor_data import iter_chunks
+from graphdoctor.errors import GraphDoctorError
+from graphdoctor.verify.runners import Backend
+
+__all__ = [
+    "DISABLED_OPTIMIZERS",
+    "NAME",
+    "PRECISION",
+    "Emulation",
+    "Fp16EmulationBackend",
+    "Rounded",
+    "emulate_fp16",
+    "session_options",
+]
+
+logger = logging.getLogger(__name__)
+
+NAME = "fp16-emulation"
+PRECISION = (
+    "FP16 storage emulated on CPU (ONNX Runtime): every FP16-region tensor rounded to FP16 as stored (overflow"
+    " to inf, flush to 0; FP32 constants clamped to ±65504 first, as converters do); arithmetic inside each op"
+    " stays FP32 (FP16 accumulation in MatMul/Conv/reductions is not emulated)"
+)
+DISABLED_OPTIMIZERS = ("CastChainElimination", "CastElimination")
+_SESSION_CONFIG = {"optimization.enable_cast_chain_elimination": "0"}
+_EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
+_FP16_TINY = 2.0**-24  # FP16's smallest subnormal: converters clamp nonzero constants up to it
+_FP32_SUFFIX = "__gd_fp32"
+_CONSTANT_OPS = frozenset({"Constant", "ConstantOfShape"})
+_EXPLAIN_BUDGET = 64 * 1024 * 1024  # bytes of tensors (both runs) held at once while looking for the origin
+
+
+@dataclass(frozen=True)
+class Rounded:
+    """One tensor of the main graph that the emulation rounds through FP16."""
+
+    tensor: str  # its name in the emulated model (the rounded value)
+    original: str  # its name in the model as given
+    fp32: str  # the name of its value before rounding, in the emulated model
+    node: str | None  # the producing node's label; None for graph inputs and initializers
+    op_type: str | None
+
+
+@dataclass
+class Emulation:
+    """What `emulate_fp16` did to a model."""
+
+    rounded: list[Rounded] = field(default_factory=list)  # main-graph node outputs and inputs, in graph order
+    clamped: dict[str, int] = field(default_factory=dict)  # constant -> how many values were clamped
+    constants: int = 0  # constants rounded (their Cast pairs are folded by ONNX Runtime)
+    unknown: int = 0  # node outputs left alone because their dtype is unknown (not inferred)
+    kept_fp32: int = 0  # node outputs left FP32 because the op has no FP16 form
+
+
+# --- the rewrite --------------------------------------------------------------------------------------------
+
+
+def emulate_fp16(model: ir.Model) -> Emulation:
+    """Round every FP16-region tensor of `model` through FP16, in place (see the module docstring).
+
+    Dtypes must be inferred first (`graphdoctor.analysis.types.infer_types`): a tensor of unknown dtype is
+    left alone and counted, because a Cast on a tensor that is not float would change the graph's meaning.
+    """
+    emulation = Emulation()
+    graphs = [g.graph if isinstance(g, ir.Function) else g for g, _ in iter_graph_sites(model)]
+    rewriter = _Rewriter(model, emulation, holds_fp16=any(v.dtype == ir.DataType.FLOAT16 for v in _all_values(model)))
+    if rewriter.holds_fp16:
+        for graph in graphs:
+            rewriter.upcast(graph)
+    for graph in graphs:
+        rewriter.rewrite(graph)
+    rewriter.restore_fp16_outputs()
+    return emulation
+
+
+def _all_values(model: ir.Model) -> Iterator[ir.Value]:
+    for graph, _ in iter_graph_sites(model):
+        if isinstance(graph, ir.Graph):
+            yield from graph.inputs
+            yield from graph.initializers.values()
+        for node in graph:
+            yield from node.outputs
+
+
+class _Rewriter:
+    """Inserts the Cast pairs graph by graph; nodes it adds are never rewritten again.
+
+    An FP32 model's region is every float32 tensor. An FP16 model is first upcast (`upcast`): FLOAT16
+    tensors become float32 computed in FP32, and they, not the float32 tensors its converter kept, are the
+    region; its FLOAT16 inputs, weights and outputs keep their values and types (Casts at the boundary).
+    """
+
+    def __init__(self, model: ir.Model, emulation: Emulation, holds_fp16: bool) -> None:
+        self.model = model
+        self.emulation = emulation
+        self.holds_fp16 = holds_fp16
+        self.added: set[int] = set()
+        self.region: set[int] = set()  # FP16 models: the values that were FLOAT16
+        self.fp16_outputs: list[int] = []  # FP16 models: main-graph outputs to Cast back to FLOAT16
+
+    def rewrite(self, graph: ir.Graph) -> None:
+        nodes = [node for node in graph if id(node) not in self.added]
+        is_main = graph is self.model.graph
+        if not self.holds_fp16:  # an FP16 model's inputs and weights are FP16 values already
+            for value in list(graph.inputs) if is_main else []:
+                if value.dtype == ir.DataType.FLOAT and not value.is_initializer():
+                    self._round_source(graph, value, constant=False, record=True)
+            for value in list(graph.initializers.values()):
+                if value.dtype == ir.DataType.FLOAT and value.const_value is not None:
+                    self._clamp_initializer(value)
+                    self._round_source(graph, value, constant=True, record=False)
+                    self.emulation.constants += 1
+        for node in nodes:
+            self._round_outputs(graph, node, is_main)
+
+    def _in_region(self, value: ir.Value) -> bool:
+        if self.holds_fp16:
+            return id(value) in self.region
+        return value.dtype == ir.DataType.FLOAT
+
+    # -- FP16 models: FP32 storage, every former FLOAT16 tensor marked for rounding --
+
+    def upcast(self, graph: ir.Graph) -> None:
+        is_main = graph is self.model.graph
+        nodes = list(graph)
+        for value in list(graph.initializers.values()):
+            if value.dtype == ir.DataType.FLOAT16:
+                self._cast_up(graph, value)
+        for value in graph.inputs:
+            if value.dtype == ir.DataType.FLOAT16 and not value.is_initializer():
+                if is_main:
+                    self._cast_up(graph, value)
+                else:  # a subgraph's inputs are fed by the now float32 outer values
+                    value.dtype = ir.DataType.FLOAT
+        if is_main:
+            self.fp16_outputs = [i for i, v in enumerate(graph.outputs) if v.dtype == ir.DataType.FLOAT16]
+        for node in nodes:
+            _retarget_fp16_attributes(node)
+            for value in node.outputs:
+                if value.dtype == ir.DataType.FLOAT16:
+                    value.dtype = ir.DataType.FLOAT
+                    self.region.add(id(value))
+
+    def _cast_up(self, graph: ir.Graph, value: ir.Value) -> None:
+        """An FP16 weight or input, read as float32 by every node (exactly: FP16 values are float32 values)."""
+        up = ir.Value(name=f"{value.name}__gd_fp32", type=ir.TensorType(ir.DataType.FLOAT), shape=value.shape)
+        for node, index in list(value.uses()):
+            node.replace_input_with(index, up)
+        cast = ir.node("Cast", [value], {"to": ir.DataType.FLOAT}, outputs=[up], name=f"gd_fp16_up/{value.name}")
+        self.added.add(id(cast))
+        self._insert_first(graph, [cast])
+
+    def restore_fp16_outputs(self) -> None:
+        """The FP16 model's FLOAT16 outputs stay FLOAT16 (and keep their names): a Cast after the rounding."""
+        graph = self.model.graph
+        for index in self.fp16_outputs:
+            value = graph.outputs[index]
+            name = value.name or f"output_{index}"
+            half = ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT16), shape=value.shape)
+            value.name = f"{name}__gd_out32"
+            cast = ir.node("Cast", [value], {"to": ir.DataType.FLOAT16}, outputs=[half], name=f"gd_fp16_out/{name}")
+            self.added.add(id(cast))
+            graph.append(cast)
+            graph.outputs[index] = half
+
+    def _round_outputs(self, graph: ir.Graph, node: ir.Node, record: bool) -> None:
+        constant = node.op_type in _CONSTANT_OPS and node.domain in ("", "ai.onnx")
+        for index, value in enumerate(node.outputs):
+            if not value.name:  # an optional output the node does not produce
+                continue
+            if value.dtype is None:
+                self.emulation.unknown += 1
+            if not self._in_region(value):
+                continue
+            if not self.holds_fp16 and not constant and not self._has_fp16_form(node, index):
+                self.emulation.kept_fp32 += 1
+                continue
+            if constant:
+                self._clamp_constant_node(node)
+                self.emulation.constants += 1
+            self._round_node_output(graph, node, value, constant, record and not constant)
+
+    # -- rounding --
+
+    def _round_node_output(self, graph: ir.Graph, node: ir.Node, value: ir.Value, constant: bool, record: bool) -> None:
+        """`value` keeps its name and uses but becomes the rounded tensor; its FP32 self is `<name>__gd_fp32`
+        (what FP32-only inputs read when the value is a constant, see `_reads_fp32`)."""
+        name = value.name or f"{node_label(node)}_out"
+        rounded = ir.Value(name=f"{name}__gd_rounded", type=ir.TensorType(ir.DataType.FLOAT), shape=value.shape)
+        value.replace_all_uses_with(rounded, replace_graph_outputs=True)
+        for user, index in list(rounded.uses()):
+            if constant and self._reads_fp32(user, index, constant):
+                user.replace_input_with(index, value)
+        value.name, rounded.name = f"{name}{_FP32_SUFFIX}", name
+        graph.insert_after(node, self._cast_pair(value, rounded, name))
+        if record:
+            self.emulation.rounded.append(Rounded(name, name, value.name, node_label(node), node.op_type))
+
+    def _round_source(self, graph: ir.Graph, value: ir.Value, constant: bool, record: bool) -> None:
+        """A graph input or initializer keeps its name; its readers read `<name>__gd_rounded` instead, except
+        FP32-only inputs (Resize scales) and FP32-kept nodes reading a constant, which a converter leaves FP32."""
+        name = value.name or "input"
+        rounded = ir.Value(name=f"{name}__gd_rounded", type=ir.TensorType(ir.DataType.FLOAT), shape=value.shape)
+        uses = [(node, index) for node, index in value.uses() if not self._reads_fp32(node, index, constant)]
+        if not uses:
+            return
+        for node, index in uses:
+            node.replace_input_with(index, rounded)
+        self._insert_first(graph, self._cast_pair(value, rounded, name))
+        if record:
+            self.emulation.rounded.append(Rounded(rounded.name or name, name, name, None, None))
+
+    @staticmethod
+    def _insert_first(graph: ir.Graph, nodes: list[ir.Node]) -> None:
+        first = next(iter(graph), None)
+        if first is None:
+            graph.extend(nodes)
+        else:
+            graph.insert_before(first, nodes)
+
+    def _cast_pair(self, source: ir.Value, rounded: ir.Value, name: str) -> list[ir.Node]:
+        """Cast(to=FLOAT16) then Cast(to=FLOAT). Never named `InsertedPrecisionFreeCast_*`: ONNX Runtime
+        treats Casts of that name as lossless and would remove the pair."""
+        half = ir.Value(name=f"{name}__gd_fp16", type=ir.TensorType(ir.DataType.FLOAT16), shape=source.shape)
+        to_half = ir.node(
+            "Cast", [source], {"to": ir.DataType.FLOAT16}, outputs=[half], name=f"gd_fp16_round/{name}/to_fp16"
+        )
+        to_float = ir.node(
+            "Cast", [half], {"to": ir.DataType.FLOAT}, outputs=[rounded], name=f"gd_fp16_round/{name}/to_fp32"
+        )
+        self.added.update((id(to_half), id(to_float)))
+        return [to_half, to_float]
+
+    # -- which tensors a converter keeps in FP32 --
+
+    def _has_fp16_form(self, node: ir.Node, output: int | None = None) -> bool:
+        """Whether the node's output (every float output when None) can be FLOAT16 in its schema."""
+        opset = self._opset(node.domain)
+        outputs = range(len(node.outputs)) if output is None else (output,)
+        return all(_output_allows_fp16(node.domain, node.op_type, opset, index) for index in outputs)
+
+    def _reads_fp32(self, node: ir.Node, index: int, constant: bool) -> bool:
+        """Whether this input reads the FP32 value: inputs that must be float32 (Resize scales) and, for
+        constants, nodes kept in FP32. A computed tensor is rounded everywhere: a converter computes it in FP16
+        and Casts it up for such readers."""
+        if id(node) in self.added:
+            return False
+        if not _input_allows_fp16(node.domain, node.op_type, self._opset(node.domain), index):
+            return True
+        return constant and not self._has_fp16_form(node)
+
+    def _opset(self, domain: str) -> int:
+        key = "" if domain in ("", "ai.onnx") else domain
+        return self.model.opset_imports.get(key, self.model.opset_imports.get("ai.onnx", 1))
+
+    # -- clamping constants, as converters do --
+
+    def _clamp_initializer(self, value: ir.Value) -> None:
+        tensor = value.const_value
+        if tensor is None or not _needs_clamp(tensor):
+            return
+        clamped, count = _clamped(tensor.numpy())
+        value.const_value = ir.tensor(clamped, name=value.name)
+        self.emulation.clamped[value.name or "?"] = count
+
+    def _clamp_constant_node(self, node: ir.Node) -> None:
+        """Constant's `value` and ConstantOfShape's fill: small attribute tensors, clamped in place."""
+        attr = node.attributes.get("value")
+        if attr is None or attr.type != ir.AttributeType.TENSOR or attr.value.dtype != ir.DataType.FLOAT:
+            return
+        if not _needs_clamp(attr.value):
+            return
+        clamped, count = _clamped(attr.value.numpy())
+        node.attributes["value"] = ir.AttrTensor("value", ir.tensor(clamped))
+        self.emulation.clamped[node_label(node)] = count
+
+
+def _retarget_fp16_attributes(node: ir.Node) -> None:
+    """What makes a node produce FLOAT16 (Cast's `to`, `dtype` of EyeLike/Random*, a Constant's or
+    ConstantOfShape's FP16 value) now makes it produce float32 holding the same numbers."""
+    for key in ("to", "dtype"):
+        attr = node.attributes.get(key)
+        if attr is not None and attr.type == ir.AttributeType.INT and attr.value == ir.DataType.FLOAT16:
+            node.attributes[key] = ir.AttrInt64(key, ir.DataType.FLOAT)
+    attr = node.attributes.get("value")
+    if attr is not None and attr.type == ir.AttributeType.TENSOR and attr.value.dtype == ir.DataType.FLOAT16:
+        node.attributes["value"] = ir.AttrTensor("value", ir.tensor(attr.value.numpy().astype(np.float32)))
+
+
+def _needs_clamp(tensor: ir.TensorProtocol) -> bool:
+    """Whether any value would become inf or 0 in FP16 (read in chunks: most weights need nothing)."""
+    try:
+        for chunk in iter_chunks(tensor):
+            magnitude = np.abs(chunk[np.isfinite(chunk)])
+            if not magnitude.size:
+                continue
+            if magnitude.max() >= FP16_OVERFLOW or ((magnitude <= FP16_FLUSH) & (magnitude > 0)).any():
+                return True
+    except (OSError, ValueError, TypeError):
+        return False
+    return False
+
+
+def _clamped(array: np.ndarray) -> tuple[np.ndarray, int]:
+    """Finite nonzero magnitudes into [2^-24, 65504]; 0, inf and NaN unchanged (ONNX Runtime's converter)."""
+    array = np.asarray(array, dtype=np.float32)
+    magnitude = np.abs(array)
+    movable = np.isfinite(array) & (array != 0)
+    out = np.where(movable, np.sign(array) * np.clip(magnitude, _FP16_TINY, FP16_MAX), array).astype(np.float32)
+    changed = movable & ((magnitude >= FP16_OVERFLOW) | (magnitude <= FP16_FLUSH))
+    return out, int(np.count_nonzero(changed))
+
+
+@functools.cache
+def _schema(domain: str, op_type: str, opset: int) -> onnx.defs.OpSchema | None:
+    try:
+        return onnx.defs.get_schema(op_type, opset, "" if domain == "ai.onnx" else domain)
+    except onnx.defs.SchemaError:
+        return None
+
+
+def _allowed(schema: onnx.defs.OpSchema, type_str: str) -> set[str]:
+    for constraint in schema.type_constraints:
+        if constraint.type_param_str == type_str:
+            return set(constraint.allowed_type_strs)
+    return {type_str}
+
+
+@functools.cache
+def _output_allows_fp16(domain: str, op_type: str, opset: int, index: int) -> bool:
+    """False for float outputs that cannot be FP16 (Range's; LayerNormalization's Mean and InvStdDev);
+    ops without a known schema (contrib ops) are assumed to allow it."""
+    schema = _schema(domain, op_type, opset)
+    return schema is None or not schema.outputs or _formal_allows_fp16(schema, schema.outputs, index)
+
+
+@functools.cache
+def _input_allows_fp16(domain: str, op_type: str, opset: int, index: int) -> bool:
+    """False for float inputs that must stay float32 (Resize's scales)."""
+    schema = _schema(domain, op_type, opset)
+    return schema is None or not schema.inputs or _formal_allows_fp16(schema, schema.inputs, index)
+
+
+def _formal_allows_fp16(schema: onnx.defs.OpSchema, formals: Sequence, index: int) -> bool:
+    """Whether the formal parameter at `index` (the last one for variadic tails) may be FLOAT16 when it
+    may be FLOAT; parameters that are never FLOAT do not matter here."""
+    allowed = _allowed(schema, formals[min(index, len(formals) - 1)].type_str)
+    return "tensor(float16)" in allowed or "tensor(float)" not in allowed
+
+
+# --- running ------------------------------------------------------------------------------------------------
+
+
+def session_options():
+    """Session options that keep the Cast pairs: basic level, cast-chain elimination off."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    for key, value in _SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
+@dataclass
+class _Prepared:
+    """A rewritten model ready for sessions: the proto (weights referenced, not copied) and its facts."""
+
+    key: tuple
+    proto: onnx.ModelProto
+    folder: Path
+    emulation: Emulation
+
+
+class Fp16EmulationBackend(Backend):
+    """FP16 storage on ONNX Runtime's CPU provider: see the module docstring for what it does and does not do."""
+
+    name = NAME
+    precision = PRECISION
+    computes_fp16 = True
+
+    def __init__(self) -> None:
+        self._prepared: _Prepared | None = None
+
+    def unavailable_reason(self) -> str | None:
+        return _self_test()
+
+    def run(
+        self, model: Path, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        return _run(self.prepare(model), inputs, outputs)
+
+    def prepare(self, model: Path) -> _Prepared:
+        """Load, infer dtypes and rewrite once per model file; later runs (layer-wise slices) reuse it."""
+        path = Path(model)
+        status = path.stat()
+        key = (str(path.resolve()), status.st_mtime_ns, status.st_size)
+        if self._prepared is None or self._prepared.key != key:
+            self._prepared = None  # let the previous model go before loading the next
+            self._prepared = _prepare(path, key)
+        return self._prepared
+
+    def explain(
+        self, candidate: Path, inputs: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]
+    ) -> dict | None:
+        """Where FP16 first breaks, in graph order: the first tensor that overflows when rounded to FP16
+        (`fp16_overflow`), else the first that holds inf/NaN where the model run as is holds finite values
+        (`fp16_nonfinite`); with its producing node and FP32 magnitude. None when no tensor turns non-finite:
+        the failure is then accumulated rounding error, which layer-wise comparison locates."""
+        prepared = self.prepare(candidate)
+        return _first_overflow(prepared, inputs) or _first_nonfinite(prepared, Path(candidate), inputs)
+
+
+def _prepare(path: Path, key: tuple) -> _Prepared:
+    from graphdoctor.analysis.types import infer_types
+    from graphdoctor.model import load_model
+
+    loaded = load_model(path)
+    infer_types(loaded.model)
+    folder = path.resolve().parent
+    _ask_onnxruntime_for_dtypes(loaded.model, folder)
+    emulation = emulate_fp16(loaded.model)
+    if emulation.unknown:
+        logger.warning("fp16-emulation: %d tensors of unknown dtype are not rounded", emulation.unknown)
+    proto = ir.serde.serialize_model(loaded.model)
+    return _Prepared(key, proto, folder, emulation)
+
+
+def _ask_onnxruntime_for_dtypes(model: ir.Model, folder: Path) -> None:
+    """ONNX shape inference leaves contrib ops and some data-dependent outputs untyped; ONNX Runtime types
+    every tensor of the main graph when it loads the model, so ask it (one session, nothing run)."""
+    import onnxruntime as ort
+
+    unknown = {v.name: v for node in model.graph for v in node.outputs if v.name and v.dtype is None}
+    if not unknown:
+        return
+    proto = ir.serde.serialize_model(model)
+    del proto.graph.output[:]
+    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in unknown)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry(_EXTERNAL_FOLDER, os.fspath(folder))
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # the emulation then leaves these tensors alone, and says how many
+        logger.info("onnxruntime could not type %d tensors: %s", len(unknown), error)
+        return
+    for output in session.get_outputs():
+        dtype = _ORT_DTYPES.get(output.type)
+        if dtype is not None and output.name in unknown:
+            unknown[output.name].dtype = dtype
+
+
+_ORT_DTYPES = {
+    "tensor(float)": ir.DataType.FLOAT,
+    "tensor(float16)": ir.DataType.FLOAT16,
+    "tensor(double)": ir.DataType.DOUBLE,
+    "tensor(bfloat16)": ir.DataType.BFLOAT16,
+    "tensor(int64)": ir.DataType.INT64,
+    "tensor(int32)": ir.DataType.INT32,
+    "tensor(bool)": ir.DataType.BOOL,
+}
+
+
+def _run(prepared: _Prepared, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    options = session_options()
+    options.add_session_config_entry(_EXTERNAL_FOLDER, os.fspath(prepared.folder))
+    graph_outputs = list(prepared.proto.graph.output)
+    if outputs is not None:
+        del prepared.proto.graph.output[:]
+        prepared.proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
+    try:
+        serialized = prepared.proto.SerializeToString()
+    finally:
+        del prepared.proto.graph.output[:]
+        prepared.proto.graph.output.extend(graph_outputs)
+    try:
+        session = ort.InferenceSession(
+            serialized, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
+        )
+        names = [o.name for o in session.get_outputs()]
+        results = session.run(names, dict(inputs))
+    except Exception as error:  # onnxruntime raises its own exception types for bad models and inputs
+        text = (str(error).strip() or type(error).__name__).splitlines()[0][:300]
+        raise GraphDoctorError(f"fp16-emulation cannot run the model: {text}") from None
+    return dict(zip(names, results, strict=True))
+
+
+def _first_overflow(prepared: _Prepared, inputs: Mapping[str, np.ndarray]) -> dict | None:
+    """The first rounded tensor whose FP32 value, computed from FP16 inputs, is finite where rounding it to
+    FP16 gives inf: both come from one emulated run (the value before rounding is `<name>__gd_fp32`), so
+    this works for FP16 models too."""
+    by_name = {r.tensor: r for r in prepared.emulation.rounded}
+
+    def run(batch: Sequence[str]) -> Mapping[str, np.ndarray]:
+        return _run(prepared, inputs, [name for n in batch for name in (n, by_name[n].fp32)])
+
+    for fetched in iter_slices(run, list(by_name), _EXPLAIN_BUDGET):
+        for rounded in (r for r in by_name.values() if r.tensor in fetched):
+            found = _origin(rounded, fetched[rounded.tensor], fetched[rounded.fp32], overflow=True)
+            if found is not None:
+                return found
+    return None
+
+
+def _first_nonfinite(prepared: _Prepared, candidate: Path, inputs: Mapping[str, np.ndarray]) -> dict | None:
+    """The first rounded tensor holding inf/NaN where the candidate run as is on ONNX Runtime CPU holds finite
+    values: what breaks without overflowing (a division by a value FP16 flushed to 0)."""
+    from graphdoctor.verify.runners import OnnxruntimeBackend
+
+    reference = OnnxruntimeBackend("onnxruntime-cpu")
+    by_name = {r.tensor: r for r in prepared.emulation.rounded}
+
+    def both(batch: Sequence[str]) -> dict[str, np.ndarray]:
+        emulated = _run(prepared, inputs, batch)
+        fp32 = reference.run(candidate, inputs, outputs=[by_name[n].original for n in batch])
+        return {**{f"fp16:{n}": a for n, a in emulated.items()}, **{f"fp32:{n}": a for n, a in fp32.items()}}
+
+    for fetched in iter_slices(both, list(by_name), _EXPLAIN_BUDGET):
+        for rounded in (r for r in by_name.values() if f"fp16:{r.tensor}" in fetched):
+            found = _origin(rounded, fetched[f"fp16:{rounded.tensor}"], fetched[f"fp32:{rounded.original}"])
+            if found is not None:
+                return found
+    return None
+
+
+def _origin(rounded: Rounded, emulated: np.ndarray, fp32: np.ndarray, overflow: bool = False) -> dict | None:
+    """The details of a tensor FP16 turned non-finite where `fp32` is finite, or None when it did not.
+    `overflow`: `fp32` is the same tensor before rounding, so only values beyond FP16's range count."""
+    fp32 = np.asarray(fp32, dtype=np.float32)
+    broken = ~np.isfinite(emulated) & np.isfinite(fp32)
+    count = int(np.count_nonzero(broken))
+    if not count:
+        return None
+    finite = np.abs(fp32[np.isfinite(fp32)])
+    max_abs = float(finite.max()) if finite.size else 0.0
+    beyond = int(np.count_nonzero(finite >= FP16_OVERFLOW))
+    where = f"input '{rounded.original}'"
+    if rounded.node:
+        where = f"{rounded.op_type} '{rounded.node}' output '{rounded.tensor}'"
+    if overflow or beyond:
+        key = "fp16_overflow"
+        message = (
+            f"FP16 overflow starts at {where}: it reaches {max_abs:.4g} in FP32 ({beyond} of {fp32.size}"
+            f" values beyond FP16's 65504) and {count} value(s) become inf in FP16"
+        )
+    else:
+        key = "fp16_nonfinite"
+        message = (
+            f"FP16 first turns {where} non-finite: {count} of {fp32.size} values are inf/NaN where FP32's are"
+            f" finite (max |x| {max_abs:.4g}): an input rounded to 0 or inf (a flushed eps, a clamped constant)"
+        )
+    details = {"node": rounded.node, "op_type": rounded.op_type, "tensor": rounded.tensor, "max_abs": max_abs}
+    return {key: {**details, "overflow": beyond, "nonfinite": count, "size": int(fp32.size), "message": message}}
+
+
+# --- the self-test ------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _self_test() -> str | None:
+    """None when this onnxruntime keeps the Cast pairs ((x*x)/100 with x=300 gives inf); else why not."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed"
+    model = ir.from_onnx_text(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1] x) => (float[1] y) <float c = {100.0}> {
+            t = Mul(x, x)
+            y = Div(t, c)
+        }"""
+    )
+    from graphdoctor.analysis.types import infer_types
+
+    infer_types(model)
+    emulate_fp16(model)
+    proto = ir.serde.serialize_model(model)
+    try:
+        session = ort.InferenceSession(
+            proto.SerializeToString(),
+            session_options(),
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(DISABLED_OPTIMIZERS),
+        )
+        [result] = session.run(None, {"x": np.array([300.0], np.float32)})
+    except Exception as error:  # any failure means the emulation cannot be trusted here
+        return f"onnxruntime {ort.__version__} cannot run the FP16 emulation: {error}"
+    if not np.isinf(result).all():
+        return (
+            f"onnxruntime {ort.__version__} removes the FP16 Cast round trips the emulation relies on"
+            f" ((300*300)/100 gave {float(result[0]):g}, FP16 gives inf)"
+        )
+    return None

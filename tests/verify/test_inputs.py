@@ -1,0 +1,187 @@
+"""Verification inputs: generated per dtype and role, shaped by --shape and shared symbolic dims, loaded from
+.npz/.npy/input_N.pb, bound to the model's inputs, and saved so that a run can be replayed exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import pytest
+
+from fixtures.handmade import model_from_text, save
+from graphdoctor import api
+from graphdoctor.errors import GraphDoctorError
+from graphdoctor.model import load_model
+from graphdoctor.verify.inputs import bind_inputs, generate_inputs, load_inputs, parse_shape, save_inputs
+from tests.verify.builders import linear
+
+ROLES = model_from_text("""<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,3,H,W] images, float[N,16] features, int64[batch,sequence] input_ids,
+   int64[batch,sequence] attention_mask, int64[batch,sequence] token_type_ids, bool[batch] flags)
+  => (float[N,3,H,W] o1, float[N,16] o2, int64[batch,sequence] o3, int64[batch,sequence] o4,
+      int64[batch,sequence] o5, bool[batch] o6) {
+    o1 = Identity(images)
+    o2 = Identity(features)
+    o3 = Identity(input_ids)
+    o4 = Identity(attention_mask)
+    o5 = Identity(token_type_ids)
+    o6 = Identity(flags)
+}""")
+
+# the mask is declared before the ids: a --shape on the ids must still size it
+MASK_FIRST = model_from_text("""<ir_version: 8, opset_import: ["" : 17]>
+g (int64[batch,sequence] attention_mask, int64[batch,sequence] input_ids) => (int64[batch,sequence] y) {
+    y = Mul(input_ids, attention_mask)
+}""")
+
+
+def ir_model(proto: onnx.ModelProto, tmp_path: Path, name: str = "model.onnx"):
+    return load_model(save(proto, tmp_path / name)).model
+
+
+def test_generated_values_follow_dtype_and_role(tmp_path: Path):
+    feeds = generate_inputs(ir_model(ROLES, tmp_path))
+    assert {name: (a.dtype.name, a.shape) for name, a in feeds.items()} == {
+        "images": ("float32", (1, 3, 224, 224)),  # batch 1, spatial 224
+        "features": ("float32", (1, 16)),  # shares N with images
+        "input_ids": ("int64", (1, 128)),  # sequence 128
+        "attention_mask": ("int64", (1, 128)),
+        "token_type_ids": ("int64", (1, 128)),
+        "flags": ("bool", (1,)),
+    }
+    images, features, ids = feeds["images"], feeds["features"], feeds["input_ids"]
+    assert images.min() >= 0.0 and images.max() < 1.0  # image-like: uniform [0, 1)
+    assert features.min() < 0.0 < features.max()  # otherwise standard normal
+    assert ids.min() >= 0 and ids.max() < 100 and len(np.unique(ids)) > 10  # token ids below int_high
+    assert (feeds["attention_mask"] == 1).all()  # attend everywhere
+    assert (feeds["token_type_ids"] == 0).all()
+    assert feeds["flags"].all()
+
+
+def test_a_seed_reproduces_its_inputs(tmp_path: Path):
+    model = ir_model(ROLES, tmp_path)
+    first, again, other = generate_inputs(model, seed=3), generate_inputs(model, seed=3), generate_inputs(model, seed=4)
+    assert all(np.array_equal(first[name], again[name]) for name in first)
+    assert not np.array_equal(first["features"], other["features"])
+
+
+def test_shape_sets_the_symbols_other_inputs_share(tmp_path: Path):
+    feeds = generate_inputs(ir_model(MASK_FIRST, tmp_path), shapes={"input_ids": (2, 16)})
+    assert feeds["attention_mask"].shape == (2, 16) == feeds["input_ids"].shape
+
+
+@pytest.mark.parametrize(
+    ("shapes", "message"),
+    [
+        (
+            {"input_ids": (2, 16), "attention_mask": (2, 8)},
+            "input_ids: dim 'sequence' is 16, but another --shape set it to 8",
+        ),
+        ({"input_ids": (2, 16, 1)}, "rank 3, but the input has rank 2"),
+        ({"pixels": (1, 3)}, "--shape names unknown input(s) ['pixels']"),
+    ],
+)
+def test_shape_errors(tmp_path: Path, shapes, message):
+    with pytest.raises(GraphDoctorError) as error:
+        generate_inputs(ir_model(MASK_FIRST, tmp_path), shapes=shapes)
+    assert message in str(error.value)
+
+
+def test_shape_cannot_change_a_static_dim(tmp_path: Path):
+    with pytest.raises(GraphDoctorError, match="dim 3 is static, got 4"):
+        generate_inputs(ir_model(ROLES, tmp_path), shapes={"images": (1, 4, 32, 32)})
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("images:1x3x640x640", ("images", (1, 3, 640, 640))),
+        ("input_ids:2X16", ("input_ids", (2, 16))),
+        ("encoder:hidden:1x8", ("encoder:hidden", (1, 8))),  # the name may hold ':'
+    ],
+)
+def test_parse_shape(text, parsed):
+    assert parse_shape(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["images", "images:", ":1x3", "images:1xq", "images:1x-3", "images:1,3"])
+def test_parse_shape_rejects(text):
+    with pytest.raises(GraphDoctorError, match="expected NAME:DIMS"):
+        parse_shape(text)
+
+
+def test_load_npz_npy_and_pb_folder(tmp_path: Path):
+    ids = np.arange(6, dtype=np.int64).reshape(2, 3)
+    mask = np.ones((2, 3), dtype=np.int64)
+    np.savez(tmp_path / "feeds.npz", input_ids=ids, attention_mask=mask)
+    np.save(tmp_path / "one.npy", ids)
+    folder = tmp_path / "test_data_set_0"
+    folder.mkdir()
+    for index, (name, array) in enumerate([("attention_mask", mask), ("input_ids", ids)]):
+        (folder / f"input_{index}.pb").write_bytes(onnx.numpy_helper.from_array(array, name).SerializeToString())
+
+    npz, npy, pbs = load_inputs(tmp_path / "feeds.npz"), load_inputs(tmp_path / "one.npy"), load_inputs(folder)
+    assert sorted(npz) == ["attention_mask", "input_ids"] and np.array_equal(npz["input_ids"], ids)
+    assert list(npy) == [""] and np.array_equal(npy[""], ids)
+    assert list(pbs) == ["attention_mask", "input_ids"] and np.array_equal(pbs["input_ids"], ids)
+
+
+def test_bind_by_name_or_by_position_when_unnamed(tmp_path: Path):
+    model = ir_model(MASK_FIRST, tmp_path)
+    ids, mask = np.full((1, 4), 7), np.ones((1, 4), dtype=np.int64)
+    by_name = bind_inputs(model, {"input_ids": ids, "attention_mask": mask})
+    assert by_name["input_ids"] is ids
+    by_position = bind_inputs(model, {"input_0": mask, "input_1": ids})  # unnamed input_N.pb files
+    assert by_position["attention_mask"] is mask and by_position["input_ids"] is ids
+
+
+def test_bind_never_swaps_named_arrays_silently(tmp_path: Path):
+    """Arrays named for other inputs used to be bound by position: 'input_ids' fed to 'attention_mask'."""
+    model = ir_model(MASK_FIRST, tmp_path)
+    with pytest.raises(GraphDoctorError, match=r"inputs hold \['input_ids', 'mask'\]; the model needs"):
+        bind_inputs(model, {"input_ids": np.ones((1, 4)), "mask": np.ones((1, 4))})
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.npz", b"PK\x03\x04 not a zip archive", "cannot read inputs"),
+        ("bad.npy", b"\x93NUMPY garbage", "cannot read inputs"),
+        ("feeds.txt", b"1 2 3", "inputs must be an .npz, an .npy, or a folder"),
+        ("missing.npz", None, "cannot read inputs"),
+    ],
+)
+def test_unreadable_input_files_are_one_clear_error(tmp_path: Path, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(GraphDoctorError, match=message):
+        load_inputs(tmp_path / name)
+
+
+def test_unreadable_pb_folder(tmp_path: Path):
+    with pytest.raises(GraphDoctorError, match=r"no input_N\.pb files"):
+        load_inputs(tmp_path)
+    (tmp_path / "input_0.pb").write_bytes(b"\xff\xff\xff not a protobuf")
+    with pytest.raises(GraphDoctorError, match="not a serialized ONNX TensorProto"):
+        load_inputs(tmp_path)
+
+
+def test_saved_inputs_round_trip_every_dtype(tmp_path: Path):
+    feeds = generate_inputs(ir_model(ROLES, tmp_path), seed=5)
+    saved = save_inputs(feeds, tmp_path / "replay")  # the suffix is added
+    assert saved == tmp_path / "replay.npz"
+    loaded = load_inputs(saved)
+    assert list(loaded) == list(feeds)
+    for name, array in feeds.items():
+        assert loaded[name].dtype == array.dtype and np.array_equal(loaded[name], array)
+
+
+def test_replaying_saved_inputs_gives_identical_results(tmp_path: Path):
+    reference, candidate = save(linear(), tmp_path / "ref.onnx"), save(linear(1e-3), tmp_path / "cand.onnx")
+    first = api.verify(reference, candidate, seed=11, shapes={"x": (5, 4)}, save_inputs=tmp_path / "used.npz")
+    replay = api.verify(reference, candidate, inputs=tmp_path / "used.npz")
+    assert replay.input_source == str(tmp_path / "used.npz")
+    assert [c.as_dict() for c in first.verdicts[0].outputs] == [c.as_dict() for c in replay.verdicts[0].outputs]
+    assert first.verdicts[0].outputs[0].max_abs > 0  # the replay compared something that differs

@@ -1,0 +1,130 @@
+"""Metrics and tolerance presets on crafted arrays: what passes each preset, what fails and why, and the
+numbers behind a verdict (non-finite values, near-zero references, top-1 agreement)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphdoctor.errors import GraphDoctorError
+from graphdoctor.verify.metrics import PRESETS, compare_arrays, tolerance_for
+
+EXACT, FP32, FP16 = PRESETS["exact"], PRESETS["fp32"], PRESETS["fp16"]
+RNG = np.random.default_rng(0)
+REF = RNG.standard_normal((4, 256)).astype(np.float32)
+
+
+def scaled(factor: float) -> np.ndarray:
+    """REF with a relative error of `factor` on every element."""
+    return (REF * (1 + factor)).astype(np.float32)
+
+
+def test_exact_passes_only_bit_identical():
+    assert compare_arrays("y", REF, REF.copy(), EXACT).passed
+    one_ulp = REF.copy()
+    one_ulp[0, 0] = np.nextafter(one_ulp[0, 0], np.float32(np.inf))
+    result = compare_arrays("y", REF, one_ulp, EXACT)
+    assert not result.passed
+    assert result.reason == "0.10% of elements outside atol 0 + rtol 0·|ref|"  # 1 of 1024, within fp32 tolerance
+    assert result.max_abs > 0 and result.worst_index == (0, 0)
+
+
+def test_exact_treats_nan_as_equal_to_itself():
+    ref = np.array([1.0, np.nan, np.inf], dtype=np.float32)
+    assert compare_arrays("y", ref, ref.copy(), EXACT).passed
+
+
+def test_fp32_passes_reordered_arithmetic_and_fails_real_changes():
+    assert compare_arrays("y", REF, scaled(1e-6), FP32).passed
+    changed = compare_arrays("y", REF, scaled(1e-3), FP32)
+    assert not changed.passed
+    assert "of elements outside atol 1e-05 + rtol 0.0001" in changed.reason
+    assert changed.max_rel == pytest.approx(1e-3, rel=0.01)
+
+
+def test_fp16_rounding_passes_fp16_but_not_fp32():
+    rounded = REF.astype(np.float16).astype(np.float32)
+    assert compare_arrays("y", REF, rounded, FP16).passed
+    assert not compare_arrays("y", REF, rounded, FP32).passed
+
+
+def test_fp16_allows_one_percent_of_outliers():
+    few, many = REF.copy(), REF.copy()
+    few.ravel()[:5] += 0.5  # 0.5% of 1024 elements
+    many.ravel()[:30] += 0.5  # 2.9%
+    assert compare_arrays("y", REF, few, FP16).passed
+    result = compare_arrays("y", REF, many, FP16)
+    assert not result.passed and result.reason.startswith("2.93% of elements outside")
+
+
+def test_cosine_catches_what_the_elementwise_allowance_lets_through():
+    flipped = REF.copy()
+    flipped.ravel()[:10] *= -40  # under 1% of elements, but they dominate the vector
+    result = compare_arrays("y", REF, flipped, FP16)
+    assert result.mismatch < FP16.max_mismatch
+    assert not result.passed and result.reason.startswith("cosine similarity")
+
+
+def test_candidate_overflow_to_inf_fails():
+    overflow = REF.copy()
+    overflow[0, 0] = np.inf
+    result = compare_arrays("y", REF, overflow, FP16)
+    assert not result.passed
+    assert result.reason == "1 more non-finite values (inf/NaN) than the reference"
+    assert (result.ref_nonfinite, result.cand_nonfinite, result.max_abs) == (0, 1, float("inf"))
+
+
+def test_matching_non_finite_values_agree():
+    ref = np.array([1.0, np.nan, np.inf, -np.inf], dtype=np.float32)
+    same = compare_arrays("y", ref, ref.copy(), FP32)
+    assert same.passed and same.ref_nonfinite == same.cand_nonfinite == 3 and np.isfinite(same.max_abs)
+    signs = compare_arrays("y", ref, np.array([1.0, np.nan, -np.inf, -np.inf], dtype=np.float32), FP32)
+    assert not signs.passed and signs.mismatch == 0.25  # +inf against -inf is a mismatch
+
+
+def test_relative_error_is_not_blown_up_by_zeros():
+    ref = np.array([0.0, 1.0, -2.0, 0.0, 3.0], dtype=np.float32)
+    cand = ref + np.float32(1e-7)
+    result = compare_arrays("y", ref, cand, FP32)
+    assert result.passed
+    assert result.max_rel < 1e-4  # 1e-7 / (0 + 1e-3·rms), not 1e-7 / 0
+
+
+def test_all_zero_reference_against_float_noise_passes():
+    """A cosine of (0, 0, 0) against (1e-9, ...) is 0: noise, when every element is within atol."""
+    result = compare_arrays("y", np.zeros(16, np.float32), np.full(16, 1e-9, np.float32), FP32)
+    assert result.passed and result.cosine == 0.0
+
+
+def test_top1_agreement_only_for_classifier_scores():
+    scores = RNG.standard_normal((4, 10)).astype(np.float32)
+    swapped = scores.copy()
+    row = swapped[0]
+    row[[row.argmax(), row.argmin()]] = row[[row.argmin(), row.argmax()]]
+    assert compare_arrays("logits", scores, swapped, FP32).top1_agreement == 0.75
+    for shape in [(4, 9), (2, 4, 10), (40,)]:  # too few classes, not [N, C]
+        values = RNG.standard_normal(shape).astype(np.float32)
+        assert compare_arrays("y", values, values, FP32).top1_agreement is None
+
+
+def test_shape_mismatch_fails_with_both_shapes():
+    result = compare_arrays("y", REF, REF[:2], FP32)
+    assert not result.passed and result.reason == "shape [2, 256] differs from the reference's [4, 256]"
+
+
+def test_integer_outputs_compare_exactly_under_every_preset():
+    ids = np.array([[3, 1, 2]], dtype=np.int64)
+    assert compare_arrays("idx", ids, ids.copy(), FP16).passed
+    result = compare_arrays("idx", ids, np.array([[3, 2, 1]], dtype=np.int64), FP16)
+    assert not result.passed and result.mismatch == pytest.approx(2 / 3)
+
+
+def test_explicit_numbers_override_a_preset():
+    custom = tolerance_for("fp32", atol=1e-2)
+    assert (custom.name, custom.atol, custom.rtol, custom.min_cosine) == ("custom", 1e-2, 1e-4, 0.99999)
+    assert tolerance_for("fp16") is FP16
+    assert compare_arrays("y", REF, REF + np.float32(5e-3), custom).passed
+    assert FP16.describe() == "fp16 (atol 0.01, rtol 0.01, cosine >= 0.999, up to 1% of elements outside)"
+    assert EXACT.describe() == "exact (bit-identical)"
+    with pytest.raises(GraphDoctorError, match="unknown tolerance preset 'fp8'"):
+        tolerance_for("fp8")
