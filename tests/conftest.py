@@ -23,3 +23,20 @@ def lint_proto(tmp_path: Path) -> Callable[..., list[Finding]]:
         return api.lint(path, select=selectors, **kwargs).findings
 
     return run
+
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def gd(capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run the console entry point in-process: exit code, stdout, stderr."""
+    from graphdoctor.cli import main
+
+    def run(*args: str | Path) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+
+    return run

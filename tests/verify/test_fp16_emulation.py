@@ -16,7 +16,6 @@ import pytest
 from fixtures.handmade import model_from_text, save
 from graphdoctor import api
 from graphdoctor.analysis.types import infer_types
-from graphdoctor.cli import main
 from graphdoctor.verify.fp16_emulation import PRECISION, Fp16EmulationBackend, emulate_fp16
 from graphdoctor.verify.runners import get_backend
 
@@ -25,17 +24,6 @@ F32 = np.float32
 TINY = 2.0**-24  # FP16's smallest subnormal
 
 Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def gd(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*args: str | Path) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return exit_info.value.code, captured.out, captured.err
-
-    return run
 
 
 def run_emulated(tmp_path: Path, proto: onnx.ModelProto, outputs=None, **inputs: np.ndarray) -> dict[str, np.ndarray]:

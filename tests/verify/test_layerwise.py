@@ -12,14 +12,13 @@ import math
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fixtures import divergence
-from graphdoctor.cli import main
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.model import load_model
 from graphdoctor.verify.inputs import generate_inputs
@@ -189,17 +188,6 @@ def test_no_progress_bar_without_a_terminal(chain: Pair, capsys: pytest.CaptureF
 
 
 # --- reports ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def gd(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
-    def run(*args: str | Path) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return exit_info.value.code, captured.out, captured.err
-
-    return run
 
 
 def test_cli_text_report(gd, chain: Pair):

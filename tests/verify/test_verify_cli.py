@@ -16,23 +16,9 @@ import pytest
 
 from fixtures import torch_exports
 from fixtures.handmade import save
-from graphdoctor.cli import main
 from tests.verify.builders import UNKNOWN_OP, linear
 
 Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def gd(capsys: pytest.CaptureFixture[str]) -> Run:
-    """Run the console entry point in-process: exit code, stdout, stderr."""
-
-    def run(*args: str | Path) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return exit_info.value.code, captured.out, captured.err
-
-    return run
 
 
 @pytest.fixture
