@@ -31,7 +31,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ import onnx_ir as ir
 from graphdoctor.analysis.format import format_dtype
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.verify.metrics import Tolerance, compare_arrays
-from graphdoctor.verify.runners import Backend, OnnxruntimeBackend
+from graphdoctor.verify.runners import Backend, OnnxruntimeBackend, weights_outside
 
 __all__ = [
     "DEFAULT_BUDGET_BYTES",
@@ -226,9 +226,12 @@ def compare_layerwise(
     planner, skipped = _plan(reference, candidate, inputs)
     probes = planner.probes
     logger.info("layer-wise: %d shared tensors to compare", len(probes))
-    run = _SliceRunner(reference, candidate, oracle, backend, inputs, tolerance, planner.graph_inputs)
     slices: list[int] = []
-    with _progress(len(probes), options.progress) as advance:
+    with ExitStack() as stack:
+        light_reference = stack.enter_context(weights_outside(reference))
+        light_candidate = light_reference if candidate == reference else stack.enter_context(weights_outside(candidate))
+        run = _SliceRunner(light_reference, light_candidate, oracle, backend, inputs, tolerance, planner.graph_inputs)
+        advance = stack.enter_context(_progress(len(probes), options.progress))
         while sum(slices) < len(probes):
             chunk = planner.next_slice(sum(slices), options.budget_bytes, options.layers_per_run)
             planner.measured.update(run.compare(chunk))

@@ -12,7 +12,9 @@ that run only (layer-wise comparison fetches a few at a time to bound memory).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from graphdoctor.errors import GraphDoctorError
 
-__all__ = ["BACKENDS", "Backend", "OnnxruntimeBackend", "get_backend", "session_model"]
+__all__ = ["BACKENDS", "Backend", "OnnxruntimeBackend", "get_backend", "session_model", "weights_outside"]
 
 _EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 
@@ -126,6 +128,31 @@ def session_model(model: Path, outputs: Sequence[str] | None, options) -> str | 
     proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
     options.add_session_config_entry(_EXTERNAL_FOLDER, os.fspath(model.resolve().parent))
     return proto.SerializeToString()
+
+
+@contextmanager
+def weights_outside(model: Path, min_file_bytes: int = 64 * 1024 * 1024) -> Iterator[Path]:
+    """The model, or a temporary copy of it whose weights live in an external-data file.
+
+    Fetching other tensors means a new session per slice, and `session_model` re-reads and re-serializes
+    the graph each time: with weights stored inside a large .onnx file, that copies every weight per run.
+    Moving them out once makes each later session read a small graph and map the weights."""
+    import onnx
+
+    if model.stat().st_size < min_file_bytes:
+        yield model
+        return
+    proto = onnx.load_model(os.fspath(model), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        yield model  # already external (or mixed): its locations are relative to its own folder
+        return
+    with tempfile.TemporaryDirectory(prefix="graphdoctor-") as folder:
+        target = Path(folder) / model.name
+        onnx.save_model(
+            proto, os.fspath(target), save_as_external_data=True, location=f"{model.name}.data", size_threshold=1024
+        )
+        del proto
+        yield target
 
 
 def _first_line(error: BaseException) -> str:
