@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test fixtures bench-lint clean
+.PHONY: demo test fixtures bench-lint bench-verify clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: fixtures
 bench-lint: $(VENV)/.test
 	$(PIP) -e '.[bench]'
 	$(BIN)/python bench/lint.py
+
+bench-verify: $(VENV)/.test
+	$(PIP) -e '.[bench]'
+	$(BIN)/python bench/verify.py
 
 clean:
 	rm -rf $(VENV) .cache

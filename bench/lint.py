@@ -17,16 +17,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import json
-import os
-import platform
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from measure import MIB, Limits, Run, Series, measure
+from measure import (
+    MIB,
+    Limits,
+    Run,
+    Series,
+    describe_environment,
+    format_number,
+    format_size,
+    hidden_torch_env,
+    load_average,
+    measure,
+    render_environment,
+)
 from models import ALL_MODELS, ModelUnavailable, is_large, model_path, model_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +45,6 @@ SMALL_MODEL_TARGET_S = 1.0
 SMALL_MODEL_BYTES = 200 * 1000**2
 LARGE_MODEL_TARGET_BYTES = 500 * 1000**2
 CHECKER_SCRIPT = "import sys, onnx; onnx.checker.check_model(sys.argv[1], full_check=True)"
-PACKAGES = ("graphdoctor", "polygraphy", "onnx", "onnxruntime", "onnx-ir", "onnx-graphsurgeon", "torch", "numpy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,15 +55,6 @@ class Tool:
     key: str  # for --tools
     command: Callable[[Path], list[str]]
     env: Callable[[], dict[str, str]] | None = None
-
-
-def hidden_torch_env() -> dict[str, str]:
-    """PYTHONPATH with a `torch` that fails to import: polygraphy then skips its torch import (~3.5 s,
-    ~0.9 GB per call, measured in research/polygraphy.md), as on a machine without torch."""
-    stub = Path(tempfile.gettempdir()) / "gd-bench-notorch"
-    (stub / "torch").mkdir(parents=True, exist_ok=True)
-    (stub / "torch" / "__init__.py").write_text('raise ImportError("torch hidden by bench/lint.py")\n')
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(stub), os.environ.get("PYTHONPATH")]))}
 
 
 GRAPHDOCTOR = Tool(
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     limits = Limits(timeout_s=args.timeout, address_space_bytes=int(args.mem_limit_gib * 1024 * MIB))
     tools = [tool for tool in TOOLS if tool.key in args.tools]
-    started, load_before = datetime.datetime.now(datetime.timezone.utc), _load()
+    started, load_before = datetime.datetime.now(datetime.timezone.utc), load_average()
     rows = [measure_startup(args.runs or 5, limits)]
     for name in args.models:
         rows += bench_model(name, args.model_files, tools, args.runs, limits)
@@ -154,7 +152,7 @@ def bench_model(name: str, model_files: dict[str, Path], tools: list[Tool], runs
     count = runs or (3 if is_large(path) else 5)
     rows = []
     for tool in tools:
-        _progress(f"{name} ({_format_size(size)}): {tool.name} × {count}")
+        _progress(f"{name} ({format_size(size)}): {tool.name} × {count}")
         rows.append(Row(name, size, tool.name, run_tool(tool, path, count, limits)))
     return rows
 
@@ -184,15 +182,15 @@ def render_markdown(rows: list[Row], environment: dict) -> str:
 
 
 def _table_line(row: Row, baseline: Series | None) -> str:
-    size = _format_size(row.size_bytes) if row.size_bytes else "—"
+    size = format_size(row.size_bytes) if row.size_bytes else "—"
     if row.series is None:
         return f"| {row.model} | {size} | {row.tool} | — | — | — | — | skipped: {row.skipped} |"
     series = row.series
     runs = f" ({len(series.runs)} run{'s' if len(series.runs) != 1 else ''})"
     status = "ok" + runs if series.ok else f"failed: {series.reason}" + (" (run 1)" if len(series.runs) == 1 else runs)
     return (
-        f"| {row.model} | {size} | {row.tool} | {_number(series.median_wall_s, 2)} |"
-        f" {_number(series.median_cpu_s, 2)} | {_number(series.median_peak_rss_mib, 0)} |"
+        f"| {row.model} | {size} | {row.tool} | {format_number(series.median_wall_s, 2)} |"
+        f" {format_number(series.median_cpu_s, 2)} | {format_number(series.median_peak_rss_mib, 0)} |"
         f" {_ratios(series, baseline)} | {status} |"
     )
 
@@ -223,44 +221,18 @@ def render_targets(rows: list[Row]) -> list[str]:
             rss = row.series.median_peak_rss_mib
             met = row.series.ok and rss is not None and rss * MIB < LARGE_MODEL_TARGET_BYTES
             lines.append(
-                f"- {row.model} (>2 GB): peak RSS {_number(rss, 0)} MiB, target < 500 MB (476.8 MiB): "
+                f"- {row.model} (>2 GB): peak RSS {format_number(rss, 0)} MiB, target < 500 MB (476.8 MiB): "
                 f"{'met' if met else 'MISSED'}"
             )
         else:
             wall = row.series.median_wall_s
             met = row.series.ok and wall is not None and wall < SMALL_MODEL_TARGET_S
             lines.append(
-                f"- {row.model} (small): lint {_number(wall, 2)} s wall ({_number(row.series.median_cpu_s, 2)} s CPU),"
+                f"- {row.model} (small): lint {format_number(wall, 2)} s wall"
+                f" ({format_number(row.series.median_cpu_s, 2)} s CPU),"
                 f" target < {SMALL_MODEL_TARGET_S:.0f} s: {'met' if met else 'MISSED'}"
             )
     return lines
-
-
-def render_environment(environment: dict) -> str:
-    versions = ", ".join(f"{name} {version}" for name, version in environment["versions"].items())
-    return (
-        f"Measured {environment['started']} on {environment['cpu']} ({environment['cpus']} CPUs visible, "
-        f"load average {environment['load_before']} before, {environment['load_after']} after), "
-        f"Python {environment['python']}; {versions}. Each cell: median over fresh processes "
-        f"(`/usr/bin/time -v` max RSS); limits per run: {environment['timeout_s']:.0f} s, "
-        f"{environment['address_space_gib']:.0f} GiB address space."
-    )
-
-
-def describe_environment(started: datetime.datetime, load_before: str, limits: Limits) -> dict:
-    """What the numbers depend on: the machine, how busy it was, and every package version involved."""
-    return {
-        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": _cpu_name(),
-        "cpus": os.cpu_count(),
-        "load_before": load_before,
-        "load_after": _load(),
-        "python": platform.python_version(),
-        "versions": {name: _version(name) for name in PACKAGES},
-        "timeout_s": limits.timeout_s,
-        "address_space_gib": (limits.address_space_bytes or 0) / 1024 / MIB,
-        "argv": sys.argv,
-    }
 
 
 def write_outputs(rows: list[Row], environment: dict, markdown: str, out: Path) -> None:
@@ -276,35 +248,6 @@ def write_outputs(rows: list[Row], environment: dict, markdown: str, out: Path) 
     }
     (out / "lint.json").write_text(json.dumps(raw, indent=2) + "\n")
     _progress(f"wrote {out / 'lint.md'} and {out / 'lint.json'}")
-
-
-def _format_size(size: int | None) -> str:
-    if size is None:
-        return "—"
-    return f"{size / 1024**3:.2f} GiB" if size >= 1024**3 else f"{size / MIB:.1f} MiB"
-
-
-def _number(value: float | None, digits: int) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
-
-
-def _load() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def _progress(message: str) -> None:

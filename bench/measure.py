@@ -14,12 +14,16 @@ an exception, because a peer failing on a model is a result worth reporting, not
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
 import os
+import platform
 import re
 import resource
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -236,3 +240,74 @@ def _shorten(text: str, width: int = 160) -> str:
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+# --- shared by the bench scripts: environment, formatting ---
+
+# the packages whose versions every bench table states
+PACKAGES = ("graphdoctor", "polygraphy", "onnx", "onnxruntime", "onnx-ir", "onnx-graphsurgeon", "torch", "numpy")
+
+
+def hidden_torch_env() -> dict[str, str]:
+    """PYTHONPATH with a `torch` that fails to import: polygraphy then skips its torch import (~3.5 s,
+    ~0.9 GB per call, measured in research/polygraphy.md), as on a machine without torch."""
+    stub = Path(tempfile.gettempdir()) / "gd-bench-notorch"
+    (stub / "torch").mkdir(parents=True, exist_ok=True)
+    (stub / "torch" / "__init__.py").write_text('raise ImportError("torch hidden by bench/lint.py")\n')
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(stub), os.environ.get("PYTHONPATH")]))}
+
+
+def render_environment(environment: dict) -> str:
+    versions = ", ".join(f"{name} {version}" for name, version in environment["versions"].items())
+    return (
+        f"Measured {environment['started']} on {environment['cpu']} ({environment['cpus']} CPUs visible, "
+        f"load average {environment['load_before']} before, {environment['load_after']} after), "
+        f"Python {environment['python']}; {versions}. Each cell: median over fresh processes "
+        f"(`/usr/bin/time -v` max RSS); limits per run: {environment['timeout_s']:.0f} s, "
+        f"{environment['address_space_gib']:.0f} GiB address space."
+    )
+
+
+def describe_environment(started: datetime.datetime, load_before: str, limits: Limits) -> dict:
+    """What the numbers depend on: the machine, how busy it was, and every package version involved."""
+    return {
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": load_average(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in PACKAGES},
+        "timeout_s": limits.timeout_s,
+        "address_space_gib": (limits.address_space_bytes or 0) / 1024 / MIB,
+        "argv": sys.argv,
+    }
+
+
+def format_size(size: int | None) -> str:
+    if size is None:
+        return "—"
+    return f"{size / 1024**3:.2f} GiB" if size >= 1024**3 else f"{size / MIB:.1f} MiB"
+
+
+def format_number(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
