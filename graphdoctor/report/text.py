@@ -152,7 +152,7 @@ def _comparison_line(c) -> str:
         f"mismatch {c.mismatch:.2%}",
     ]
     if c.top1_agreement is not None:
-        parts.append(f"top-1 agreement {c.top1_agreement:.1%}")
+        parts.append(f"top-1 agreement {c.top1_agreement:.1%}, top-5 overlap {c.top5_overlap:.1%}")
     if c.cand_nonfinite or c.ref_nonfinite:
         parts.append(f"inf/NaN {c.ref_nonfinite} → {c.cand_nonfinite}")
     if c.reason:

@@ -76,7 +76,8 @@ class TensorComparison:
     ref_nonfinite: int
     cand_nonfinite: int
     worst_index: tuple[int, ...] | None = None
-    top1_agreement: float | None = None  # for score-like outputs
+    top1_agreement: float | None = None  # for classifier-score outputs [N, C]
+    top5_overlap: float | None = None  # mean share of each row's 5 best classes found in both
     reason: str = ""  # why it failed, in words
 
     def as_dict(self) -> dict:
@@ -138,6 +139,7 @@ def _compare_float(name: str, ref: np.ndarray, cand: np.ndarray, tolerance: Tole
         cand_nonfinite=int(cand_bad.sum()),
         worst_index=_worst(np.where(outside, np.inf, diff)),
         top1_agreement=_top1_agreement(ref, cand),
+        top5_overlap=_topk_overlap(ref, cand, 5),
     )
     reason = _failure(comparison, tolerance)
     return TensorComparison(**{**comparison.__dict__, "passed": not reason, "reason": reason})
@@ -173,9 +175,24 @@ def _worst(diff: np.ndarray) -> tuple[int, ...] | None:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
 
 
+def _is_class_scores(ref: np.ndarray, cand: np.ndarray) -> bool:
+    """Outputs shaped like classifier scores: [N, C>=10]. Other layouts (detector heads, hidden states) have
+    no single class axis to rank along."""
+    return ref.ndim == 2 and ref.shape[1] >= 10 and bool(np.isfinite(ref).all() and np.isfinite(cand).all())
+
+
 def _top1_agreement(ref: np.ndarray, cand: np.ndarray) -> float | None:
-    """Share of rows whose arg-max class agrees, for outputs shaped like classifier scores: [N, C>=10].
-    Other layouts (detector heads, hidden states) have no single class axis to rank along."""
-    if ref.ndim != 2 or ref.shape[1] < 10 or not np.isfinite(ref).all() or not np.isfinite(cand).all():
+    """Share of rows whose arg-max class agrees: what a classifier's user sees change."""
+    if not _is_class_scores(ref, cand):
         return None
     return float((ref.argmax(axis=1) == cand.argmax(axis=1)).mean())
+
+
+def _topk_overlap(ref: np.ndarray, cand: np.ndarray, k: int) -> float | None:
+    """Mean share of each row's k best reference classes that are also among the candidate's k best."""
+    if not _is_class_scores(ref, cand):
+        return None
+    best_ref = np.argpartition(-ref, k - 1, axis=1)[:, :k]
+    best_cand = np.argpartition(-cand, k - 1, axis=1)[:, :k]
+    shared = [len(np.intersect1d(a, b)) / k for a, b in zip(best_ref, best_cand, strict=True)]
+    return float(np.mean(shared))

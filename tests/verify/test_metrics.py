@@ -101,10 +101,13 @@ def test_top1_agreement_only_for_classifier_scores():
     swapped = scores.copy()
     row = swapped[0]
     row[[row.argmax(), row.argmin()]] = row[[row.argmin(), row.argmax()]]
-    assert compare_arrays("logits", scores, swapped, FP32).top1_agreement == 0.75
+    compared = compare_arrays("logits", scores, swapped, FP32)
+    assert compared.top1_agreement == 0.75
+    assert compared.top5_overlap == pytest.approx(1 - 1 / 4 / 5)  # row 0's best left its top 5, its worst came in
     for shape in [(4, 9), (2, 4, 10), (40,)]:  # too few classes, not [N, C]
         values = RNG.standard_normal(shape).astype(np.float32)
-        assert compare_arrays("y", values, values, FP32).top1_agreement is None
+        result = compare_arrays("y", values, values, FP32)
+        assert result.top1_agreement is None and result.top5_overlap is None
 
 
 def test_shape_mismatch_fails_with_both_shapes():
