@@ -1,5 +1,5 @@
 # The two commands of the README. Each creates .venv and installs what it needs on a fresh machine.
-#   make demo  - runtime dependencies only (no torch): lint and explain the bundled YOLO-style example
+#   make demo  - runtime dependencies only (no torch): lint the bundled YOLO-style example, then verify it under FP16 emulation
 #   make test  - test and fixture dependencies (torch from this machine's disk), ruff, the fixtures, pytest
 PYTHON ?= python3
 VENV := .venv
@@ -26,6 +26,10 @@ demo: $(VENV)/.runtime
 	@$(BIN)/graphdoctor lint examples/yolo_demo.onnx --format json > /dev/null \
 		&& echo "  graphdoctor lint: exit 0, safe to run trtexec" \
 		|| echo "  graphdoctor lint: exit $$?, trtexec would not run"
+	@echo
+	@echo "Would it survive FP16? ONNX Runtime CPU cannot tell; FP16 emulation rounds every tensor through FP16:"
+	$(BIN)/graphdoctor verify examples/yolo_demo.onnx --backend onnxruntime-cpu --backend fp16-emulation \
+		--shape images:1x3x320x320
 
 fixtures: $(VENV)/.test
 	$(BIN)/python -m fixtures build
