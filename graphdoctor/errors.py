@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GraphDoctorError", "ModelLoadError"]
+__all__ = ["GraphDoctorError", "ModelLoadError", "first_line"]
 
 
 class GraphDoctorError(Exception):
@@ -13,3 +13,10 @@ class GraphDoctorError(Exception):
 
 class ModelLoadError(GraphDoctorError):
     """The model file cannot be read safely (missing, truncated, not ONNX, hostile external data)."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of a library's error (protobuf, onnxruntime, TensorRT messages run to pages), for
+    the one-line messages users get; the exception type when the message is empty."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:limit]

@@ -20,7 +20,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from graphdoctor.errors import ModelLoadError
+from graphdoctor.errors import ModelLoadError, first_line
 
 __all__ = ["LoadedModel", "iter_external_tensors", "load_model"]
 
@@ -43,7 +43,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:  # the IR rejects inconsistent graphs the protobuf parser accepted
-        raise ModelLoadError(f"{file}: not a valid ONNX model: {_first_line(error)}") from None
+        raise ModelLoadError(f"{file}: not a valid ONNX model: {first_line(error)}") from None
     base_dir = file.resolve().parent
     for tensor in iter_external_tensors(model):
         tensor.base_dir = base_dir  # set here, not by ir's set_base_dir, which skips function bodies
@@ -104,7 +104,7 @@ def _parse_model_proto(file: Path) -> onnx.ModelProto:
         return onnx.load_model(os.fspath(file), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as error:
         raise ModelLoadError(
-            f"{file}: not a valid ONNX model: the protobuf does not parse ({_first_line(error)});"
+            f"{file}: not a valid ONNX model: the protobuf does not parse ({first_line(error)});"
             " the file is truncated or not ONNX"
         ) from None
 
@@ -142,15 +142,10 @@ def _refuse_escaping(file: Path, tensor: ir.ExternalTensor, base_dir: Path) -> N
         target = (base_dir / location).resolve()
     except (OSError, ValueError, RuntimeError) as error:  # an embedded NUL byte; a symlink loop
         raise ModelLoadError(
-            f"{file}: tensor '{tensor.name}' has an invalid external data location {location!r}: {_first_line(error)}"
+            f"{file}: tensor '{tensor.name}' has an invalid external data location {location!r}: {first_line(error)}"
         ) from None
     if not target.is_relative_to(base_dir):
         raise ModelLoadError(
             f"{file}: tensor '{tensor.name}' has external data '{location}' outside the model's folder"
             f" (resolves to {target}); refused"
         )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]

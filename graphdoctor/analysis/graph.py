@@ -9,7 +9,6 @@ import onnx_ir as ir
 __all__ = [
     "GraphSite",
     "consumers",
-    "is_graph_output",
     "iter_graph_sites",
     "node_label",
     "opset_version",
@@ -67,10 +66,6 @@ def consumers(value: ir.Value) -> list[ir.Node]:
     for use in value.uses():
         seen.setdefault(id(use.node), use.node)
     return list(seen.values())
-
-
-def is_graph_output(value: ir.Value) -> bool:
-    return value.is_graph_output()
 
 
 def opset_version(model: ir.Model, domain: str = "") -> int | None:

@@ -49,7 +49,7 @@ import onnx_ir as ir
 from graphdoctor.analysis.graph import iter_graph_sites, node_label
 from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, iter_slices
 from graphdoctor.analysis.tensor_data import iter_chunks
-from graphdoctor.errors import GraphDoctorError
+from graphdoctor.errors import GraphDoctorError, first_line
 from graphdoctor.verify.runners import Backend
 
 __all__ = [
@@ -535,8 +535,7 @@ def _run(prepared: _Prepared, inputs: Mapping[str, np.ndarray], outputs: Sequenc
         names = [o.name for o in session.get_outputs()]
         results = session.run(names, dict(inputs))
     except Exception as error:  # onnxruntime raises its own exception types for bad models and inputs
-        text = (str(error).strip() or type(error).__name__).splitlines()[0][:300]
-        raise GraphDoctorError(f"fp16-emulation cannot run the model: {text}") from None
+        raise GraphDoctorError(f"fp16-emulation cannot run the model: {first_line(error)}") from None
     return dict(zip(names, results, strict=True))
 
 

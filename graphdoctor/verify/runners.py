@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graphdoctor.errors import GraphDoctorError
+from graphdoctor.errors import GraphDoctorError, first_line
 
 __all__ = ["BACKENDS", "Backend", "OnnxruntimeBackend", "get_backend", "session_model", "weights_outside"]
 
@@ -97,7 +97,7 @@ class OnnxruntimeBackend(Backend):
             names = [o.name for o in session.get_outputs()]
             results = session.run(names, _as_declared(session, inputs))
         except Exception as error:  # onnxruntime raises its own exception types for bad models and inputs
-            raise GraphDoctorError(f"{self.provider.label} cannot run {model.name}: {_first_line(error)}") from None
+            raise GraphDoctorError(f"{self.provider.label} cannot run {model.name}: {first_line(error)}") from None
         return dict(zip(names, results, strict=True))
 
 
@@ -153,11 +153,6 @@ def weights_outside(model: Path, min_file_bytes: int = 64 * 1024 * 1024) -> Iter
         )
         del proto
         yield target
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
 
 
 BACKENDS: dict[str, Callable[[], Backend]] = {key: (lambda key=key: OnnxruntimeBackend(key)) for key in _PROVIDERS}

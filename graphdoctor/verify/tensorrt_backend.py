@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from graphdoctor.errors import GraphDoctorError
+from graphdoctor.errors import GraphDoctorError, first_line
 from graphdoctor.verify.runners import Backend
 
 __all__ = ["TensorrtBackend"]
@@ -103,7 +103,7 @@ def _import_tensorrt() -> tuple[Any, str | None]:
     try:
         import tensorrt
     except Exception as error:  # ImportError, or OSError when its CUDA libraries are missing
-        return None, f"tensorrt cannot be imported: {_first_line(error)}"
+        return None, f"tensorrt cannot be imported: {first_line(error)}"
     return tensorrt, None
 
 
@@ -388,8 +388,3 @@ class _TorchBuffers:
 
     def close(self) -> None:
         self.tensors.clear()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]

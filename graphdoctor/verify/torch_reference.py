@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from graphdoctor.errors import GraphDoctorError
+from graphdoctor.errors import GraphDoctorError, first_line
 
 __all__ = ["RUNNER", "run_exported_program"]
 
@@ -43,7 +43,7 @@ def run_exported_program(
         try:
             result = program.module()(*tensors)
         except Exception as error:  # the program raises whatever its ops raise
-            raise GraphDoctorError(f"{source}: the torch program fails on these inputs: {_first_line(error)}") from None
+            raise GraphDoctorError(f"{source}: the torch program fails on these inputs: {first_line(error)}") from None
     outputs = _flatten(torch, result)
     if len(outputs) != len(output_names):
         raise GraphDoctorError(
@@ -71,7 +71,7 @@ def _load(torch: Any, source: Path) -> Any:
     try:
         return torch.export.load(source)
     except Exception as error:  # a zip that is not a .pt2, an unknown schema version, a truncated file
-        raise GraphDoctorError(f"{source}: not a torch.export program (.pt2): {_first_line(error)}") from None
+        raise GraphDoctorError(f"{source}: not a torch.export program (.pt2): {first_line(error)}") from None
     finally:
         quiet.setLevel(level)
 
@@ -115,8 +115,3 @@ def _to_numpy(torch: Any, tensor: Any) -> np.ndarray:
     if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
         tensor = tensor.float()
     return tensor.numpy()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
