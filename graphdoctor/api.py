@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graphdoctor.analysis import Analysis
+from graphdoctor.analysis.graph import holds_fp16
 from graphdoctor.engine import run_rules, select_rules
 from graphdoctor.model import load_model
 from graphdoctor.rule import Finding, Rule, Severity, load_rules
@@ -129,7 +130,7 @@ def verify(
         source = f"generated (seed {seed})"
     if save_inputs is not None:
         verify_inputs.save_inputs(feeds, save_inputs)
-    tolerance = _tolerance_per_backend(preset, _holds_fp16(ref.model, cand.model), atol, rtol, min_cosine)
+    tolerance = _tolerance_per_backend(preset, holds_fp16(ref.model) or holds_fp16(cand.model), atol, rtol, min_cosine)
     if torch_program is not None:
         return _verify_against_torch(ref, Path(torch_program), chosen, feeds, source, tolerance)
     layers = _layerwise_options(layers_per_run) if layerwise else None
@@ -139,14 +140,14 @@ def verify(
     return verify_models(*paths, chosen, feeds, source, tolerance, layerwise=layers)
 
 
-def _tolerance_per_backend(preset: str, holds_fp16: bool, atol, rtol, min_cosine):
+def _tolerance_per_backend(preset: str, models_hold_fp16: bool, atol, rtol, min_cosine):
     """'auto': fp16 for a backend computing in FP16 or models holding FP16, else fp32; explicit presets as given."""
     from graphdoctor.verify.metrics import tolerance_for
 
     def tolerance_of(backend):
         chosen = preset
         if preset == "auto":
-            chosen = "fp16" if holds_fp16 or backend.computes_fp16 else "fp32"
+            chosen = "fp16" if models_hold_fp16 or backend.computes_fp16 else "fp32"
         return tolerance_for(chosen, atol, rtol, min_cosine)
 
     tolerance_for(preset if preset != "auto" else "fp32", atol, rtol, min_cosine)  # bad values fail before any run
@@ -173,17 +174,3 @@ def _verify_against_torch(onnx_model, program: Path, backends, feeds, source: st
     expected = run_exported_program(program, args, [value.name for value in onnx_model.model.graph.outputs])
     result = verify_models(program, onnx_model.path, backends, feeds, source, tolerance, reference_outputs=expected)
     return dataclasses.replace(result, reference_runner=RUNNER, seconds=time.perf_counter() - start)
-
-
-def _holds_fp16(*models) -> bool:
-    import onnx_ir as ir
-
-    return any(
-        value.dtype == ir.DataType.FLOAT16
-        for model in models
-        for value in (*model.graph.inputs, *model.graph.outputs, *model.graph.initializers.values())
-    ) or any(
-        node.op_type == "Cast" and node.attributes.get_int("to") == ir.DataType.FLOAT16
-        for model in models
-        for node in model.graph
-    )

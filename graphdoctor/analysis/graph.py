@@ -9,7 +9,9 @@ import onnx_ir as ir
 __all__ = [
     "GraphSite",
     "consumers",
+    "holds_fp16",
     "iter_graph_sites",
+    "iter_values",
     "node_label",
     "opset_version",
     "subgraph_owners",
@@ -73,3 +75,24 @@ def opset_version(model: ir.Model, domain: str = "") -> int | None:
     if domain in ("", "ai.onnx"):
         return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
     return model.opset_imports.get(domain)
+
+
+def iter_values(model: ir.Model) -> Iterator[ir.Value]:
+    """Every value of every graph and function: inputs, initializers and node outputs."""
+    for graph, _ in iter_graph_sites(model):
+        if isinstance(graph, ir.Graph):
+            yield from graph.inputs
+            yield from graph.initializers.values()
+        for node in graph:
+            yield from node.outputs
+
+
+def holds_fp16(model: ir.Model) -> bool:
+    """Whether any tensor is FLOAT16: a typed value, or the output of a Cast to FLOAT16 (whose type is
+    known from the attribute even before shape inference)."""
+    fp16 = ir.DataType.FLOAT16
+    return any(value.dtype == fp16 for value in iter_values(model)) or any(
+        node.op_type == "Cast" and node.attributes.get_int("to") == fp16
+        for graph, _ in iter_graph_sites(model)
+        for node in graph
+    )

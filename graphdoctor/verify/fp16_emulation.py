@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +46,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphdoctor.analysis.graph import iter_graph_sites, node_label
+from graphdoctor.analysis.graph import holds_fp16, iter_graph_sites, node_label
 from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, iter_slices
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.errors import GraphDoctorError, first_line
@@ -113,7 +113,7 @@ def emulate_fp16(model: ir.Model) -> Emulation:
     """
     emulation = Emulation()
     graphs = [g.graph if isinstance(g, ir.Function) else g for g, _ in iter_graph_sites(model)]
-    rewriter = _Rewriter(model, emulation, holds_fp16=any(v.dtype == ir.DataType.FLOAT16 for v in _all_values(model)))
+    rewriter = _Rewriter(model, emulation, holds_fp16=holds_fp16(model))
     if rewriter.holds_fp16:
         for graph in graphs:
             rewriter.upcast(graph)
@@ -121,15 +121,6 @@ def emulate_fp16(model: ir.Model) -> Emulation:
         rewriter.rewrite(graph)
     rewriter.restore_fp16_outputs()
     return emulation
-
-
-def _all_values(model: ir.Model) -> Iterator[ir.Value]:
-    for graph, _ in iter_graph_sites(model):
-        if isinstance(graph, ir.Graph):
-            yield from graph.inputs
-            yield from graph.initializers.values()
-        for node in graph:
-            yield from node.outputs
 
 
 class _Rewriter:
