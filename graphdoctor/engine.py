@@ -1,20 +1,34 @@
-"""Runs rules over a model: selection, per-rule options, and strict checking of what rules report."""
+"""Runs rules over a model: selection, per-rule options, strict checking of what rules report, and their
+fixes applied to a fixed point."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
 
 from graphdoctor.analysis import Analysis
-from graphdoctor.analysis.graph import node_label
-from graphdoctor.errors import GraphDoctorError
-from graphdoctor.rule import Finding, Rule, resolve_selectors
+from graphdoctor.analysis.constants import stored_bytes
+from graphdoctor.analysis.graph import iter_graph_sites, node_label
+from graphdoctor.errors import GraphDoctorError, first_line
+from graphdoctor.rule import Finding, FixSafety, Rule, resolve_selectors
 
-__all__ = ["RuleContext", "run_rules", "select_rules"]
+__all__ = [
+    "FixPolicy",
+    "RuleContext",
+    "RuleFixes",
+    "apply_fixes",
+    "can_fix",
+    "count_nodes",
+    "run_rules",
+    "select_rules",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +49,13 @@ class RuleContext:
         values: Sequence[ir.Value | str] = (),
         nbytes: int | None = None,
         severity=None,
+        repair: Callable[[], bool] | None = None,
         **data: Any,
     ) -> Finding:
-        """A finding from one of the rule's declared messages; unknown ids or missing placeholders raise."""
+        """A finding from one of the rule's declared messages; unknown ids or missing placeholders raise.
+
+        `repair`, given by rules that can fix what they found, rewrites the model in place (see `apply_fixes`);
+        it is kept only when the message declares a fix safety."""
         meta = self.rule.meta
         message = meta.messages.get(message_id)
         if message is None:
@@ -59,6 +77,8 @@ class RuleContext:
             nbytes=nbytes,
             data=dict(data),
             fix=message.fix or meta.fix,
+            opt_in=message.opt_in,
+            repair=repair if (message.fix or meta.fix) is not None else None,
         )
 
     def _graph_of(self, node: ir.Node | None, values: Sequence[ir.Value | str]) -> str:
@@ -103,3 +123,91 @@ def _options_for(rule: Rule, overrides: Mapping[str, Any] | None) -> Any:
     if unknown:
         raise GraphDoctorError(f"rule {rule.name}: unknown option(s) {unknown}; known: {sorted(known)}")
     return dataclasses.replace(defaults, **keys)
+
+
+@dataclass
+class RuleFixes:
+    """What one rule's fixes did to the model, summed over the rounds of `apply_fixes`."""
+
+    rule: Rule
+    repairs: Counter[str] = field(default_factory=Counter)  # message id -> findings repaired
+    safety: set[FixSafety] = field(default_factory=set)
+    nodes_removed: int = 0  # net: a fix that adds a node (W/Wᵀ as one Transpose) counts -1
+    bytes_saved: int = 0  # net stored tensor bytes; negative when a fix grew the file
+
+    @property
+    def count(self) -> int:
+        return sum(self.repairs.values())
+
+
+@dataclass(frozen=True)
+class FixPolicy:
+    """Which findings' fixes to apply: safe ones always; unsafe ones with `unsafe`; opt-in ones when named."""
+
+    unsafe: bool = False
+    opt_ins: frozenset[str] = frozenset()
+
+    def allows(self, finding: Finding) -> bool:
+        if finding.repair is None or finding.fix is None:
+            return False
+        if finding.opt_in and finding.opt_in not in self.opt_ins:
+            return False
+        return finding.fix is FixSafety.SAFE or self.unsafe
+
+
+def can_fix(rule: Rule) -> bool:
+    return rule.meta.fix is not None or any(m.fix is not None for m in rule.meta.messages.values())
+
+
+def apply_fixes(
+    model: ir.Model,
+    rules: Iterable[Rule],
+    policy: FixPolicy,
+    rule_options: Mapping[str, Mapping[str, Any]] | None = None,
+    path: Path | None = None,
+    max_rounds: int = 10,
+) -> tuple[list[RuleFixes], bool]:
+    """Apply the allowed fixes of `rules`, rule by rule, until a whole round changes nothing (a fixed point:
+    one rule's fix may expose work for another, as dedup leaves dead Identity nodes). Every rule checks a
+    fresh analysis after any change, since cached facts describe the graph before it.
+
+    Returns what each rule did and whether the fixed point was reached within `max_rounds`."""
+    fixers = [rule for rule in rules if can_fix(rule)]
+    done = {rule.code: RuleFixes(rule) for rule in fixers}
+    analysis = Analysis(model, path)
+    for _ in range(max_rounds):
+        changed = False
+        for rule in fixers:
+            context = RuleContext(rule, analysis, _options_for(rule, (rule_options or {}).get(rule.name)))
+            chosen = [f for f in rule.check(model, context) if policy.allows(f)]
+            if chosen and _repair(chosen, model, done[rule.code]):
+                changed = True
+                analysis = Analysis(model, path)
+        if not changed:
+            return [fixes for fixes in done.values() if fixes.count], True
+    return [fixes for fixes in done.values() if fixes.count], False
+
+
+def _repair(findings: list[Finding], model: ir.Model, fixes: RuleFixes) -> bool:
+    """Run the findings' repairs; record what they did. A repair that raises is a bug in its rule: stop with
+    its name rather than write a half-rewritten graph."""
+    nodes, stored = count_nodes(model), stored_bytes(model)
+    repaired = 0
+    for finding in findings:
+        try:
+            done = finding.repair()
+        except Exception as error:
+            raise GraphDoctorError(
+                f"the {finding.code} fix failed at {finding.location}: {first_line(error)} (nothing was written)"
+            ) from error
+        if done:
+            repaired += 1
+            fixes.repairs[finding.message_id] += 1
+            fixes.safety.add(finding.fix)
+    fixes.nodes_removed += nodes - count_nodes(model)
+    fixes.bytes_saved += stored - stored_bytes(model)
+    return repaired > 0
+
+
+def count_nodes(model: ir.Model) -> int:
+    return sum(len(graph) for graph, _ in iter_graph_sites(model))

@@ -1,4 +1,4 @@
-"""Loading ONNX models safely and lazily.
+"""Loading ONNX models safely and lazily, and writing them atomically.
 
 Models load into onnx-ir with external data memory-mapped, so a 2 GB model costs megabytes until a rule
 reads a tensor. Everything that can go wrong with a file becomes a `ModelLoadError` with one clear line:
@@ -6,12 +6,21 @@ a missing path, a directory, a pipe, an empty or truncated file, a file that is 
 without a byte size (STRING, negative dims), and external data whose location escapes the model's folder,
 in any graph, subgraph or function body (we never open a file outside it). External data that is missing or
 shorter than declared does not stop loading: rule GD014 reports it, and readers of tensor values skip it.
+
+Writing never leaves a half-written model behind: `stage_model` writes the model (and its external data)
+into a hidden folder beside the target, and `StagedModel.commit` renames the files into place, the data
+first and the .onnx last, so a reader never finds a model without its weights. A full disk, a file-size
+limit or an interrupt discard the folder and raise one clear error; the input is never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import stat
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +29,14 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from graphdoctor.errors import ModelLoadError, first_line
+from graphdoctor.errors import GraphDoctorError, ModelLoadError, first_line
 
-__all__ = ["LoadedModel", "iter_external_tensors", "load_model"]
+__all__ = ["PROTOBUF_LIMIT", "LoadedModel", "StagedModel", "iter_external_tensors", "load_model", "stage_model"]
+
+PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot be larger: above it, weights must be external data
+EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inline (shape constants, biases of small layers)
+_ALIGN_LARGE = 64 * 1024  # tensors of 1 MiB and more start at 64 KiB offsets: runtimes can memory-map them
+_ALIGN_SMALL = 64
 
 
 @dataclass(frozen=True)
@@ -149,3 +163,126 @@ def _refuse_escaping(file: Path, tensor: ir.ExternalTensor, base_dir: Path) -> N
             f"{file}: tensor '{tensor.name}' has external data '{location}' outside the model's folder"
             f" (resolves to {target}); refused"
         )
+
+
+@dataclass
+class StagedModel:
+    """A model written into a hidden folder beside `target`; `commit` moves it into place, `discard` drops it."""
+
+    folder: Path
+    target: Path
+    data_name: str | None  # the external data file's name, if the model has one
+
+    @property
+    def path(self) -> Path:
+        """Where the staged model is readable (verify it here before committing)."""
+        return self.folder / self.target.name
+
+    def commit(self) -> None:
+        try:
+            if self.data_name is not None:
+                os.replace(self.folder / self.data_name, self.target.parent / self.data_name)
+            os.replace(self.path, self.target)
+        except OSError as error:
+            raise GraphDoctorError(f"cannot move the written model to {self.target}: {error.strerror}") from None
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def stage_model(model: ir.Model, target: Path, external_data: bool) -> StagedModel:
+    """Write `model` for `target` into a hidden folder beside it (same filesystem, so `commit` is a rename).
+
+    With `external_data`, every initializer of at least 1 KiB goes to `TARGET.data`, streamed from where
+    it is now with plain reads (never memory-mapped: a 2 GB model stays out of the resident set). Any
+    failure, an interrupt included, removes the folder and raises `GraphDoctorError`."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".graphdoctor-tmp", dir=target.parent))
+    except OSError as error:
+        raise GraphDoctorError(f"cannot write to {target.parent}: {error.strerror}; nothing was written") from None
+    staged = StagedModel(folder, target, f"{target.name}.data" if external_data else None)
+    try:
+        with _fail_cleanly_on_signals():
+            if staged.data_name is not None:
+                _write_external_data(model, folder, staged.data_name)
+            _write_proto(model, staged.path)
+    except OSError as error:
+        staged.discard()
+        reason = error.strerror or first_line(error)
+        raise GraphDoctorError(f"cannot write {target}: {reason}; nothing was written") from None
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
+@contextlib.contextmanager
+def _fail_cleanly_on_signals() -> Iterator[None]:
+    """While writing: a file-size limit (SIGXFSZ) fails the write with EFBIG instead of killing the process,
+    and SIGTERM interrupts like Ctrl-C, so the staging folder is removed either way."""
+    if not _in_main_thread():
+        yield
+        return
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN), signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGXFSZ, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _write_external_data(model: ir.Model, folder: Path, data_name: str) -> None:
+    """Stream every large initializer into one data file and point the model at it."""
+    from graphdoctor.analysis.tensor_data import iter_byte_chunks  # analysis imports this module
+
+    with open(folder / data_name, "wb") as data:
+        for value in _initializers(model):
+            tensor = value.const_value
+            if tensor is None or tensor.nbytes < EXTERNAL_MIN_BYTES:
+                continue
+            align = _ALIGN_LARGE if tensor.nbytes >= 1024 * 1024 else _ALIGN_SMALL
+            offset = -data.tell() % align + data.tell()
+            data.seek(offset)
+            for piece in iter_byte_chunks(tensor):
+                data.write(piece)
+            value.const_value = ir.ExternalTensor(
+                data_name,
+                offset,
+                tensor.nbytes,
+                tensor.dtype,
+                shape=tensor.shape,
+                name=tensor.name or value.name or "",
+                base_dir=folder,
+            )
+        data.flush()
+        os.fsync(data.fileno())
+
+
+def _initializers(model: ir.Model) -> Iterator[ir.Value]:
+    for graph in (model.graph, *model.graph.subgraphs()):
+        yield from graph.initializers.values()
+
+
+def _write_proto(model: ir.Model, path: Path) -> None:
+    proto = ir.serde.serialize_model(model)
+    size = proto.ByteSize()
+    if size > PROTOBUF_LIMIT:
+        raise GraphDoctorError(
+            f"the model serializes to {size:,} bytes, over protobuf's 2 GiB limit: write it with --external-data"
+        )
+    with open(path, "wb") as file:
+        file.write(proto.SerializeToString())
+        file.flush()
+        os.fsync(file.fileno())

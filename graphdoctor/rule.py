@@ -80,6 +80,7 @@ class Message:
     help: str = ""
     severity: Severity | None = None  # None: the rule's default
     fix: FixSafety | None = None  # None: the rule's; a rule may mix safe and unsafe fixes
+    opt_in: str = ""  # a fix applied only when named (`graphdoctor fix --dedup-transposed`), even if safe
 
     def placeholders(self) -> set[str]:
         fields = (f for part in (self.text, self.help) for _, f, _, _ in string.Formatter().parse(part))
@@ -125,6 +126,10 @@ class Finding:
     nbytes: int | None = None  # bytes at stake, where size matters
     data: Mapping[str, Any] = field(default_factory=dict)
     fix: FixSafety | None = None  # how `graphdoctor fix` would repair it, if it can
+    opt_in: str = ""  # the name that enables its fix, for fixes applied only when asked
+    # Rewrites the model in place to repair this finding; False when there was nothing left to do (an earlier
+    # repair already did it). Set by rules that can fix; never serialized.
+    repair: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     @property
     def location(self) -> str:

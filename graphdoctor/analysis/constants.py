@@ -11,7 +11,9 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["const_array", "const_tensor", "iter_constant_values"]
+from graphdoctor.analysis.graph import iter_graph_sites
+
+__all__ = ["const_array", "const_tensor", "iter_constant_values", "stored_bytes"]
 
 
 def const_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
@@ -42,3 +44,25 @@ def iter_constant_values(graph: ir.Graph | ir.Function) -> Iterator[ir.Value]:
     for node in graph:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.outputs:
             yield node.outputs[0]
+
+
+def stored_bytes(model: ir.Model) -> int:
+    """Bytes of tensor data the model stores (initializers and Constant values of every graph and function),
+    each external-data range counted once: what a fix that merges or drops tensors saves."""
+    total = 0
+    locations: set[tuple[str, int]] = set()
+    for graph, _ in iter_graph_sites(model):
+        for value in iter_constant_values(graph):
+            tensor = const_tensor(value)
+            if tensor is None:
+                continue
+            if isinstance(tensor, ir.ExternalTensor):
+                location = (str(tensor.location), tensor.offset or 0)
+                if location in locations:
+                    continue
+                locations.add(location)
+            try:
+                total += tensor.nbytes
+            except (TypeError, ValueError):  # strings and unsized types
+                continue
+    return total

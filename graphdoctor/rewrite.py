@@ -1,0 +1,78 @@
+"""Graph edits the rules' fixes share: rewiring a value's readers, removing nodes and tensors.
+
+Every fix must keep the graph's interface: a graph output keeps its name and its place in the output list,
+whatever now computes it. These helpers carry that rule, so each fix only says what it replaces.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+__all__ = ["is_attached", "owning_graph", "remove_initializer", "remove_node", "replace_value"]
+
+
+def is_attached(node: ir.Node) -> bool:
+    """False once a node was removed (by an earlier repair in the same round): its finding is stale."""
+    return node.graph is not None
+
+
+def owning_graph(value: ir.Value) -> ir.Graph | None:
+    """The graph that holds `value`: its producer's, or the graph it is an input or initializer of."""
+    producer = value.producer()
+    if producer is not None:
+        return producer.graph
+    return value.graph
+
+
+def replace_value(old: ir.Value, new: ir.Value) -> None:
+    """Make every reader of `old` (subgraph nodes capturing it included) read `new`.
+
+    When `old` is an output of its graph, the output keeps its name: `new` takes the name when nothing else
+    names it (a plain node output), else an Identity named like `old` computes it."""
+    graph = owning_graph(old)
+    if graph is not None and old.is_graph_output():
+        _swap_output(graph, old, _named_like(old, new, graph))
+    ir.convenience.replace_all_uses_with(old, new)
+
+
+def _named_like(old: ir.Value, new: ir.Value, graph: ir.Graph) -> ir.Value:
+    """`new` under `old`'s name, or an Identity of `new` under it when `new` is an input, initializer or
+    output that must keep its own name."""
+    name = old.name
+    old.name = None
+    if new.producer() is not None and not new.is_graph_output():
+        new.name = name
+        new.type, new.shape = new.type or old.type, new.shape or old.shape  # graph outputs must be typed
+        return new
+    identity = ir.Node("", "Identity", [new], num_outputs=1)
+    output = identity.outputs[0]
+    output.name, output.type, output.shape = name, new.type or old.type, new.shape or old.shape
+    anchor = new.producer()
+    if anchor is not None and anchor.graph is graph:
+        graph.insert_after(anchor, identity)
+    elif len(graph):
+        graph.insert_before(graph[0], identity)
+    else:
+        graph.append(identity)
+    return output
+
+
+def _swap_output(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+    for index, output in enumerate(graph.outputs):
+        if output is old:
+            graph.outputs[index] = new
+
+
+def remove_node(node: ir.Node) -> None:
+    """Remove a node whose outputs nothing reads any more (checked: a reader left behind is a bug)."""
+    node.graph.remove(node, safe=True)
+
+
+def remove_initializer(value: ir.Value) -> None:
+    """Drop an initializer nothing reads (and its graph-input listing, from IR<4 exports)."""
+    graph = value.graph
+    if graph is None or value.name not in graph.initializers:
+        return
+    if value in graph.inputs:
+        graph.inputs.remove(value)
+    graph.initializers.pop(value.name)
