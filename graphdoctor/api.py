@@ -7,6 +7,7 @@ for finding in result.findings: print(finding.code, finding.message)
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import time
@@ -15,16 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import onnx_ir as ir
+
 from graphdoctor.analysis import Analysis
 from graphdoctor.analysis.graph import holds_fp16
-from graphdoctor.engine import run_rules, select_rules
-from graphdoctor.model import load_model
+from graphdoctor.engine import RuleFixes, run_rules, select_rules
+from graphdoctor.model import disk_size, load_model
 from graphdoctor.rule import Finding, Rule, Severity, load_rules
 
 if TYPE_CHECKING:
     from graphdoctor.verify.compare import VerifyResult
 
-__all__ = ["LintResult", "lint", "verify"]
+__all__ = ["FixResult", "LintResult", "fix", "lint", "verify"]
 
 
 @dataclass(frozen=True)
@@ -174,3 +177,173 @@ def _verify_against_torch(onnx_model, program: Path, backends, feeds, source: st
     expected = run_exported_program(program, args, [value.name for value in onnx_model.model.graph.outputs])
     result = verify_models(program, onnx_model.path, backends, feeds, source, tolerance, reference_outputs=expected)
     return dataclasses.replace(result, reference_runner=RUNNER, seconds=time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class FixResult:
+    """What `fix` did: per-rule repairs, sizes, the gate's verification, and where (whether) it wrote."""
+
+    path: Path
+    output: Path
+    fixes: list[RuleFixes]
+    converged: bool
+    size_before: int  # bytes on disk: the model file and its external data
+    size_after: int | None  # None when nothing was written
+    written: bool
+    verification: VerifyResult | None  # None with --no-verify, a dry run, or nothing to verify
+    blamed: list[str]  # codes of the rules whose fixes alone fail verification
+    seconds: float
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.fixes)
+
+    @property
+    def passed(self) -> bool:
+        return self.verification is None or self.verification.passed
+
+
+def fix(
+    path: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    select: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    rule_options: Mapping[str, Mapping[str, Any]] | None = None,
+    unsafe_fixes: bool = False,
+    opt_ins: Iterable[str] = (),
+    dry_run: bool = False,
+    in_place: bool = False,
+    external_data: bool | None = None,
+    verify: bool = True,
+    inputs: str | os.PathLike[str] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    seed: int = 0,
+) -> FixResult:
+    """Apply the selected rules' fixes to a fixed point, verify the result against the original, then write it
+    atomically to `output` (default: NAME.fixed.onnx beside the input; the input itself only with `in_place`).
+
+    Safe fixes (bit-exact) run by default, unsafe ones with `unsafe_fixes`, opt-in ones (`dedup-transposed`)
+    when named in `opt_ins`. The gate runs both models on ONNX Runtime CPU with graph optimizations off, on
+    inputs generated with `seed` (or `inputs`/`shapes`): bit-exact when only safe fixes ran, else the fp32
+    preset. When it fails nothing is written and the rules whose fixes alone fail are named. `external_data`:
+    None chooses (kept when the input uses it, forced above 2 GB)."""
+    from graphdoctor.engine import FixPolicy, apply_fixes
+    from graphdoctor.model import stage_model
+
+    start = time.perf_counter()
+    source = Path(path)
+    target = _fix_target(source, output, in_place)
+    chosen = select_rules(load_rules(), select, ignore)
+    policy = FixPolicy(unsafe=unsafe_fixes, opt_ins=frozenset(opt_ins))
+    loaded = load_model(source)
+    size_before = disk_size(loaded)
+    gate = verify and not dry_run
+    feeds = _sample_inputs(loaded.model, inputs, shapes, seed) if gate else None
+    input_source = str(inputs) if inputs is not None else f"generated (seed {seed})"
+    typed = _typed_values(loaded.model)
+    fixes, converged = apply_fixes(loaded.model, chosen, policy, rule_options, loaded.path)
+    _forget_inferred_types(loaded.model, typed)
+    result = functools.partial(FixResult, source, target, fixes, converged, size_before, dry_run=dry_run)
+    if dry_run or (not fixes and output is None and not in_place):
+        return result(None, False, None, [], time.perf_counter() - start)
+    staged = stage_model(loaded.model, target, _use_external_data(external_data, loaded.model))
+    try:
+        verification = _gate(source, staged.path, feeds, fixes, input_source, size_before) if gate and fixes else None
+        if verification is not None and not verification.passed:
+            blamed = _blame(source, target, policy, rule_options, fixes, feeds, input_source)
+            return result(None, False, verification, blamed, time.perf_counter() - start)
+        size_after = staged.size()
+        staged.commit()
+    finally:
+        staged.discard()
+    return result(size_after, True, verification, [], time.perf_counter() - start)
+
+
+def _typed_values(model) -> set[int]:
+    """Ids of the node outputs whose type the file itself states (its value_info)."""
+    from graphdoctor.analysis.graph import iter_graph_sites
+
+    return {id(v) for graph, _ in iter_graph_sites(model) for node in graph for v in node.outputs if v.type}
+
+
+def _forget_inferred_types(model, typed: set[int]) -> None:
+    """Drop the types shape inference added to intermediate values (and initializers' own, which the tensor
+    states), so the written file gains no value_info the input did not have."""
+    from graphdoctor.analysis.graph import iter_graph_sites
+
+    for graph, _ in iter_graph_sites(model):
+        values = [v for node in graph for v in node.outputs if id(v) not in typed]
+        if isinstance(graph, ir.Graph):
+            values += [v for v in graph.initializers.values() if not v.is_graph_input()]
+        for value in values:
+            if not value.is_graph_output():
+                value.type, value.shape = None, None
+
+
+def _fix_target(source: Path, output: str | os.PathLike[str] | None, in_place: bool, suffix: str = ".fixed") -> Path:
+    """Where the fixed model goes; never the input itself unless `in_place`, never into a missing folder."""
+    from graphdoctor.errors import GraphDoctorError
+
+    if in_place and output is not None and Path(output).resolve() != source.resolve():
+        raise GraphDoctorError("--in-place writes over the input: give no -o/--output with it")
+    if in_place:
+        return source
+    stem = source.name.removesuffix(".onnx")
+    target = Path(output) if output is not None else source.with_name(f"{stem}{suffix}.onnx")
+    if target.resolve() == source.resolve():
+        raise GraphDoctorError(f"{target} is the input model: pass --in-place to overwrite it")
+    if not target.parent.is_dir():
+        raise GraphDoctorError(f"cannot write {target}: folder {target.parent} does not exist")
+    return target
+
+
+def _use_external_data(requested: bool | None, model) -> bool:
+    """As asked; otherwise kept when the input stores weights externally, and forced near protobuf's 2 GiB."""
+    from graphdoctor.analysis.constants import stored_bytes
+    from graphdoctor.model import PROTOBUF_LIMIT, iter_external_tensors
+
+    if requested is not None:
+        return requested
+    return any(True for _ in iter_external_tensors(model)) or stored_bytes(model) > PROTOBUF_LIMIT - 64 * 1024**2
+
+
+SEGMENTED_ABOVE = 1024**3  # models larger than this on disk are verified a segment at a time
+
+
+def _gate(source: Path, candidate: Path, feeds, fixes, input_source: str, size: int) -> VerifyResult:
+    """Both models on ONNX Runtime CPU with graph optimizations off (every node as written, so a fused kernel
+    cannot hide or cause a difference): bit-exact after safe fixes, the fp32 preset after unsafe ones.
+    Models over 1 GiB run a segment at a time, so verifying never holds all their weights at once."""
+    from graphdoctor.rule import FixSafety
+    from graphdoctor.verify.compare import verify_models
+    from graphdoctor.verify.metrics import tolerance_for
+    from graphdoctor.verify.runners import OnnxruntimeBackend
+    from graphdoctor.verify.segmented import SegmentedOnnxruntimeBackend
+
+    if size > SEGMENTED_ABOVE:
+        backend = SegmentedOnnxruntimeBackend()
+    else:
+        backend = OnnxruntimeBackend("onnxruntime-cpu", optimize=False)
+    safe = all(f.safety <= {FixSafety.SAFE} for f in fixes)
+    tolerance = tolerance_for("exact" if safe else "fp32")
+    return verify_models(source, candidate, [backend], feeds, input_source, tolerance, oracle=backend)
+
+
+def _blame(source: Path, target: Path, policy, rule_options, fixes, feeds, input_source: str) -> list[str]:
+    """The rules whose fixes, applied alone to the original, already fail the gate."""
+    from graphdoctor.engine import apply_fixes
+    from graphdoctor.model import stage_model
+
+    blamed = []
+    for done in fixes:
+        loaded = load_model(source)
+        alone, _ = apply_fixes(loaded.model, [done.rule], policy, rule_options, loaded.path)
+        staged = stage_model(loaded.model, target, _use_external_data(None, loaded.model))
+        try:
+            if alone and not _gate(source, staged.path, feeds, alone, input_source, disk_size(loaded)).passed:
+                blamed.append(done.rule.code)
+        finally:
+            staged.discard()
+    return blamed

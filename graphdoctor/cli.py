@@ -34,6 +34,7 @@ def cli(verbose: bool) -> None:
 
     \b
     graphdoctor lint model.onnx                 # findings with codes, numbers and fixes
+    graphdoctor fix model.onnx                  # repair, verify, write model.fixed.onnx
     graphdoctor verify model.onnx fixed.onnx    # same inputs, compare every output, per backend
     graphdoctor rules                           # the rule catalogue
     graphdoctor explain GD001                   # one rule's documentation
@@ -167,6 +168,76 @@ def _parse_shapes(values: Iterable[str]) -> dict[str, tuple[int, ...]]:
 def _split_shapes(values: Iterable[str]) -> list[str]:
     """`--shape a:1x3,b:1x8` or repeated --shape; commas only split between NAME:DIMS items."""
     return [part for value in values for part in value.split(",") if part]
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write (default: NAME.fixed.onnx)."
+)
+@click.option("--in-place", is_flag=True, help="Overwrite MODEL (atomically, after verification).")
+@selection_options
+@output_options
+@click.option("--unsafe-fixes", is_flag=True, help="Also apply fixes that change values or the I/O signature.")
+@click.option(
+    "--dedup-transposed", is_flag=True, help="Store tied W/Wᵀ pairs once, computing Wᵀ with one added Transpose."
+)
+@click.option("--dry-run", is_flag=True, help="Print what would change; write nothing.")
+@click.option(
+    "--external-data/--no-external-data",
+    default=None,
+    help="Weights in a NAME.data file beside the model (default: as the input, and always above 2 GB).",
+)
+@click.option("--no-verify", is_flag=True, help="Write without running both models and comparing their outputs.")
+@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help="Verification inputs (.npz, .npy, .pb).")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help="Dynamic dims of the verification inputs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated verification inputs.")
+@click.pass_context
+def fix(ctx: click.Context, model: Path, **options: Any) -> None:
+    """Repair MODEL and write the result beside it (MODEL.fixed.onnx), verified against the original.
+
+    Safe fixes (bit-exact outputs: duplicate tensors, no-op Casts, dead code, INT64 sentinels) run by default;
+    --unsafe-fixes adds those that change values (float64 to float32, inference mode) or the signature.
+    Before writing, both models run on ONNX Runtime CPU with graph optimizations off: outputs must be
+    bit-exact after safe fixes (fp32 tolerance after unsafe ones). If they differ, nothing is written, the
+    offending rule is named and the exit code is 1. Writes are atomic; the input is never modified
+    without --in-place.
+    """
+    from graphdoctor import api
+    from graphdoctor.config import find_config, load_config
+
+    config = load_config(options.pop("config_path") or find_config(model), "fix")
+    select = _split(options["select"]) or _split(_as_list(config.settings.get("select", [])))
+    ignore = _split(options["ignore"]) or _split(_as_list(config.settings.get("ignore", [])))
+    result = api.fix(
+        model,
+        options["output"],
+        select=select,
+        ignore=ignore,
+        rule_options=config.rule_options,
+        unsafe_fixes=options["unsafe_fixes"] or bool(config.settings.get("unsafe_fixes")),
+        opt_ins=["dedup-transposed"] if options["dedup_transposed"] else [],
+        dry_run=options["dry_run"],
+        in_place=options["in_place"],
+        external_data=options["external_data"],
+        verify=not options["no_verify"],
+        inputs=options["inputs_path"],
+        shapes=_parse_shapes(options["shapes"]),
+        seed=options["seed"],
+    )
+    if options["output_format"] == "json":
+        from graphdoctor.report import json as json_report
+
+        json_report.render_fix(result, sys.stdout)
+    else:
+        from graphdoctor.report import text
+
+        text.render_fix(result, sys.stdout, color=_use_color())
+    ctx.exit(0 if result.passed else 1)
+
+
+def _as_list(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -8,6 +8,8 @@ silently lint with every rule.
     fail-on = "warning"
     [tool.graphdoctor.lint]
     ignore = ["GD011"]
+    [tool.graphdoctor.fix]
+    ignore = ["GD002"]
     [tool.graphdoctor.rules.duplicate-initializers]
     min-bytes = 4096
 """
@@ -29,7 +31,7 @@ else:  # pragma: no cover
 __all__ = ["Config", "find_config", "load_config"]
 
 COMMON_KEYS = {"select", "ignore", "fail_on", "format"}
-COMMAND_KEYS = {"lint": COMMON_KEYS | {"exit_zero"}}
+COMMAND_KEYS = {"lint": COMMON_KEYS | {"exit_zero"}, "fix": COMMON_KEYS | {"unsafe_fixes"}}
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,15 @@ from google.protobuf.message import DecodeError
 
 from graphdoctor.errors import GraphDoctorError, ModelLoadError, first_line
 
-__all__ = ["PROTOBUF_LIMIT", "LoadedModel", "StagedModel", "iter_external_tensors", "load_model", "stage_model"]
+__all__ = [
+    "PROTOBUF_LIMIT",
+    "LoadedModel",
+    "StagedModel",
+    "disk_size",
+    "iter_external_tensors",
+    "load_model",
+    "stage_model",
+]
 
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot be larger: above it, weights must be external data
 EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inline (shape constants, biases of small layers)
@@ -178,6 +186,10 @@ class StagedModel:
         """Where the staged model is readable (verify it here before committing)."""
         return self.folder / self.target.name
 
+    def size(self) -> int:
+        """Bytes written: the model file and its external data."""
+        return sum(file.stat().st_size for file in self.folder.iterdir())
+
     def commit(self) -> None:
         try:
             if self.data_name is not None:
@@ -192,6 +204,12 @@ class StagedModel:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def disk_size(loaded: LoadedModel) -> int:
+    """Bytes on disk: the model file and every external data file it references, each counted once."""
+    files = {Path(tensor.path) for tensor in iter_external_tensors(loaded.model)}
+    return loaded.file_size + sum(file.stat().st_size for file in files if file.is_file())
+
+
 def stage_model(model: ir.Model, target: Path, external_data: bool) -> StagedModel:
     """Write `model` for `target` into a hidden folder beside it (same filesystem, so `commit` is a rename).
 
@@ -204,7 +222,7 @@ def stage_model(model: ir.Model, target: Path, external_data: bool) -> StagedMod
         raise GraphDoctorError(f"cannot write to {target.parent}: {error.strerror}; nothing was written") from None
     staged = StagedModel(folder, target, f"{target.name}.data" if external_data else None)
     try:
-        with _fail_cleanly_on_signals():
+        with _fail_cleanly_on_signals(target):
             if staged.data_name is not None:
                 _write_external_data(model, folder, staged.data_name)
             _write_proto(model, staged.path)
@@ -219,22 +237,23 @@ def stage_model(model: ir.Model, target: Path, external_data: bool) -> StagedMod
 
 
 @contextlib.contextmanager
-def _fail_cleanly_on_signals() -> Iterator[None]:
+def _fail_cleanly_on_signals(target: Path) -> Iterator[None]:
     """While writing: a file-size limit (SIGXFSZ) fails the write with EFBIG instead of killing the process,
-    and SIGTERM interrupts like Ctrl-C, so the staging folder is removed either way."""
+    and SIGINT or SIGTERM stop it with one clear error, so the staging folder is removed either way."""
     if not _in_main_thread():
         yield
         return
 
     def interrupt(_signum, _frame):
-        raise KeyboardInterrupt
+        raise GraphDoctorError(f"interrupted while writing {target}; nothing was written")
 
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN), signal.signal(signal.SIGTERM, interrupt)
+    handlers = {signal.SIGXFSZ: signal.SIG_IGN, signal.SIGTERM: interrupt, signal.SIGINT: interrupt}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGXFSZ, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _in_main_thread() -> bool:

@@ -21,7 +21,7 @@ from graphdoctor import __version__
 from graphdoctor.api import LintResult
 from graphdoctor.rule import Finding, Severity
 
-__all__ = ["SCHEMA_VERSION", "render_lint", "render_verify"]
+__all__ = ["SCHEMA_VERSION", "render_fix", "render_lint", "render_verify"]
 
 SCHEMA_VERSION = 1
 
@@ -82,33 +82,66 @@ def render_verify(result, stream: TextIO) -> None:
     `details` may hold "layerwise" (schema in graphdoctor.verify.layerwise.LayerwiseReport.as_dict),
     "fp16_overflow" or "fp16_nonfinite" (the first node whose output overflows FP16, from fp16-emulation).
     Non-finite numbers are written as the strings "inf", "-inf", "nan"."""
-    document = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": "graphdoctor",
-        "version": __version__,
-        "verify": {
-            "reference": str(result.reference),
-            "candidate": str(result.candidate),
-            "reference_runner": result.reference_runner,
-            "passed": result.passed,
-            "tolerance": dict(result.tolerance.__dict__),
-            "inputs": {n: {"dtype": str(a.dtype), "shape": list(a.shape)} for n, a in result.inputs.items()},
-            "input_source": result.input_source,
-            "seconds": round(result.seconds, 3),
-            "verdicts": [
-                {
-                    "backend": v.backend,
-                    "precision": v.precision,
-                    "status": v.status,
-                    "reason": v.reason,
-                    "outputs": [c.as_dict() for c in v.outputs],
-                    "details": v.details,
-                    "tolerance": dict(v.tolerance.__dict__) if v.tolerance else None,
-                }
-                for v in result.verdicts
-            ],
-        },
+    document = {"schema_version": SCHEMA_VERSION, "tool": "graphdoctor", "version": __version__}
+    document["verify"] = _verification(result)
+    json.dump(_strict(document), stream, indent=2, default=_jsonable)
+    stream.write("\n")
+
+
+def _verification(result) -> dict[str, Any]:
+    return {
+        "reference": str(result.reference),
+        "candidate": str(result.candidate),
+        "reference_runner": result.reference_runner,
+        "passed": result.passed,
+        "tolerance": dict(result.tolerance.__dict__),
+        "inputs": {n: {"dtype": str(a.dtype), "shape": list(a.shape)} for n, a in result.inputs.items()},
+        "input_source": result.input_source,
+        "seconds": round(result.seconds, 3),
+        "verdicts": [
+            {
+                "backend": v.backend,
+                "precision": v.precision,
+                "status": v.status,
+                "reason": v.reason,
+                "outputs": [c.as_dict() for c in v.outputs],
+                "details": v.details,
+                "tolerance": dict(v.tolerance.__dict__) if v.tolerance else None,
+            }
+            for v in result.verdicts
+        ],
     }
+
+
+def render_fix(result, stream: TextIO) -> None:
+    """Schema (version 1): {"schema_version", "tool", "version", "fix": {"path", "output", "written", "dry_run",
+    "converged", "size_before", "size_after" (null when nothing was written), "seconds", "blamed" (rules whose
+    fixes alone fail verification), "fixes": [{"code", "name", "repairs": {message_id: count}, "safety",
+    "nodes_removed", "bytes_saved"}], "verify": (as in `verify`'s report) | null}}"""
+    fixed = {
+        "path": str(result.path),
+        "output": str(result.output),
+        "written": result.written,
+        "dry_run": result.dry_run,
+        "converged": result.converged,
+        "size_before": result.size_before,
+        "size_after": result.size_after,
+        "seconds": round(result.seconds, 3),
+        "blamed": result.blamed,
+        "fixes": [
+            {
+                "code": f.rule.code,
+                "name": f.rule.name,
+                "repairs": dict(f.repairs),
+                "safety": sorted(s.value for s in f.safety),
+                "nodes_removed": f.nodes_removed,
+                "bytes_saved": f.bytes_saved,
+            }
+            for f in result.fixes
+        ],
+        "verify": _verification(result.verification) if result.verification is not None else None,
+    }
+    document = {"schema_version": SCHEMA_VERSION, "tool": "graphdoctor", "version": __version__, "fix": fixed}
     json.dump(_strict(document), stream, indent=2, default=_jsonable)
     stream.write("\n")
 

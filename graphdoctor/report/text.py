@@ -182,3 +182,67 @@ def _register_detail_renderers() -> None:
     from graphdoctor.report.layerwise import render_layerwise
 
     _DETAIL_RENDERERS.setdefault("layerwise", render_layerwise)
+
+
+def render_fix(result, stream: TextIO, color: bool) -> None:
+    """What each rule fixed (repairs, nodes, bytes), the size before and after, the gate, and what was written."""
+    out = _Writer(stream, color)
+    head = f"fix {result.path} → {result.output}"
+    out.line(f"[bold]fix[/bold] {_escape(head.removeprefix('fix '))}", plain=head)
+    if not result.fixes:
+        out.line("nothing to fix: no selected rule has a fix to apply")
+    for fixes in result.fixes:
+        line = _fix_line(fixes)
+        out.line(f"  {_escape(line)}", plain=f"  {line}")
+    if not result.converged:
+        out.line("  [bold red]fixes still changed the model after 10 rounds: stopped[/bold red]", plain="  stopped")
+    if result.verification is not None:
+        for verdict in result.verification.verdicts:
+            out.line("")
+            _render_verdict(verdict, out)
+    out.line("")
+    _render_fix_outcome(result, out)
+
+
+def _fix_line(fixes) -> str:
+    """'GD003 duplicate-initializers  2 × identical  -4 nodes  288.0 KiB saved (safe)'."""
+    what = ", ".join(f"{count} × {message_id}" for message_id, count in sorted(fixes.repairs.items()))
+    parts = [f"{fixes.rule.code} {fixes.rule.name:<24}", what]
+    if fixes.nodes_removed:
+        parts.append(f"{-fixes.nodes_removed:+d} node{'s' if abs(fixes.nodes_removed) != 1 else ''}")
+    if fixes.bytes_saved > 0:
+        parts.append(f"{format_bytes(fixes.bytes_saved)} saved")
+    elif fixes.bytes_saved < 0:
+        parts.append(f"{format_bytes(-fixes.bytes_saved)} added")
+    parts.append("(" + ", ".join(sorted(s.value for s in fixes.safety)) + ")")
+    return "  ".join(parts)
+
+
+def _render_fix_outcome(result, out: _Writer) -> None:
+    seconds = f"({result.seconds:.1f} s)"
+    if result.dry_run:
+        out.line(f"dry run: nothing written {seconds}")
+        return
+    if result.written:
+        change = _size_change(result.size_before, result.size_after)
+        out.line(
+            f"[bold green]wrote {_escape(str(result.output))}[/bold green]: {change} {seconds}",
+            plain=f"wrote {result.output}: {change} {seconds}",
+        )
+        if result.verification is None and result.fixes:
+            out.line("not verified (--no-verify)")
+        return
+    if result.verification is not None and not result.verification.passed:
+        blamed = ", ".join(result.blamed) or "no single rule (only their combination)"
+        line = (
+            f"verification FAILED: nothing written; fixes that fail alone: {blamed}."
+            " Skip them with --ignore, or write anyway with --no-verify"
+        )
+        out.line(f"[bold red]{_escape(line)}[/bold red]", plain=line)
+        return
+    out.line(f"nothing written: the model needs no fix {seconds}")
+
+
+def _size_change(before: int, after: int) -> str:
+    ratio = (after - before) / before if before else 0.0
+    return f"{format_bytes(before)} → {format_bytes(after)} ({ratio:+.1%})"

@@ -97,15 +97,20 @@ def verify_models(
     tolerance: Tolerance | Callable[[Backend], Tolerance],
     reference_outputs: Mapping[str, np.ndarray] | None = None,
     layerwise: LayerwiseOptions | None = None,
+    oracle: Backend | None = None,
 ) -> VerifyResult:
     """`tolerance` is one for all backends, or a function choosing one per backend (FP16 backends get the
     fp16 preset under 'auto'); `VerifyResult.tolerance` is the first backend's.
 
     `reference_outputs`, when given, replace the oracle's run of `reference` (a torch.export program
-    computed them): the candidate is then compared with those on each backend. `layerwise` adds, to each
-    verdict whose backend ran, the comparison of the tensors both ONNX models share (details["layerwise"])."""
+    computed them): the candidate is then compared with those on each backend. `oracle` runs the reference
+    (default: ONNX Runtime CPU as deployed; `fix`'s gate runs it with graph optimizations off).
+    `layerwise` adds, to each verdict whose backend ran, the comparison of the tensors both ONNX models
+    share (details["layerwise"])."""
     start = time.perf_counter()
-    expected = OnnxruntimeBackend(ORACLE).run(reference, inputs) if reference_outputs is None else reference_outputs
+    expected = reference_outputs
+    if expected is None:
+        expected = (oracle or OnnxruntimeBackend(ORACLE)).run(reference, inputs)
     tolerance_of = tolerance if callable(tolerance) else (lambda _backend: tolerance)
     verdicts = [_verdict(backend, candidate, inputs, expected, tolerance_of(backend)) for backend in backends]
     if layerwise is not None and reference_outputs is None:

@@ -50,7 +50,7 @@ from graphdoctor.analysis.graph import holds_fp16, iter_graph_sites, node_label
 from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, iter_slices
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.errors import GraphDoctorError, first_line
-from graphdoctor.verify.runners import Backend
+from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend
 
 __all__ = [
     "DISABLED_OPTIMIZERS",
@@ -73,7 +73,6 @@ PRECISION = (
 )
 DISABLED_OPTIMIZERS = ("CastChainElimination", "CastElimination")
 _SESSION_CONFIG = {"optimization.enable_cast_chain_elimination": "0"}
-_EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 _FP16_TINY = 2.0**-24  # FP16's smallest subnormal: converters clamp nonzero constants up to it
 _FP32_SUFFIX = "__gd_fp32"
 _CONSTANT_OPS = frozenset({"Constant", "ConstantOfShape"})
@@ -482,7 +481,7 @@ def _ask_onnxruntime_for_dtypes(model: ir.Model, folder: Path) -> None:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.add_session_config_entry(_EXTERNAL_FOLDER, os.fspath(folder))
+    options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(folder))
     try:
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # the emulation then leaves these tensors alone, and says how many
@@ -509,7 +508,7 @@ def _run(prepared: _Prepared, inputs: Mapping[str, np.ndarray], outputs: Sequenc
     import onnxruntime as ort
 
     options = session_options()
-    options.add_session_config_entry(_EXTERNAL_FOLDER, os.fspath(prepared.folder))
+    options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(prepared.folder))
     graph_outputs = list(prepared.proto.graph.output)
     if outputs is not None:
         del prepared.proto.graph.output[:]

@@ -22,9 +22,17 @@ import numpy as np
 
 from graphdoctor.errors import GraphDoctorError, first_line
 
-__all__ = ["BACKENDS", "Backend", "OnnxruntimeBackend", "get_backend", "session_model", "weights_outside"]
+__all__ = [
+    "BACKENDS",
+    "EXTERNAL_FOLDER",
+    "Backend",
+    "OnnxruntimeBackend",
+    "get_backend",
+    "session_model",
+    "weights_outside",
+]
 
-_EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
+EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 
 
 class Backend:
@@ -106,8 +114,10 @@ _ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
 
 def _as_declared(session, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Float inputs in the dtype each input declares: a candidate converted with FP16 inputs gets the
-    reference's float32 values rounded, as its users would feed it."""
-    feeds = dict(inputs)
+    reference's float32 values rounded, as its users would feed it. Inputs it does not declare (a fix dropped
+    an unused input) are not fed."""
+    declared_names = {declared.name for declared in session.get_inputs()}
+    feeds = {name: value for name, value in inputs.items() if name in declared_names}
     for declared in session.get_inputs():
         target = _ORT_FLOATS.get(declared.type)
         value = feeds.get(declared.name)
@@ -126,7 +136,7 @@ def session_model(model: Path, outputs: Sequence[str] | None, options) -> str | 
     proto = onnx.load_model(os.fspath(model), load_external_data=False)
     del proto.graph.output[:]
     proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
-    options.add_session_config_entry(_EXTERNAL_FOLDER, os.fspath(model.resolve().parent))
+    options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(model.resolve().parent))
     return proto.SerializeToString()
 
 

@@ -1,0 +1,273 @@
+"""`graphdoctor fix`: where it writes, the verification gate, and that nothing is lost when writing fails.
+
+The rules' own fixes are tested in tests/fix/. Here two plugin rules, installed as a real distribution, give
+fixes with known behaviour: one removes Identity nodes (bit-exact, as declared) and one claims to be safe but
+turns Relu into Abs, which the gate must catch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from fixtures.handmade import model_from_text, save
+from graphdoctor import api
+
+PLUGIN = '''
+"""ACME010 identity: Identity nodes, removed.
+
+What it finds
+    Identity nodes.
+Why it matters
+    They prove the fix engine runs third-party fixes.
+How to fix
+    `graphdoctor fix` removes them.
+"""
+from graphdoctor.rewrite import is_attached, remove_node, replace_value
+from graphdoctor.rule import FixSafety, Message, RuleKind, RuleMeta, Severity
+
+META = RuleMeta(
+    code="ACME010", name="identity", kind=RuleKind.SUGGESTION, severity=Severity.INFO, fix=FixSafety.SAFE,
+    summary="Identity nodes", messages={"identity": Message("Identity '{name}'")},
+)
+
+def check(model, ctx):
+    for node in ctx.analysis.nodes("Identity"):
+        yield ctx.report("identity", node=node, name=node.name, repair=lambda node=node: _remove(node))
+
+def _remove(node):
+    if not is_attached(node):
+        return False
+    replace_value(node.outputs[0], node.inputs[0])
+    remove_node(node)
+    return True
+'''
+
+BROKEN_PLUGIN = '''
+"""ACME011 relu-to-abs: a fix that claims to be safe and is not.
+
+What it finds
+    Relu nodes.
+Why it matters
+    It proves the gate catches a wrong fix.
+How to fix
+    Do not.
+"""
+from graphdoctor.rule import FixSafety, Message, RuleKind, RuleMeta, Severity
+
+META = RuleMeta(
+    code="ACME011", name="relu-to-abs", kind=RuleKind.SUGGESTION, severity=Severity.INFO, fix=FixSafety.SAFE,
+    summary="Relu nodes", messages={"relu": Message("Relu '{name}'")},
+)
+
+def check(model, ctx):
+    for node in ctx.analysis.nodes("Relu"):
+        yield ctx.report("relu", node=node, name=node.name, repair=lambda node=node: _break(node))
+
+def _break(node):
+    node.op_type = "Abs"
+    return True
+'''
+
+MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2,3] x) => (float[2,3] y) {
+  a = Identity(x)
+  b = Relu(a)
+  y = Identity(b)
+}
+"""
+
+
+@pytest.fixture
+def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two plugin rules in one real installed distribution; returns a folder to put models in."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "acme_identity.py").write_text(textwrap.dedent(PLUGIN))
+    (site / "acme_broken.py").write_text(textwrap.dedent(BROKEN_PLUGIN))
+    (site / "acme_fixes.py").write_text("import acme_identity, acme_broken\nRULES = [acme_identity, acme_broken]\n")
+    info = site / "graphdoctor_acme-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: graphdoctor-acme\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[graphdoctor.rules]\nacme = acme_fixes\n")
+    monkeypatch.syspath_prepend(str(site))
+    models = tmp_path / "models"
+    models.mkdir()
+    return models
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _outputs(path: Path) -> np.ndarray:
+    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": np.array([[-1, 2, -3], [4, -5, 6]], np.float32)})[0]
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if "graphdoctor-tmp" in p.name)
+
+
+def test_writes_beside_the_input_and_never_touches_it(plugins: Path, gd):
+    model = save(model_from_text(MODEL), plugins / "net.onnx")
+    before = _digest(model)
+    code, out, err = gd("fix", model, "--select", "acme/identity")
+    fixed = plugins / "net.fixed.onnx"
+    assert (code, err) == (0, "")
+    assert "ACME010 identity" in out and "2 × identity" in out and "-2 nodes" in out
+    assert "onnxruntime-cpu-unoptimized: PASSED" in out and "exact" in out
+    assert f"wrote {fixed}" in out
+    assert _digest(model) == before
+    assert [n.op_type for n in onnx.load(fixed).graph.node] == ["Relu"]
+    assert [o.name for o in onnx.load(fixed).graph.output] == ["y"]
+    assert np.array_equal(_outputs(fixed), _outputs(model))
+    assert _leftovers(plugins) == []
+
+
+def test_fixing_a_fixed_model_changes_nothing(plugins: Path, gd):
+    model = save(model_from_text(MODEL), plugins / "net.onnx")
+    gd("fix", model, "--select", "acme/identity", "-o", plugins / "once.onnx")
+    code, out, _ = gd("fix", plugins / "once.onnx", "--select", "acme/identity", "-o", plugins / "twice.onnx")
+    assert code == 0 and "nothing to fix" in out
+    assert (plugins / "once.onnx").read_bytes() == (plugins / "twice.onnx").read_bytes()
+    code, out, _ = gd("fix", plugins / "once.onnx", "--select", "acme/identity")
+    assert code == 0 and "nothing written" in out and not (plugins / "once.fixed.onnx").exists()
+
+
+def test_the_gate_names_the_fix_that_breaks_outputs_and_writes_nothing(plugins: Path, gd):
+    model = save(model_from_text(MODEL), plugins / "net.onnx")
+    before = _digest(model)
+    code, out, _ = gd("fix", model, "--select", "ACME")
+    assert code == 1
+    assert "onnxruntime-cpu-unoptimized: FAILED" in out
+    assert "fixes that fail alone: ACME011" in out and "ACME010" not in out.split("fail alone:")[1]
+    assert not (plugins / "net.fixed.onnx").exists()
+    assert _digest(model) == before and _leftovers(plugins) == []
+    code, out, _ = gd("fix", model, "--select", "ACME", "--no-verify")
+    assert code == 0 and "not verified (--no-verify)" in out
+    assert [n.op_type for n in onnx.load(plugins / "net.fixed.onnx").graph.node] == ["Abs"]
+
+
+def test_dry_run_reports_and_writes_nothing(plugins: Path, gd):
+    model = save(model_from_text(MODEL), plugins / "net.onnx")
+    code, out, _ = gd("fix", model, "--select", "acme/identity", "--dry-run", "-o", plugins / "out.onnx")
+    assert code == 0 and "2 × identity" in out and "dry run: nothing written" in out
+    assert sorted(p.name for p in plugins.iterdir()) == ["net.onnx"]
+
+
+def test_the_input_is_overwritten_only_in_place(plugins: Path, gd):
+    model = save(model_from_text(MODEL), plugins / "net.onnx")
+    before = _digest(model)
+    code, _, err = gd("fix", model, "--select", "acme/identity", "-o", model)
+    assert code == 2 and "is the input model: pass --in-place" in err and len(err.splitlines()) == 1
+    assert _digest(model) == before
+    code, _, _ = gd("fix", model, "--select", "acme/identity", "--in-place")
+    assert code == 0 and [n.op_type for n in onnx.load(model).graph.node] == ["Relu"]
+    assert sorted(p.name for p in plugins.iterdir()) == ["net.onnx"]
+
+
+def test_external_data_is_written_beside_the_model(plugins: Path):
+    weight = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,64] x) => (float[2,64] y) { a = Identity(x)  y = MatMul(a, w) }
+    """
+    proto = model_from_text(text, check=False)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(weight, "w"))
+    model = save(proto, plugins / "mm.onnx")
+    result = api.fix(model, select=["acme/identity"], external_data=True)
+    assert result.written and result.verification.passed
+    assert sorted(p.name for p in plugins.iterdir()) == ["mm.fixed.onnx", "mm.fixed.onnx.data", "mm.onnx"]
+    assert (plugins / "mm.fixed.onnx.data").stat().st_size >= weight.nbytes
+    feeds = {"x": np.ones((2, 64), np.float32)}
+    fixed = ort.InferenceSession(os.fspath(plugins / "mm.fixed.onnx"), providers=["CPUExecutionProvider"])
+    assert fixed.run(None, feeds)[0].tobytes() == (feeds["x"] @ weight).tobytes()
+
+
+@pytest.mark.parametrize("where", ["missing/out.onnx", "net.onnx/out.onnx"])
+def test_an_unwritable_destination_is_one_line_and_exit_2(plugins: Path, gd, where: str):
+    model = save(model_from_text(MODEL), plugins / "net.onnx")
+    before = _digest(model)
+    code, _, err = gd("fix", model, "--select", "acme/identity", "-o", plugins / where)
+    assert code == 2 and err.startswith("graphdoctor: error: cannot write") and len(err.splitlines()) == 1
+    assert _digest(model) == before and _leftovers(plugins) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_one_line_and_exit_2(plugins: Path, gd):
+    model = save(model_from_text(MODEL), plugins / "net.onnx")
+    plugins.chmod(0o555)
+    try:
+        code, _, err = gd("fix", model, "--select", "acme/identity")
+    finally:
+        plugins.chmod(0o755)
+    assert code == 2 and "cannot write" in err and len(err.splitlines()) == 1
+
+
+def _fix_in_child(model: Path, plugins: Path, *args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugins.parent / "site"), *sys.path])}
+    command = [sys.executable, "-m", "graphdoctor", "fix", str(model), "--select", "acme/identity", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _big_model(folder: Path) -> Path:
+    """8 MiB of weights behind an Identity: enough to outgrow a small file-size limit."""
+    proto = model_from_text(
+        '<ir_version: 8, opset_import: ["" : 17]>\ng (float[1,1024] x) => (float[1,2048] y) { a = Identity(x)'
+        " y = MatMul(a, w) }",
+        check=False,
+    )
+    weight = np.random.default_rng(1).standard_normal((1024, 2048)).astype(np.float32)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(weight, "w"))
+    return save(proto, folder / "big.onnx")
+
+
+def test_a_full_disk_leaves_no_output_and_the_input_untouched(plugins: Path):
+    """A file-size limit (RLIMIT_FSIZE) makes the write fail with EFBIG, as a full disk fails with ENOSPC."""
+    import resource
+
+    model = _big_model(plugins)
+    before = _digest(model)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, 1024 * 1024))
+
+    child = _fix_in_child(model, plugins, "--no-verify", preexec_fn=limit)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 2, err
+    assert err.startswith("graphdoctor: error: cannot write") and "nothing was written" in err
+    assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in plugins.iterdir()) == ["big.onnx"] and _digest(model) == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_write_leaves_no_output(plugins: Path, sig: signal.Signals):
+    """Interrupt the child while it writes (its staging folder exists): no output, no staging folder."""
+    model = _big_model(plugins)
+    before = _digest(model)
+    child = _fix_in_child(model, plugins, "--no-verify", "--external-data")
+    deadline = time.monotonic() + 60
+    while not _leftovers(plugins) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    if child.poll() is not None:
+        pytest.skip("the write finished before it could be interrupted")
+    child.send_signal(sig)
+    _, err = child.communicate(timeout=60)
+    if child.returncode == 0:
+        pytest.skip("the signal arrived after the write had been committed")
+    assert child.returncode == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("graphdoctor: error: interrupted while writing") and "nothing was written" in err
+    assert sorted(p.name for p in plugins.iterdir()) == ["big.onnx"] and _digest(model) == before
