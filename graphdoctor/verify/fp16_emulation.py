@@ -46,8 +46,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from graphdoctor.analysis.fp16_ops import clamp_to_fp16_range, input_allows_fp16, output_allows_fp16
 from graphdoctor.analysis.graph import holds_fp16, iter_graph_sites, node_label
-from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, iter_slices
+from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_OVERFLOW, iter_slices
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.errors import GraphDoctorError, first_line
 from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend
@@ -73,7 +74,6 @@ PRECISION = (
 )
 DISABLED_OPTIMIZERS = ("CastChainElimination", "CastElimination")
 _SESSION_CONFIG = {"optimization.enable_cast_chain_elimination": "0"}
-_FP16_TINY = 2.0**-24  # FP16's smallest subnormal: converters clamp nonzero constants up to it
 _FP32_SUFFIX = "__gd_fp32"
 _CONSTANT_OPS = frozenset({"Constant", "ConstantOfShape"})
 _EXPLAIN_BUDGET = 64 * 1024 * 1024  # bytes of tensors (both runs) held at once while looking for the origin
@@ -277,7 +277,7 @@ class _Rewriter:
         """Whether the node's output (every float output when None) can be FLOAT16 in its schema."""
         opset = self._opset(node.domain)
         outputs = range(len(node.outputs)) if output is None else (output,)
-        return all(_output_allows_fp16(node.domain, node.op_type, opset, index) for index in outputs)
+        return all(output_allows_fp16(node.domain, node.op_type, opset, index) for index in outputs)
 
     def _reads_fp32(self, node: ir.Node, index: int, constant: bool) -> bool:
         """Whether this input reads the FP32 value: inputs that must be float32 (Resize scales) and, for
@@ -285,7 +285,7 @@ class _Rewriter:
         and Casts it up for such readers."""
         if id(node) in self.added:
             return False
-        if not _input_allows_fp16(node.domain, node.op_type, self._opset(node.domain), index):
+        if not input_allows_fp16(node.domain, node.op_type, self._opset(node.domain), index):
             return True
         return constant and not self._has_fp16_form(node)
 
@@ -299,7 +299,7 @@ class _Rewriter:
         tensor = value.const_value
         if tensor is None or not _needs_clamp(tensor):
             return
-        clamped, count = _clamped(tensor.numpy())
+        clamped, count = clamp_to_fp16_range(tensor.numpy())
         value.const_value = ir.tensor(clamped, name=value.name)
         self.emulation.clamped[value.name or "?"] = count
 
@@ -310,7 +310,7 @@ class _Rewriter:
             return
         if not _needs_clamp(attr.value):
             return
-        clamped, count = _clamped(attr.value.numpy())
+        clamped, count = clamp_to_fp16_range(attr.value.numpy())
         node.attributes["value"] = ir.AttrTensor("value", ir.tensor(clamped))
         self.emulation.clamped[node_label(node)] = count
 
@@ -339,53 +339,6 @@ def _needs_clamp(tensor: ir.TensorProtocol) -> bool:
     except (OSError, ValueError, TypeError):
         return False
     return False
-
-
-def _clamped(array: np.ndarray) -> tuple[np.ndarray, int]:
-    """Finite nonzero magnitudes into [2^-24, 65504]; 0, inf and NaN unchanged (ONNX Runtime's converter)."""
-    array = np.asarray(array, dtype=np.float32)
-    magnitude = np.abs(array)
-    movable = np.isfinite(array) & (array != 0)
-    out = np.where(movable, np.sign(array) * np.clip(magnitude, _FP16_TINY, FP16_MAX), array).astype(np.float32)
-    changed = movable & ((magnitude >= FP16_OVERFLOW) | (magnitude <= FP16_FLUSH))
-    return out, int(np.count_nonzero(changed))
-
-
-@functools.cache
-def _schema(domain: str, op_type: str, opset: int) -> onnx.defs.OpSchema | None:
-    try:
-        return onnx.defs.get_schema(op_type, opset, "" if domain == "ai.onnx" else domain)
-    except onnx.defs.SchemaError:
-        return None
-
-
-def _allowed(schema: onnx.defs.OpSchema, type_str: str) -> set[str]:
-    for constraint in schema.type_constraints:
-        if constraint.type_param_str == type_str:
-            return set(constraint.allowed_type_strs)
-    return {type_str}
-
-
-@functools.cache
-def _output_allows_fp16(domain: str, op_type: str, opset: int, index: int) -> bool:
-    """False for float outputs that cannot be FP16 (Range's; LayerNormalization's Mean and InvStdDev);
-    ops without a known schema (contrib ops) are assumed to allow it."""
-    schema = _schema(domain, op_type, opset)
-    return schema is None or not schema.outputs or _formal_allows_fp16(schema, schema.outputs, index)
-
-
-@functools.cache
-def _input_allows_fp16(domain: str, op_type: str, opset: int, index: int) -> bool:
-    """False for float inputs that must stay float32 (Resize's scales)."""
-    schema = _schema(domain, op_type, opset)
-    return schema is None or not schema.inputs or _formal_allows_fp16(schema, schema.inputs, index)
-
-
-def _formal_allows_fp16(schema: onnx.defs.OpSchema, formals: Sequence, index: int) -> bool:
-    """Whether the formal parameter at `index` (the last one for variadic tails) may be FLOAT16 when it
-    may be FLOAT; parameters that are never FLOAT do not matter here."""
-    allowed = _allowed(schema, formals[min(index, len(formals) - 1)].type_str)
-    return "tensor(float16)" in allowed or "tensor(float)" not in allowed
 
 
 # --- running ------------------------------------------------------------------------------------------------
