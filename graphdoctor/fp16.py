@@ -1,0 +1,509 @@
+"""FP16 conversion on the IR: FP16 wherever it is safe, FP32 where it is not, and every changed value reported.
+
+The common converters clamp weights silently (onnxconverter-common to ±1e4), leave `Cast(to=FLOAT)` and
+`dtype` attributes behind, break when a graph output is also read inside the graph, put Casts in the wrong
+graph or out of topological order, and retype external data without rewriting its bytes. This one works in
+three passes over every graph (the main graph and If/Loop/Scan bodies; model-local functions stay FP32 and
+their calls are kept FP32):
+
+1. Decide, per node, FP16 or FP32, with a reason for every node kept FP32: ops whose schema has no FP16 form
+   for an output (Range), blocked ops (TopK, NonMaxSuppression, ...: results that differ across backends),
+   nodes of other domains, Casts to integers (FP16 rounding changes integers above 2048), `keep_fp32`
+   patterns, nodes reading a constant that FP16 cannot hold (|x| >= 65520, or an eps such as 1e-12 that
+   rounds to 0), and, with sample-input ranges, nodes whose activations reach FP16's overflow (attention
+   masks, which saturate on purpose, excepted).
+2. Retype: the FP16 nodes' float outputs, `Cast(to=FLOAT)`'s `to`, `dtype` attributes (EyeLike, Random*)
+   and ConstantOfShape's fill. Inputs the schema types separately (Resize's scales and roi) keep theirs.
+3. Place Casts where a tensor crosses between FP16 and FP32: one per tensor and target type per graph,
+   right after its producer (or first in the graph reading it, for inputs and captured outer values), so
+   topological order holds. Constants are converted rather than cast: in place when every reader wants
+   FP16, as a second FP16 copy when FP32 readers remain. Graph outputs (and subgraph outputs, always) keep
+   their name and FP32 type: the FP16 tensor is renamed and a Cast produces the output, so readers inside
+   the graph keep reading FP16.
+
+Weights are converted lazily: each FP16 tensor is computed from its source, read in chunks with plain file
+reads, only when the writer asks for its bytes, so a 2 GB model never holds more than one tensor in memory.
+Constants are scanned first: a weight with a few values below 2^-25 is converted and those values are
+reported as flushed to 0; values FP16 cannot hold keep their readers in FP32 unless `clamp` is asked, in
+which case they are clamped to ±65504 (or up to 2^-24) and reported; attention-mask fills (float32's lowest
+value, read by a Softmax) saturate to -65504, as every converter does, and are reported too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from graphdoctor.analysis.constants import const_tensor
+from graphdoctor.analysis.fp16_ops import FP16_TINY, input_allows_fp16, output_allows_fp16
+from graphdoctor.analysis.graph import iter_graph_sites, node_label, opset_version
+from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, TensorRange, feeds_softmax
+from graphdoctor.analysis.ranges import is_mask_saturation as _is_mask_activation
+from graphdoctor.analysis.tensor_data import iter_chunks
+from graphdoctor.analysis.types import infer_types
+
+__all__ = ["BLOCKED_OPS", "Fp16Options", "Fp16Report", "KeptFp32", "ValueChange", "convert_to_fp16"]
+
+_F32, _F16 = ir.DataType.FLOAT, ir.DataType.FLOAT16
+# Ops kept in FP32 by default: their results are rankings or boxes that FP16 ties and rounding reorder, or
+# accumulations that overflow long before their inputs do.
+BLOCKED_OPS = {
+    "TopK": "ranks values: FP16 ties and rounding reorder them, and backends break ties differently",
+    "NonMaxSuppression": "box overlaps decide which detections survive; FP16 rounding changes the choice",
+    "RoiAlign": "sampling positions computed in FP16 shift by a pixel on large images",
+    "CumSum": "a running sum overflows FP16 long before its inputs do",
+}
+_DTYPE_OPS = frozenset({"EyeLike", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"})
+_DTYPE_OPS |= {"Bernoulli", "Multinomial"}
+_SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
+_EPS_LIKE_ELEMENTS = 16  # a constant this small whose nonzero values all flush is an epsilon, not a weight
+_EPS_REASON = "reads the eps constant"
+_TAIL_OPS = frozenset({"Sqrt", "Div", "Reciprocal"})
+_NORMALIZATION_TAIL = 3
+_MASK_FILL = -3.0e38  # float32's lowest value (-3.4e38) and its neighbours: the `finfo.min` mask idiom
+
+
+@dataclass(frozen=True)
+class Fp16Options:
+    keep_io_types: bool = True  # graph inputs and outputs stay FP32
+    keep_fp32: tuple[str, ...] = ()  # op types or node-name globs the user keeps in FP32
+    keep_nodes: frozenset[str] = frozenset()  # node labels kept FP32 by an earlier, failed verification
+    clamp: bool = False  # clamp constants FP16 cannot hold instead of keeping their readers in FP32
+
+
+@dataclass(frozen=True)
+class KeptFp32:
+    node: str
+    op_type: str
+    graph: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ValueChange:
+    """Values of one constant that FP16 changes beyond rounding: flushed to 0, clamped, or saturated."""
+
+    tensor: str
+    what: str  # 'flushed to 0' | 'clamped' | 'saturated (attention mask)'
+    count: int
+    worst: float  # the original value that moved the most
+
+
+@dataclass
+class Fp16Report:
+    converted_nodes: int = 0
+    kept: list[KeptFp32] = field(default_factory=list)
+    changed: list[ValueChange] = field(default_factory=list)
+    casts_added: int = 0
+    tensors_converted: int = 0
+    functions_kept: int = 0  # model-local functions left in FP32
+    already_fp16: bool = False  # nothing was FLOAT: a no-op
+    ranges_measured: bool = False  # activations were checked on sample inputs
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """A float32 constant, reduced to what FP16 would do to it."""
+
+    size: int
+    nonzero: int
+    overflow: int  # finite |x| >= 65520
+    overflow_negative: int
+    min_value: float
+    worst_overflow: float
+    flushed: int  # nonzero |x| <= 2^-25
+    worst_flushed: float
+
+    @property
+    def eps_like(self) -> bool:
+        return self.size <= _EPS_LIKE_ELEMENTS and self.flushed > 0 and self.flushed == self.nonzero
+
+
+def convert_to_fp16(
+    model: ir.Model, options: Fp16Options = Fp16Options(), ranges: Mapping[str, TensorRange] | None = None
+) -> Fp16Report:
+    """Convert `model` to FP16 in place (see the module docstring); `ranges` are activation ranges of the
+    FP32 model on sample inputs (`analysis.ranges.value_ranges`), used to keep overflowing nodes in FP32."""
+    infer_types(model)
+    report = Fp16Report(ranges_measured=ranges is not None)
+    graphs = [graph for graph, _ in iter_graph_sites(model) if isinstance(graph, ir.Graph)]
+    report.functions_kept = len(model.functions)
+    was_float = {id(v) for graph in graphs for v in _values(graph) if v.dtype == _F32}
+    if not was_float:
+        report.already_fp16 = True
+        return report
+    converter = _Converter(model, options, ranges or {}, was_float, report)
+    for graph, path in ((g, p) for g, p in iter_graph_sites(model) if isinstance(g, ir.Graph)):
+        converter.decide(graph, path)
+    for graph in graphs:
+        converter.retype(graph)
+    if not options.keep_io_types:
+        converter.retype_main_inputs()
+    for graph in graphs:
+        converter.place_casts(graph)
+    return report
+
+
+def _values(graph: ir.Graph) -> Iterator[ir.Value]:
+    yield from graph.inputs
+    yield from graph.initializers.values()
+    for node in graph:
+        yield from node.outputs
+
+
+class _Converter:
+    def __init__(self, model, options: Fp16Options, ranges, was_float: set[int], report: Fp16Report) -> None:
+        self.model = model
+        self.options = options
+        self.ranges = ranges
+        self.was_float = was_float
+        self.report = report
+        self.fp16: set[int] = set()  # nodes computing in FP16
+        self.scans: dict[int, _Scan | None] = {}
+        self.casts: dict[tuple[int, ir.DataType, int], ir.Value] = {}
+        self.converted: dict[int, ir.Value] = {}  # constant -> its FP16 form
+        self.added: set[int] = set()
+        self.forced: dict[int, str] = {}  # nodes kept FP32 because of a node before them, with the reason
+        self.names = {
+            v.name for graph, _ in iter_graph_sites(model) if isinstance(graph, ir.Graph) for v in _values(graph)
+        }
+
+    # -- 1. deciding --
+
+    def decide(self, graph: ir.Graph, path: str) -> None:
+        for node in graph:
+            if _is_constant_node(node) or not self._carries_float(node):
+                continue
+            reason = self.forced.get(id(node)) or self._fp32_reason(node)
+            if reason is not None and reason.startswith(_EPS_REASON):
+                self._force_normalization_tail(node)
+            if reason is None:
+                self.fp16.add(id(node))
+                self.report.converted_nodes += 1
+            else:
+                self.report.kept.append(KeptFp32(node_label(node), node.op_type, path, reason))
+
+    def _carries_float(self, node: ir.Node) -> bool:
+        return any(v is not None and id(v) in self.was_float for v in (*node.inputs, *node.outputs))
+
+    def _fp32_reason(self, node: ir.Node) -> str | None:
+        """Why the node must stay FP32, or None when FP16 is safe."""
+        label = node_label(node)
+        if label in self.options.keep_nodes:
+            return "its output diverged beyond the fp16 tolerance in a verification run"
+        pattern = next((p for p in self.options.keep_fp32 if _matches(node, label, p)), None)
+        if pattern is not None:
+            return f"--keep-fp32 {pattern}"
+        if node.domain not in ("", "ai.onnx"):
+            return f"op of domain '{node.domain}': its FP16 support is unknown"
+        if node.op_type in _SUBGRAPH_OPS:
+            return "holds subgraphs, converted on their own; their inputs and outputs stay FP32"
+        if node.op_type in BLOCKED_OPS:
+            return BLOCKED_OPS[node.op_type]
+        if node.op_type == "Cast" and not _float_target(node):
+            return "casts to an integer type: FP16 rounding would change the integers (above 2048)"
+        return self._schema_reason(node) or self._constant_reason(node) or self._range_reason(node)
+
+    def _schema_reason(self, node: ir.Node) -> str | None:
+        opset = self._opset(node)
+        for index, value in enumerate(node.outputs):
+            used_float = id(value) in self.was_float and _is_used(value)
+            if used_float and not output_allows_fp16(node.domain, node.op_type, opset, index):
+                return f"its schema has no FP16 form for output {index}"
+        return None
+
+    def _constant_reason(self, node: ir.Node) -> str | None:
+        opset = self._opset(node)
+        for index, value in enumerate(node.inputs):
+            if value is None or not input_allows_fp16(node.domain, node.op_type, opset, index):
+                continue
+            scan = self._scan(value)
+            if scan is None or self.options.clamp:
+                continue
+            if scan.overflow and not self._is_mask_fill(value, scan):
+                return f"reads constant '{value.name}' holding {scan.worst_overflow:.6g}, beyond FP16's 65504"
+            if scan.eps_like:
+                return f"{_EPS_REASON} '{value.name}' = {scan.worst_flushed:.3g}, which FP16 rounds to 0"
+        return None
+
+    def _force_normalization_tail(self, node: ir.Node) -> None:
+        """`var + eps` kept FP32 is not enough: rounding the sum to FP16 before Sqrt and Div loses the eps
+        again (0 for a constant row, then a division by 0). Keep the single-reader chain up to the division."""
+        reason = f"follows '{node_label(node)}', whose eps FP16 cannot hold"
+        current = node
+        for _ in range(_NORMALIZATION_TAIL):
+            readers = [use.node for use in current.outputs[0].uses()] if current.outputs else []
+            if len(readers) != 1 or readers[0].op_type not in _TAIL_OPS:
+                return
+            current = readers[0]
+            self.forced[id(current)] = reason
+            if current.op_type in ("Div", "Reciprocal"):
+                return
+
+    def _range_reason(self, node: ir.Node) -> str | None:
+        for value in node.outputs:
+            measured = self.ranges.get(value.name or "")
+            if measured is None or not measured.overflow or _is_mask_activation(value, self.ranges):
+                continue
+            return f"its output reaches {measured.worst:.6g} on the sample inputs, beyond FP16's 65504"
+        return None
+
+    def _is_mask_fill(self, value: ir.Value, scan: _Scan) -> bool:
+        return scan.overflow == scan.overflow_negative and scan.min_value <= _MASK_FILL and feeds_softmax(value)
+
+    def _scan(self, value: ir.Value) -> _Scan | None:
+        """What FP16 does to a float32 constant (None for anything else); read once, in chunks."""
+        if id(value) not in self.scans:
+            tensor = const_tensor(value) if id(value) in self.was_float and not value.is_graph_input() else None
+            self.scans[id(value)] = _scan_tensor(tensor) if tensor is not None else None
+        return self.scans[id(value)]
+
+    def _opset(self, node: ir.Node) -> int:
+        return opset_version(self.model, node.domain) or 1
+
+    # -- 2. retyping --
+
+    def retype(self, graph: ir.Graph) -> None:
+        for node in graph:
+            if id(node) not in self.fp16:
+                continue
+            opset = self._opset(node)
+            for index, value in enumerate(node.outputs):
+                if value.dtype == _F32 and output_allows_fp16(node.domain, node.op_type, opset, index):
+                    value.dtype = _F16
+            _retarget_attributes(node)
+
+    def retype_main_inputs(self) -> None:
+        """--fp16-io: the main graph's float inputs become FP16 (outputs follow in `place_casts`)."""
+        for value in self.model.graph.inputs:
+            if value.dtype == _F32 and not value.is_initializer():
+                value.dtype = _F16
+
+    # -- 3. boundaries --
+
+    def place_casts(self, graph: ir.Graph) -> None:
+        is_main = graph is self.model.graph
+        for node in [n for n in graph if id(n) not in self.added]:
+            for index, value in enumerate(node.inputs):
+                if value is None or id(value) not in self.was_float or _is_constant_node(node):
+                    continue
+                wanted = self._wanted(node, index, value)
+                if value.dtype != wanted:
+                    node.replace_input_with(index, self._as(value, wanted, graph))
+        self._keep_output_types(graph, keep=not is_main or self.options.keep_io_types)
+
+    def _wanted(self, node: ir.Node, index: int, value: ir.Value) -> ir.DataType:
+        if id(node) in self.fp16 and input_allows_fp16(node.domain, node.op_type, self._opset(node), index):
+            if node.op_type == "Cast":  # a Cast reads any float type: no Cast in front of it
+                return value.dtype
+            return _F16
+        return _F32
+
+    def _as(self, value: ir.Value, dtype: ir.DataType, graph: ir.Graph) -> ir.Value:
+        if dtype == _F16 and self._scan(value) is not None:
+            return self._constant_fp16(value)
+        key = (id(value), dtype, id(graph))
+        if key not in self.casts:
+            self.casts[key] = self._insert_cast(value, dtype, graph, self._fresh(f"{value.name}__{_suffix(dtype)}"))
+        return self.casts[key]
+
+    def _insert_cast(self, value: ir.Value, dtype: ir.DataType, graph: ir.Graph, name: str) -> ir.Value:
+        out = ir.Value(name=name, type=ir.TensorType(dtype), shape=value.shape)
+        cast = ir.node("Cast", [value], {"to": dtype}, outputs=[out], name=f"gd_fp16/{name}")
+        producer = value.producer()
+        if producer is not None and producer.graph is graph:
+            graph.insert_after(producer, cast)
+        elif len(graph):
+            graph.insert_before(next(iter(graph)), cast)
+        else:
+            graph.append(cast)
+        self.added.add(id(cast))
+        self.report.casts_added += 1
+        return out
+
+    def _constant_fp16(self, value: ir.Value) -> ir.Value:
+        """The FP16 form of a float32 constant: the constant itself when only FP16 readers remain, else a copy."""
+        if id(value) in self.converted:
+            return self.converted[id(value)]
+        scan = self._scan(value)
+        transform = self._transform(value, scan)
+        fp32_readers = [u for u in value.uses() if self._wanted(u.node, u.idx, value) != _F16]
+        if not fp32_readers and not value.is_graph_output():
+            _convert_in_place(value, transform)
+            converted = value
+        else:
+            converted = _fp16_copy(value, transform)
+        self.converted[id(value)] = converted
+        self.report.tensors_converted += 1
+        return converted
+
+    def _transform(self, value: ir.Value, scan: _Scan):
+        """float32 chunk -> float16 chunk, recording what moves beyond rounding."""
+        name = value.name or "?"
+        if scan.overflow and self._is_mask_fill(value, scan):
+            self.report.changed.append(ValueChange(name, "saturated (attention mask)", scan.overflow, scan.min_value))
+            return _saturating
+        if scan.overflow:  # only with clamp: otherwise its readers stayed FP32
+            self.report.changed.append(ValueChange(name, "clamped to ±65504", scan.overflow, scan.worst_overflow))
+            return _saturating
+        if scan.flushed and self.options.clamp:
+            self.report.changed.append(ValueChange(name, "raised to 2^-24", scan.flushed, scan.worst_flushed))
+            return _raising_tiny
+        if scan.flushed:
+            self.report.changed.append(ValueChange(name, "flushed to 0", scan.flushed, scan.worst_flushed))
+        return _rounding
+
+    def _keep_output_types(self, graph: ir.Graph, keep: bool) -> None:
+        """Graph outputs keep their name and (unless --fp16-io on the main graph) their FP32 type."""
+        for index, value in enumerate(list(graph.outputs)):
+            if id(value) not in self.was_float:
+                continue
+            wanted = _F32 if keep else _F16
+            if value.dtype == wanted:
+                continue
+            name = value.name
+            value.name = self._fresh(f"{name}__{_suffix(value.dtype)}")
+            graph.outputs[index] = self._insert_cast(value, wanted, graph, name)
+
+    def _fresh(self, name: str) -> str:
+        """A name no value of the model has (names are unique across a graph and its subgraphs)."""
+        candidate, counter = name, 1
+        while candidate in self.names:
+            candidate, counter = f"{name}_{counter}", counter + 1
+        self.names.add(candidate)
+        return candidate
+
+
+# -- node helpers --
+
+
+def _is_constant_node(node: ir.Node) -> bool:
+    return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+
+
+def _is_used(value: ir.Value) -> bool:
+    return bool(value.name) and (bool(value.uses()) or value.is_graph_output())
+
+
+def _float_target(node: ir.Node) -> bool:
+    to = node.attributes.get_int("to")
+    return to in (_F32, _F16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
+
+
+def _matches(node: ir.Node, label: str, pattern: str) -> bool:
+    return node.op_type == pattern or fnmatch.fnmatchcase(label, pattern)
+
+
+def _suffix(dtype: ir.DataType) -> str:
+    return "fp16" if dtype == _F16 else "fp32"
+
+
+def _retarget_attributes(node: ir.Node) -> None:
+    """What makes a node produce float32 now makes it produce FP16: Cast's `to`, `dtype` attributes and
+    ConstantOfShape's fill (whose default, 0.0 float32, must be spelled out in FP16)."""
+    if node.op_type == "Cast" and node.attributes.get_int("to") == _F32:
+        node.attributes["to"] = ir.AttrInt64("to", _F16)
+    if node.op_type in _DTYPE_OPS and node.outputs[0].dtype == _F16:  # absent `dtype` means float32 or the input's
+        node.attributes["dtype"] = ir.AttrInt64("dtype", _F16)
+    if node.op_type == "ConstantOfShape" and node.outputs[0].dtype == _F16:
+        attr = node.attributes.get("value")
+        fill = attr.value.numpy() if attr is not None else np.zeros(1, np.float32)
+        node.attributes["value"] = ir.AttrTensor("value", ir.tensor(_saturating(fill.reshape(-1))))
+
+
+# -- constants --
+
+
+def _scan_tensor(tensor: ir.TensorProtocol) -> _Scan | None:
+    try:
+        chunks = list(_chunk_stats(tensor))
+    except (OSError, ValueError, TypeError):  # unreadable external data (GD014): leave it alone
+        return None
+    overflow = sum(c[2] for c in chunks)
+    flushed = sum(c[5] for c in chunks)
+    worst_over = max((c[4] for c in chunks), key=abs, default=0.0)
+    worst_flushed = max((c[6] for c in chunks), key=abs, default=0.0)
+    return _Scan(
+        size=sum(c[0] for c in chunks),
+        nonzero=sum(c[1] for c in chunks),
+        overflow=overflow,
+        overflow_negative=sum(c[3] for c in chunks),
+        min_value=min((c[7] for c in chunks), default=0.0),
+        worst_overflow=float(worst_over),
+        flushed=flushed,
+        worst_flushed=float(worst_flushed),
+    )
+
+
+def _chunk_stats(tensor: ir.TensorProtocol) -> Iterable[tuple]:
+    for chunk in iter_chunks(tensor):
+        finite = chunk[np.isfinite(chunk)]
+        magnitude = np.abs(finite)
+        over = finite[magnitude >= FP16_OVERFLOW]
+        tiny = finite[(magnitude <= FP16_FLUSH) & (magnitude > 0)]
+        yield (
+            chunk.size,
+            int(np.count_nonzero(finite)),
+            over.size,
+            int(np.count_nonzero(over < 0)),
+            float(over[np.argmax(np.abs(over))]) if over.size else 0.0,
+            tiny.size,
+            float(tiny[np.argmax(np.abs(tiny))]) if tiny.size else 0.0,
+            float(finite.min()) if finite.size else 0.0,
+        )
+
+
+def _rounding(chunk: np.ndarray) -> np.ndarray:
+    return chunk.astype(np.float16)
+
+
+def _saturating(chunk: np.ndarray) -> np.ndarray:
+    """Finite values beyond FP16's range become ±65504 (inf and NaN stay)."""
+    finite = np.isfinite(chunk)
+    return np.where(finite, np.clip(chunk, -FP16_MAX, FP16_MAX), chunk).astype(np.float16)
+
+
+def _raising_tiny(chunk: np.ndarray) -> np.ndarray:
+    """Saturate, and raise nonzero magnitudes below 2^-24 to 2^-24 (FP16's smallest subnormal)."""
+    tiny = (np.abs(chunk) < FP16_TINY) & (chunk != 0)
+    return _saturating(np.where(tiny, np.sign(chunk) * FP16_TINY, chunk))
+
+
+def _lazy_fp16(source: ir.TensorProtocol, transform, name: str | None) -> ir.LazyTensor:
+    """The FP16 form of `source`, computed from chunks of it only when its bytes are asked for."""
+    shape = source.shape
+
+    def load() -> ir.TensorProtocol:
+        out = np.empty(int(np.prod(shape.numpy(), dtype=np.int64)), np.float16)
+        position = 0
+        for chunk in iter_chunks(source):
+            out[position : position + chunk.size] = transform(chunk)
+            position += chunk.size
+        return ir.tensor(out.reshape(shape.numpy()), name=name)
+
+    return ir.LazyTensor(load, dtype=_F16, shape=shape, name=name)
+
+
+def _convert_in_place(value: ir.Value, transform) -> None:
+    producer = value.producer()
+    if producer is not None:  # a Constant node: small, converted now
+        tensor = producer.attributes["value"].value
+        producer.attributes["value"] = ir.AttrTensor("value", ir.tensor(transform(tensor.numpy()), name=value.name))
+    else:
+        value.const_value = _lazy_fp16(value.const_value, transform, value.name)
+    value.dtype = _F16
+
+
+def _fp16_copy(value: ir.Value, transform) -> ir.Value:
+    """A second, FP16 constant beside the float32 one, in the graph that holds it."""
+    tensor = const_tensor(value)
+    name = f"{value.name}__fp16"
+    copy = ir.Value(name=name, type=ir.TensorType(_F16), shape=value.shape)
+    copy.const_value = _lazy_fp16(tensor, transform, name)
+    graph = value.graph if value.graph is not None else value.producer().graph
+    graph.register_initializer(copy)
+    return copy
