@@ -21,10 +21,11 @@ import onnx_ir as ir
 from graphdoctor.analysis import Analysis
 from graphdoctor.analysis.graph import holds_fp16
 from graphdoctor.engine import RuleFixes, run_rules, select_rules
-from graphdoctor.model import disk_size, load_model
+from graphdoctor.model import disk_size, load_model, stage_model, writing
 from graphdoctor.rule import Finding, Rule, Severity, load_rules
 
 if TYPE_CHECKING:
+    from graphdoctor.fp16 import Fp16Options, Fp16Report
     from graphdoctor.verify.compare import VerifyResult
 
 __all__ = ["FixResult", "LintResult", "fix", "lint", "verify"]
@@ -181,13 +182,15 @@ def _verify_against_torch(onnx_model, program: Path, backends, feeds, source: st
 
 @dataclass(frozen=True)
 class FixResult:
-    """What `fix` did: per-rule repairs, sizes, the gate's verification, and where (whether) it wrote."""
+    """What `fix` did: per-rule repairs, the FP16 conversion, sizes, the gate's verification, and what it wrote."""
 
     path: Path
     output: Path
+    size_before: int  # bytes on disk: the model file and its external data
     fixes: list[RuleFixes]
     converged: bool
-    size_before: int  # bytes on disk: the model file and its external data
+    fp16: Fp16Report | None  # None without --fp16
+    fp16_repaired: list[tuple[str, str]]  # nodes kept FP32 after a failed verification, and why
     size_after: int | None  # None when nothing was written
     written: bool
     verification: VerifyResult | None  # None with --no-verify, a dry run, or nothing to verify
@@ -197,11 +200,29 @@ class FixResult:
 
     @property
     def changed(self) -> bool:
-        return bool(self.fixes)
+        return bool(self.fixes) or (self.fp16 is not None and not self.fp16.already_fp16)
 
     @property
     def passed(self) -> bool:
         return self.verification is None or self.verification.passed
+
+
+def _fix_result(source, target, size_before, dry_run, pipeline, size_after, written, verification, blamed, seconds):
+    return FixResult(
+        source,
+        target,
+        size_before,
+        pipeline.fixes,
+        pipeline.converged,
+        pipeline.fp16,
+        list(pipeline.repaired),
+        size_after,
+        written,
+        verification,
+        blamed,
+        seconds,
+        dry_run,
+    )
 
 
 def fix(
@@ -220,45 +241,135 @@ def fix(
     inputs: str | os.PathLike[str] | None = None,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     seed: int = 0,
+    fp16: Fp16Options | None = None,
+    fp16_repairs: int = 4,
 ) -> FixResult:
-    """Apply the selected rules' fixes to a fixed point, verify the result against the original, then write it
-    atomically to `output` (default: NAME.fixed.onnx beside the input; the input itself only with `in_place`).
+    """Apply the selected rules' fixes to a fixed point (and convert to FP16 with `fp16`), verify the result
+    against the original, then write it atomically to `output` (default: NAME.fixed.onnx, or NAME.fp16.onnx,
+    beside the input; the input itself only with `in_place`).
 
     Safe fixes (bit-exact) run by default, unsafe ones with `unsafe_fixes`, opt-in ones (`dedup-transposed`)
-    when named in `opt_ins`. The gate runs both models on ONNX Runtime CPU with graph optimizations off, on
-    inputs generated with `seed` (or `inputs`/`shapes`): bit-exact when only safe fixes ran, else the fp32
-    preset. When it fails nothing is written and the rules whose fixes alone fail are named. `external_data`:
-    None chooses (kept when the input uses it, forced above 2 GB)."""
-    from graphdoctor.engine import FixPolicy, apply_fixes
-    from graphdoctor.model import stage_model
+    when named in `opt_ins`. The gate runs both models on inputs generated with `seed` (or `inputs`/`shapes`):
+    on ONNX Runtime CPU with graph optimizations off, bit-exact when only safe fixes ran, else the fp32
+    preset; after FP16 conversion, under FP16 emulation and on ONNX Runtime CPU at the fp16 preset. When it
+    fails nothing is written and the rules whose fixes alone fail are named; an FP16 conversion instead keeps
+    the first diverging node in FP32 and tries again, `fp16_repairs` times at most. `external_data`: None
+    chooses (kept when the input uses it, forced above 2 GB)."""
+    from graphdoctor.engine import FixPolicy
 
     start = time.perf_counter()
     source = Path(path)
-    target = _fix_target(source, output, in_place)
+    target = _fix_target(source, output, in_place, ".fp16" if fp16 is not None else ".fixed")
     chosen = select_rules(load_rules(), select, ignore)
-    policy = FixPolicy(unsafe=unsafe_fixes, opt_ins=frozenset(opt_ins))
+    pipeline = _Pipeline(chosen, FixPolicy(unsafe=unsafe_fixes, opt_ins=frozenset(opt_ins)), rule_options, fp16)
     loaded = load_model(source)
     size_before = disk_size(loaded)
     gate = verify and not dry_run
-    feeds = _sample_inputs(loaded.model, inputs, shapes, seed) if gate else None
+    measure = gate or (fp16 is not None and (inputs is not None or bool(shapes)))
+    feeds = _sample_inputs(loaded.model, inputs, shapes, seed) if measure else None
     input_source = str(inputs) if inputs is not None else f"generated (seed {seed})"
-    typed = _typed_values(loaded.model)
-    fixes, converged = apply_fixes(loaded.model, chosen, policy, rule_options, loaded.path)
-    _forget_inferred_types(loaded.model, typed)
-    result = functools.partial(FixResult, source, target, fixes, converged, size_before, dry_run=dry_run)
-    if dry_run or (not fixes and output is None and not in_place):
-        return result(None, False, None, [], time.perf_counter() - start)
-    staged = stage_model(loaded.model, target, _use_external_data(external_data, loaded.model))
-    try:
-        verification = _gate(source, staged.path, feeds, fixes, input_source, size_before) if gate and fixes else None
-        if verification is not None and not verification.passed:
-            blamed = _blame(source, target, policy, rule_options, fixes, feeds, input_source)
-            return result(None, False, verification, blamed, time.perf_counter() - start)
-        size_after = staged.size()
-        staged.commit()
-    finally:
-        staged.discard()
-    return result(size_after, True, verification, [], time.perf_counter() - start)
+    if fp16 is not None and feeds is not None:
+        pipeline.ranges = _activation_ranges(source, feeds, size_before)
+    pipeline.run(loaded.model, loaded.path)
+    result = functools.partial(_fix_result, source, target, size_before, dry_run)
+    if dry_run or (not pipeline.changed and output is None and not in_place):
+        return result(pipeline, None, False, None, [], time.perf_counter() - start)
+    check = _Gate(source, feeds, input_source, size_before) if gate and pipeline.changed else None
+    with writing(target):
+        return _write_verified(loaded.model, target, external_data, pipeline, check, fp16_repairs, result, start)
+
+
+def _write_verified(model, target: Path, external_data, pipeline: _Pipeline, check, repairs: int, result, start):
+    """Stage, verify, commit; after a failed FP16 verification, keep the diverging node FP32 and try again."""
+    while True:
+        staged = None
+        try:
+            staged = stage_model(model, target, _use_external_data(external_data, model))
+            verification = check.run(staged.path, pipeline) if check is not None else None
+            if verification is None or verification.passed:
+                size_after = staged.size()
+                staged.commit()
+                return result(pipeline, size_after, True, verification, [], time.perf_counter() - start)
+            diverging = check.first_diverging_node(staged.path) if pipeline.can_repair(repairs) else None
+            if diverging is None:
+                blamed = [] if pipeline.fp16 is not None else _blame(check.source, target, pipeline, check)
+                return result(pipeline, None, False, verification, blamed, time.perf_counter() - start)
+        finally:
+            if staged is not None:
+                staged.discard()
+        model = pipeline.retry(check.source, diverging)
+
+
+class _Pipeline:
+    """What `fix` does to a model: the rules' fixes, then the FP16 conversion and its clean-up; re-run from
+    the original with one more node kept in FP32 after each failed FP16 verification."""
+
+    def __init__(self, rules, policy, rule_options, fp16: Fp16Options | None) -> None:
+        self.rules = rules
+        self.policy = policy
+        self.rule_options = rule_options
+        self.fp16_options = fp16
+        self.ranges = None
+        self.fixes: list[RuleFixes] = []
+        self.converged = True
+        self.fp16: Fp16Report | None = None
+        self.repaired: list[tuple[str, str]] = []  # (node kept FP32 after verification, why)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.fixes) or (self.fp16 is not None and not self.fp16.already_fp16)
+
+    def run(self, model, path: Path, rules=None) -> None:
+        from graphdoctor.engine import FixPolicy, apply_fixes, select_rules
+
+        typed = _typed_values(model)
+        self.fixes, self.converged = apply_fixes(model, rules or self.rules, self.policy, self.rule_options, path)
+        if self.fp16_options is not None:
+            from graphdoctor.fp16 import convert_to_fp16
+
+            self.fp16 = convert_to_fp16(model, self.fp16_options, self.ranges)
+            cleanup = select_rules(load_rules(), _FP16_CLEANUP)
+            tidied, converged = apply_fixes(model, cleanup, FixPolicy(), self.rule_options, path)
+            self.fixes, self.converged = _merged(self.fixes, tidied), self.converged and converged
+        _forget_inferred_types(model, typed)
+
+    def can_repair(self, bound: int) -> bool:
+        return self.fp16_options is not None and len(self.repaired) < bound
+
+    def retry(self, source: Path, diverging: tuple[str, str]):
+        import dataclasses
+
+        self.repaired.append(diverging)
+        kept = self.fp16_options.keep_nodes | {diverging[0]}
+        self.fp16_options = dataclasses.replace(self.fp16_options, keep_nodes=kept)
+        loaded = load_model(source)
+        self.run(loaded.model, loaded.path)
+        return loaded.model
+
+    def alone(self, rule, source: Path):
+        """The original with one rule's fixes only (to find which fix fails the gate)."""
+        loaded = load_model(source)
+        single = _Pipeline([rule], self.policy, self.rule_options, None)
+        single.run(loaded.model, loaded.path)
+        return loaded, single
+
+
+_FP16_CLEANUP = ["GD002", "GD003", "GD009"]  # Cast pairs at region boundaries, copies, constants left unread
+
+
+def _merged(first: list[RuleFixes], second: list[RuleFixes]) -> list[RuleFixes]:
+    """One entry per rule: the FP16 clean-up may run a rule that the first pass ran too."""
+    by_code = {fixes.rule.code: fixes for fixes in first}
+    for fixes in second:
+        if fixes.rule.code not in by_code:
+            by_code[fixes.rule.code] = fixes
+            continue
+        into = by_code[fixes.rule.code]
+        into.repairs.update(fixes.repairs)
+        into.safety |= fixes.safety
+        into.nodes_removed += fixes.nodes_removed
+        into.bytes_saved += fixes.bytes_saved
+    return list(by_code.values())
 
 
 def _typed_values(model) -> set[int]:
@@ -312,38 +423,94 @@ def _use_external_data(requested: bool | None, model) -> bool:
 SEGMENTED_ABOVE = 1024**3  # models larger than this on disk are verified a segment at a time
 
 
-def _gate(source: Path, candidate: Path, feeds, fixes, input_source: str, size: int) -> VerifyResult:
-    """Both models on ONNX Runtime CPU with graph optimizations off (every node as written, so a fused kernel
-    cannot hide or cause a difference): bit-exact after safe fixes, the fp32 preset after unsafe ones.
-    Models over 1 GiB run a segment at a time, so verifying never holds all their weights at once."""
-    from graphdoctor.rule import FixSafety
-    from graphdoctor.verify.compare import verify_models
-    from graphdoctor.verify.metrics import tolerance_for
-    from graphdoctor.verify.runners import OnnxruntimeBackend
-    from graphdoctor.verify.segmented import SegmentedOnnxruntimeBackend
+class _Gate:
+    """The verification every written model passes. After rules' fixes: both models on ONNX Runtime CPU with
+    graph optimizations off (every node as written, so no fused kernel hides or causes a difference),
+    bit-exact after safe fixes, the fp32 preset after unsafe ones. After FP16 conversion: the fp16 preset
+    under FP16 emulation (what FP16 storage does to every tensor, overflow included), on ONNX Runtime CPU
+    (the model loads; weights rounded) and on any GPU backend present. Models over 1 GiB run a segment at a
+    time, so verifying never holds all their weights at once (FP16 emulation, which cannot, is then left
+    out and the verdicts say so)."""
 
-    if size > SEGMENTED_ABOVE:
-        backend = SegmentedOnnxruntimeBackend()
-    else:
-        backend = OnnxruntimeBackend("onnxruntime-cpu", optimize=False)
-    safe = all(f.safety <= {FixSafety.SAFE} for f in fixes)
-    tolerance = tolerance_for("exact" if safe else "fp32")
-    return verify_models(source, candidate, [backend], feeds, input_source, tolerance, oracle=backend)
+    def __init__(self, source: Path, feeds, input_source: str, size: int) -> None:
+        self.source = source
+        self.feeds = feeds
+        self.input_source = input_source
+        self.large = size > SEGMENTED_ABOVE
+
+    def run(self, candidate: Path, pipeline: _Pipeline) -> VerifyResult:
+        from graphdoctor.rule import FixSafety
+        from graphdoctor.verify.compare import verify_models
+        from graphdoctor.verify.metrics import tolerance_for
+
+        if pipeline.fp16 is not None and not pipeline.fp16.already_fp16:
+            backends, oracle = self._fp16_backends()
+            tolerance = tolerance_for("fp16")
+        else:
+            oracle = self._exact_backend()
+            backends = [oracle]
+            safe = all(f.safety <= {FixSafety.SAFE} for f in pipeline.fixes)
+            tolerance = tolerance_for("exact" if safe else "fp32")
+        return verify_models(self.source, candidate, backends, self.feeds, self.input_source, tolerance, oracle=oracle)
+
+    def _exact_backend(self):
+        from graphdoctor.verify.runners import OnnxruntimeBackend
+        from graphdoctor.verify.segmented import SegmentedOnnxruntimeBackend
+
+        return SegmentedOnnxruntimeBackend() if self.large else OnnxruntimeBackend("onnxruntime-cpu", optimize=False)
+
+    def _fp16_backends(self):
+        from graphdoctor.verify.runners import OnnxruntimeBackend, get_backend
+
+        if self.large:
+            return [self._exact_backend()], self._exact_backend()
+        gpus = [get_backend(name) for name in ("onnxruntime-cuda", "tensorrt-fp16")]
+        present = [backend for backend in gpus if backend.unavailable_reason() is None]
+        return [get_backend("fp16-emulation"), OnnxruntimeBackend("onnxruntime-cpu"), *present], None
+
+    def first_diverging_node(self, candidate: Path) -> tuple[str, str] | None:
+        """Where FP16 emulation first leaves the fp16 tolerance (or first makes inf/NaN): the node to keep FP32."""
+        from graphdoctor.errors import GraphDoctorError
+        from graphdoctor.verify.layerwise import LayerwiseOptions, compare_layerwise
+        from graphdoctor.verify.metrics import tolerance_for
+        from graphdoctor.verify.runners import get_backend
+
+        if self.large:
+            return None
+        emulation, tolerance = get_backend("fp16-emulation"), tolerance_for("fp16")
+        try:
+            report = compare_layerwise(self.source, candidate, emulation, self.feeds, tolerance, LayerwiseOptions())
+        except GraphDoctorError:
+            return None
+        divergence = report.first_nonfinite or report.first_divergence
+        if divergence is None or divergence.record.node is None:
+            return None
+        record = divergence.record
+        what = "inf/NaN first appear" if divergence.kind == "nonfinite" else "the fp16 tolerance is first exceeded"
+        return record.node, f"{what} at '{record.name}' under FP16 emulation (rel err {record.rel_err:.3g})"
 
 
-def _blame(source: Path, target: Path, policy, rule_options, fixes, feeds, input_source: str) -> list[str]:
+def _blame(source: Path, target: Path, pipeline: _Pipeline, gate: _Gate) -> list[str]:
     """The rules whose fixes, applied alone to the original, already fail the gate."""
-    from graphdoctor.engine import apply_fixes
-    from graphdoctor.model import stage_model
-
     blamed = []
-    for done in fixes:
-        loaded = load_model(source)
-        alone, _ = apply_fixes(loaded.model, [done.rule], policy, rule_options, loaded.path)
+    for done in pipeline.fixes:
+        loaded, single = pipeline.alone(done.rule, source)
         staged = stage_model(loaded.model, target, _use_external_data(None, loaded.model))
         try:
-            if alone and not _gate(source, staged.path, feeds, alone, input_source, disk_size(loaded)).passed:
+            if single.fixes and not gate.run(staged.path, single).passed:
                 blamed.append(done.rule.code)
         finally:
             staged.discard()
     return blamed
+
+
+def _activation_ranges(source: Path, feeds, size: int):
+    """Ranges of the FP32 model's activations on the sample inputs, for the converter; run a segment at a
+    time for models over 1 GiB."""
+    from graphdoctor.analysis.ranges import value_ranges
+    from graphdoctor.verify.segmented import SegmentedOnnxruntimeBackend
+
+    run = None
+    if size > SEGMENTED_ABOVE:
+        run = functools.partial(SegmentedOnnxruntimeBackend().run, source, feeds)
+    return value_ranges(source, feeds, run=run)

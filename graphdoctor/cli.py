@@ -189,12 +189,27 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
     help="Weights in a NAME.data file beside the model (default: as the input, and always above 2 GB).",
 )
 @click.option("--no-verify", is_flag=True, help="Write without running both models and comparing their outputs.")
+@click.option(
+    "--fp16", is_flag=True, help="Also convert to FP16 (written as NAME.fp16.onnx), verified under FP16 emulation."
+)
+@click.option("--fp16-io", is_flag=True, help="With --fp16: graph inputs and outputs become FP16 too (default: FP32).")
+@click.option(
+    "--keep-fp32",
+    multiple=True,
+    metavar="PATTERN",
+    help="With --fp16: keep these nodes in FP32 (an op type such as Softmax, or a node-name glob).",
+)
+@click.option(
+    "--fp16-clamp",
+    is_flag=True,
+    help="With --fp16: clamp constants FP16 cannot hold (reported) instead of keeping their readers in FP32.",
+)
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help="Verification inputs (.npz, .npy, .pb).")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help="Dynamic dims of the verification inputs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated verification inputs.")
 @click.pass_context
 def fix(ctx: click.Context, model: Path, **options: Any) -> None:
-    """Repair MODEL and write the result beside it (MODEL.fixed.onnx), verified against the original.
+    """Repair MODEL (and with --fp16 convert it) and write the result beside it, verified against the original.
 
     Safe fixes (bit-exact outputs: duplicate tensors, no-op Casts, dead code, INT64 sentinels) run by default;
     --unsafe-fixes adds those that change values (float64 to float32, inference mode) or the signature.
@@ -202,6 +217,11 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
     bit-exact after safe fixes (fp32 tolerance after unsafe ones). If they differ, nothing is written, the
     offending rule is named and the exit code is 1. Writes are atomic; the input is never modified
     without --in-place.
+
+    --fp16 keeps in FP32 what FP16 cannot hold (reporting why, node by node), reports every value it flushes,
+    clamps or saturates, and verifies under FP16 emulation: ONNX Runtime's CPU provider computes most FP16
+    ops in FP32, so it alone cannot show FP16 overflow. When the emulation diverges, the first diverging node
+    is kept FP32 and the conversion is tried again (4 times at most).
     """
     from graphdoctor import api
     from graphdoctor.config import find_config, load_config
@@ -224,6 +244,7 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
         inputs=options["inputs_path"],
         shapes=_parse_shapes(options["shapes"]),
         seed=options["seed"],
+        fp16=_fp16_options(options),
     )
     if options["output_format"] == "json":
         from graphdoctor.report import json as json_report
@@ -234,6 +255,18 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
 
         text.render_fix(result, sys.stdout, color=_use_color())
     ctx.exit(0 if result.passed else 1)
+
+
+def _fp16_options(options: dict[str, Any]):
+    if not options["fp16"]:
+        if options["fp16_io"] or options["keep_fp32"] or options["fp16_clamp"]:
+            raise GraphDoctorError("--fp16-io, --keep-fp32 and --fp16-clamp go with --fp16")
+        return None
+    from graphdoctor.fp16 import Fp16Options
+
+    return Fp16Options(
+        keep_io_types=not options["fp16_io"], keep_fp32=tuple(options["keep_fp32"]), clamp=options["fp16_clamp"]
+    )
 
 
 def _as_list(value: Any) -> list[str]:

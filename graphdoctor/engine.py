@@ -55,7 +55,8 @@ class RuleContext:
         """A finding from one of the rule's declared messages; unknown ids or missing placeholders raise.
 
         `repair`, given by rules that can fix what they found, rewrites the model in place (see `apply_fixes`);
-        it is kept only when the message declares a fix safety."""
+        it is kept only when the message declares a fix safety, and the finding states that safety only when
+        it has a repair: a report never promises a fix `graphdoctor fix` would not make."""
         meta = self.rule.meta
         message = meta.messages.get(message_id)
         if message is None:
@@ -76,7 +77,7 @@ class RuleContext:
             graph=self._graph_of(node, values),
             nbytes=nbytes,
             data=dict(data),
-            fix=message.fix or meta.fix,
+            fix=(message.fix or meta.fix) if repair is not None else None,
             opt_in=message.opt_in,
             repair=repair if (message.fix or meta.fix) is not None else None,
         )

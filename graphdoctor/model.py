@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import stat
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +39,14 @@ __all__ = [
     "iter_external_tensors",
     "load_model",
     "stage_model",
+    "writing",
 ]
 
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot be larger: above it, weights must be external data
 EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inline (shape constants, biases of small layers)
 _ALIGN_LARGE = 64 * 1024  # tensors of 1 MiB and more start at 64 KiB offsets: runtimes can memory-map them
 _ALIGN_SMALL = 64
+_STAGING: set[Path] = set()  # staging folders not yet committed or discarded
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,7 @@ class StagedModel:
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        _STAGING.discard(self.folder)
 
 
 def disk_size(loaded: LoadedModel) -> int:
@@ -212,20 +215,23 @@ def disk_size(loaded: LoadedModel) -> int:
 
 def stage_model(model: ir.Model, target: Path, external_data: bool) -> StagedModel:
     """Write `model` for `target` into a hidden folder beside it (same filesystem, so `commit` is a rename).
+    Call it inside `writing(target)`, which removes the folder however the process is interrupted.
 
     With `external_data`, every initializer of at least 1 KiB goes to `TARGET.data`, streamed from where
     it is now with plain reads (never memory-mapped: a 2 GB model stays out of the resident set). Any
     failure, an interrupt included, removes the folder and raises `GraphDoctorError`."""
+    folder = target.parent / f".{target.name}.{secrets.token_hex(6)}.graphdoctor-tmp"
+    _STAGING.add(folder)  # before it exists: an interrupt right after mkdir still finds it
     try:
-        folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".graphdoctor-tmp", dir=target.parent))
+        folder.mkdir(mode=0o700)
     except OSError as error:
+        _STAGING.discard(folder)
         raise GraphDoctorError(f"cannot write to {target.parent}: {error.strerror}; nothing was written") from None
     staged = StagedModel(folder, target, f"{target.name}.data" if external_data else None)
     try:
-        with _fail_cleanly_on_signals(target):
-            if staged.data_name is not None:
-                _write_external_data(model, folder, staged.data_name)
-            _write_proto(model, staged.path)
+        if staged.data_name is not None:
+            _write_external_data(model, folder, staged.data_name)
+        _write_proto(model, staged.path)
     except OSError as error:
         staged.discard()
         reason = error.strerror or first_line(error)
@@ -237,17 +243,36 @@ def stage_model(model: ir.Model, target: Path, external_data: bool) -> StagedMod
 
 
 @contextlib.contextmanager
-def _fail_cleanly_on_signals(target: Path) -> Iterator[None]:
-    """While writing: a file-size limit (SIGXFSZ) fails the write with EFBIG instead of killing the process,
-    and SIGINT or SIGTERM stop it with one clear error, so the staging folder is removed either way."""
-    if not _in_main_thread():
-        yield
-        return
+def writing(target: Path) -> Iterator[None]:
+    """Around staging, verifying and committing models: a file-size limit (SIGXFSZ) fails the write with
+    EFBIG instead of killing the process, SIGINT or SIGTERM stop it with one clear error, and on the way
+    out every staging folder not committed is removed, wherever the interrupt landed."""
+    try:
+        if _in_main_thread():
+            with _signals_as_errors(target):
+                yield
+        else:
+            yield
+    finally:
+        with _signals_as(lambda _signum, _frame: None) if _in_main_thread() else contextlib.nullcontext():
+            for folder in list(_STAGING):  # a second Ctrl-C must not stop the clean-up halfway
+                shutil.rmtree(folder, ignore_errors=True)
+                _STAGING.discard(folder)
 
+
+@contextlib.contextmanager
+def _signals_as_errors(target: Path) -> Iterator[None]:
     def interrupt(_signum, _frame):
         raise GraphDoctorError(f"interrupted while writing {target}; nothing was written")
 
-    handlers = {signal.SIGXFSZ: signal.SIG_IGN, signal.SIGTERM: interrupt, signal.SIGINT: interrupt}
+    with _signals_as(interrupt):
+        yield
+
+
+@contextlib.contextmanager
+def _signals_as(handler) -> Iterator[None]:
+    """SIGINT and SIGTERM call `handler`; SIGXFSZ is ignored (a write past a file-size limit fails with EFBIG)."""
+    handlers = {signal.SIGXFSZ: signal.SIG_IGN, signal.SIGTERM: handler, signal.SIGINT: handler}
     previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         yield

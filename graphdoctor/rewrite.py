@@ -36,11 +36,14 @@ def replace_value(old: ir.Value, new: ir.Value) -> None:
 
 
 def _named_like(old: ir.Value, new: ir.Value, graph: ir.Graph) -> ir.Value:
-    """`new` under `old`'s name, or an Identity of `new` under it when `new` is an input, initializer or
-    output that must keep its own name."""
+    """`new` under `old`'s name, or an Identity of `new` under it when `new` must keep its own name: an input,
+    initializer or output, or a value of an outer graph (a subgraph's output must be computed inside it)."""
     name = old.name
+    if old.is_initializer():  # an initializer cannot lose its name; it is being replaced, so it goes
+        graph.initializers.pop(name)
     old.name = None
-    if new.producer() is not None and not new.is_graph_output():
+    producer = new.producer()
+    if producer is not None and producer.graph is graph and not new.is_graph_output():
         new.name = name
         new.type, new.shape = new.type or old.type, new.shape or old.shape  # graph outputs must be typed
         return new

@@ -19,10 +19,16 @@ Why it matters
     ignores the listing and uses them as weights, so the two backends see different graphs.
 
 How to fix
-    `graphdoctor fix` removes unused initializers, dead nodes and uncalled functions (safe: outputs and graph
-    I/O unchanged). Re-export without `keep_initializers_as_inputs=True`; `graphdoctor fix --unsafe-fixes`
-    drops initializers from the graph inputs and unused inputs from the signature (unsafe: callers that pass
-    them break). A dead node that was meant to be an output: return it from `forward()`.
+    `graphdoctor fix` removes unused initializers, dead nodes (with the subgraphs they hold) and uncalled
+    functions, and then the opset import of a function's domain when nothing else uses it (safe: outputs
+    and graph I/O unchanged). Dead nodes of custom domains go too: an ONNX node acts only through its
+    outputs, so one whose outputs nothing reads cannot change the model's results, and ONNX Runtime would
+    otherwise refuse the model when the custom op is not registered. Nodes without outputs are never dead.
+    Re-export without `keep_initializers_as_inputs=True`; `graphdoctor fix --unsafe-fixes` drops
+    initializers from the graph inputs (raising IR < 4 to 4, which allows it) and unused inputs from the
+    signature (unsafe: callers that pass them break, and ONNX Runtime then runs the weights as constants,
+    which moved resnet50's logits by up to 1e-5: the bits of an export made without the listing). A dead
+    node that was meant to be an output: return it from `forward()`.
 
 Options
     max_listed (10): more unused initializers or dead chains than this are reported as one finding.
@@ -33,19 +39,22 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import onnx_ir as ir
 
 from graphdoctor.analysis.constants import const_tensor
 from graphdoctor.analysis.format import format_bytes, format_type
-from graphdoctor.analysis.graph import node_label, subgraph_owners
+from graphdoctor.analysis.graph import iter_graph_sites, node_label, subgraph_owners
 from graphdoctor.engine import RuleContext
+from graphdoctor.rewrite import is_attached, remove_initializer, remove_node
 from graphdoctor.rule import Finding, FixSafety, Message, RuleKind, RuleMeta, Severity
 
 __all__ = ["META", "Options", "check"]
 
 _SAFE_HELP = "`graphdoctor fix` (safe)"
 _EXAMPLES = 3
+_IR_WITHOUT_LISTING = 4  # IR 3 requires every initializer to be a graph input too
 
 
 @dataclass(frozen=True)
@@ -81,19 +90,21 @@ META = RuleMeta(
         "unused_input": Message(
             "graph input '{name}' {type} is read by {readers}",
             help="drop it from forward() if the model does not need it; removing it changes the model's signature,"
-            " so `graphdoctor fix` leaves it unless asked (--unsafe-fixes)",
+            " so `graphdoctor fix` drops it only with --unsafe-fixes",
             severity=Severity.INFO,
+            fix=FixSafety.UNSAFE,
         ),
         "initializers_as_inputs": Message(
             "{count} of {total} initializers ({size}) are also graph inputs, e.g. {examples}: ONNX Runtime treats"
             " them as overridable inputs, not constants, so it cannot constant-fold them or fuse Conv with"
             " BatchNormalization; TensorRT treats them as weights",
             help="re-export without keep_initializers_as_inputs=True{ir_note}; `graphdoctor fix --unsafe-fixes`"
-            " drops them from the inputs (changes the signature)",
+            " drops them from the inputs{ir_fix} (changes the signature)",
+            fix=FixSafety.UNSAFE,
         ),
         "unused_function": Message(
             "function '{function}' ({count} node(s)) is called by no node",
-            help=f"remove it: {_SAFE_HELP}",
+            help=f"remove it (and its domain's opset import if nothing else uses the domain): {_SAFE_HELP}",
             severity=Severity.INFO,
         ),
     },
@@ -183,6 +194,7 @@ def _unused_initializers(liveness: _Liveness, ctx: RuleContext) -> Iterator[Find
             "unused_initializers",
             values=unused,
             nbytes=total,
+            repair=partial(_remove_unused_initializers, unused),
             count=len(unused),
             size=format_bytes(total),
             examples=_examples([v.name or "?" for v in unused]),
@@ -194,6 +206,7 @@ def _unused_initializers(liveness: _Liveness, ctx: RuleContext) -> Iterator[Find
             "unused_initializer",
             values=[value],
             nbytes=size,
+            repair=partial(_remove_unused_initializers, [value]),
             name=value.name,
             type=format_type(value),
             size=format_bytes(size),
@@ -210,6 +223,7 @@ def _dead_nodes(liveness: _Liveness, ctx: RuleContext) -> Iterator[Finding]:
         yield ctx.report(
             "dead_nodes_many",
             nbytes=total or None,
+            repair=partial(_remove_dead, [node for chain in chains for node in chain]),
             count=sum(len(chain) for chain in chains),
             chains=len(chains),
             weights=_weights_phrase(total),
@@ -231,6 +245,7 @@ def _report_chain(chain: list[ir.Node], nbytes: int, ctx: RuleContext) -> Findin
         node=last,
         values=[v for v in last.outputs if v.name],
         nbytes=nbytes or None,
+        repair=partial(_remove_dead, chain),
         op=last.op_type,
         dead=node_label(last),
         chain=chain_phrase,
@@ -302,7 +317,14 @@ def _unused_inputs(model: ir.Model, liveness: _Liveness, ctx: RuleContext) -> It
         if not liveness.is_unread(value):  # initializers listed as inputs too: dropping one changes the signature
             continue
         readers = "only dead nodes" if value.uses() else "no node"
-        yield ctx.report("unused_input", values=[value], name=value.name, type=format_type(value), readers=readers)
+        yield ctx.report(
+            "unused_input",
+            values=[value],
+            repair=partial(_drop_unused_input, model.graph, value),
+            name=value.name,
+            type=format_type(value),
+            readers=readers,
+        )
 
 
 def _initializers_as_inputs(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
@@ -311,15 +333,18 @@ def _initializers_as_inputs(model: ir.Model, ctx: RuleContext) -> Iterator[Findi
         return
     size = sum(_nbytes(v) for v in listed)
     ir_version = model.ir_version or 0
-    ir_note = f" and raise the IR version to 4 or later (IR {ir_version} requires it)" if ir_version < 4 else ""
+    old_ir = ir_version < _IR_WITHOUT_LISTING
+    ir_note = f" and raise the IR version to 4 or later (IR {ir_version} requires it)" if old_ir else ""
     yield ctx.report(
         "initializers_as_inputs",
         values=listed,
+        repair=partial(_unlist_initializers, model, listed),
         count=len(listed),
         total=len(model.graph.initializers),
         size=format_bytes(size),
         examples=_examples([v.name or "?" for v in listed]),
         ir_note=ir_note,
+        ir_fix=" and raises the IR version to 4" if old_ir else "",
     )
 
 
@@ -337,4 +362,81 @@ def _unused_functions(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
     for key, function in model.functions.items():
         if key not in called:
             name = f"{function.domain}::{function.name}" + (f"::{function.overload}" if function.overload else "")
-            yield ctx.report("unused_function", function=name, count=len(function))
+            yield ctx.report(
+                "unused_function",
+                repair=partial(_remove_function, model, key),
+                function=name,
+                count=len(function),
+            )
+
+
+# --- repairs: each checks that its finding still holds, since an earlier repair of the round may have acted ----
+
+
+def _remove_unused_initializers(values: list[ir.Value]) -> bool:
+    removed = False
+    for value in values:
+        if value.is_initializer() and not (value.uses() or value.is_graph_output() or value.is_graph_input()):
+            remove_initializer(value)
+            removed = True
+    return removed
+
+
+def _remove_dead(nodes: list[ir.Node]) -> bool:
+    """Remove dead nodes, readers before what they read (reverse graph order). A node still read, by a dead
+    node of another chain not removed yet or in an unsorted graph, stays for the next round."""
+    removed = False
+    for node in reversed(nodes):
+        if is_attached(node) and not any(value.uses() or value.is_graph_output() for value in node.outputs):
+            _release_captures(node)
+            remove_node(node)
+            removed = True
+    return removed
+
+
+def _release_captures(node: ir.Node) -> None:
+    """Detach the inputs of every node in `node`'s subgraphs: they go with it, and the outer values they
+    capture must not keep them as readers (else those values would never look unused)."""
+    for attr in node.attributes.values():
+        subgraphs = [attr.value] if attr.type == ir.AttributeType.GRAPH else []
+        subgraphs += list(attr.value) if attr.type == ir.AttributeType.GRAPHS else []
+        for inner in (n for graph in subgraphs for n in graph.all_nodes()):
+            for index in range(len(inner.inputs)):
+                inner.replace_input_with(index, None)
+
+
+def _drop_unused_input(graph: ir.Graph, value: ir.Value) -> bool:
+    """Drop an input nothing reads any more (its dead readers are removed first, in the same round)."""
+    if value not in graph.inputs or value.uses() or value.is_graph_output():
+        return False
+    graph.inputs.remove(value)
+    return True
+
+
+def _unlist_initializers(model: ir.Model, values: list[ir.Value]) -> bool:
+    """The initializers stay, as constants; only their listing as inputs goes, which IR 3 does not allow."""
+    graph = model.graph
+    listed = [value for value in values if value.is_initializer() and value in graph.inputs]
+    for value in listed:
+        graph.inputs.remove(value)
+    if listed and (model.ir_version or 0) < _IR_WITHOUT_LISTING:
+        model.ir_version = _IR_WITHOUT_LISTING
+    return bool(listed)
+
+
+def _remove_function(model: ir.Model, key: ir.OperatorIdentifier) -> bool:
+    """Remove an uncalled function, then its domain's opset import if no node, function or function import
+    names the domain any more."""
+    if key not in model.functions:
+        return False
+    domain = model.functions.pop(key).domain
+    if domain not in ("", "ai.onnx") and not _uses_domain(model, domain):
+        model.opset_imports.pop(domain, None)
+    return True
+
+
+def _uses_domain(model: ir.Model, domain: str) -> bool:
+    functions = model.functions.values()
+    if any(f.domain == domain or domain in f.opset_imports for f in functions):
+        return True
+    return any(node.domain == domain for graph, _ in iter_graph_sites(model) for node in graph)

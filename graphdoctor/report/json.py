@@ -113,11 +113,29 @@ def _verification(result) -> dict[str, Any]:
     }
 
 
+def _fp16(result) -> dict[str, Any]:
+    report = result.fp16
+    return {
+        "already_fp16": report.already_fp16,
+        "converted_nodes": report.converted_nodes,
+        "tensors_converted": report.tensors_converted,
+        "casts_added": report.casts_added,
+        "ranges_measured": report.ranges_measured,
+        "functions_kept": report.functions_kept,
+        "kept_fp32": [dict(k.__dict__) for k in report.kept],
+        "kept_after_verification": [{"node": node, "reason": why} for node, why in result.fp16_repaired],
+        "changed_values": [dict(c.__dict__) for c in report.changed],
+    }
+
+
 def render_fix(result, stream: TextIO) -> None:
     """Schema (version 1): {"schema_version", "tool", "version", "fix": {"path", "output", "written", "dry_run",
     "converged", "size_before", "size_after" (null when nothing was written), "seconds", "blamed" (rules whose
     fixes alone fail verification), "fixes": [{"code", "name", "repairs": {message_id: count}, "safety",
-    "nodes_removed", "bytes_saved"}], "verify": (as in `verify`'s report) | null}}"""
+    "nodes_removed", "bytes_saved"}], "fp16": {"already_fp16", "converted_nodes", "tensors_converted",
+    "casts_added", "ranges_measured", "functions_kept", "kept_fp32": [{"node", "op_type", "graph", "reason"}],
+    "kept_after_verification": [{"node", "reason"}], "changed_values": [{"tensor", "what", "count", "worst"}]}
+    | null, "verify": (as in `verify`'s report) | null}}"""
     fixed = {
         "path": str(result.path),
         "output": str(result.output),
@@ -139,6 +157,7 @@ def render_fix(result, stream: TextIO) -> None:
             }
             for f in result.fixes
         ],
+        "fp16": _fp16(result) if result.fp16 is not None else None,
         "verify": _verification(result.verification) if result.verification is not None else None,
     }
     document = {"schema_version": SCHEMA_VERSION, "tool": "graphdoctor", "version": __version__, "fix": fixed}

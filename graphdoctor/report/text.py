@@ -189,11 +189,13 @@ def render_fix(result, stream: TextIO, color: bool) -> None:
     out = _Writer(stream, color)
     head = f"fix {result.path} → {result.output}"
     out.line(f"[bold]fix[/bold] {_escape(head.removeprefix('fix '))}", plain=head)
-    if not result.fixes:
+    if not result.changed:
         out.line("nothing to fix: no selected rule has a fix to apply")
     for fixes in result.fixes:
         line = _fix_line(fixes)
         out.line(f"  {_escape(line)}", plain=f"  {line}")
+    if result.fp16 is not None:
+        _render_fp16(result, out)
     if not result.converged:
         out.line("  [bold red]fixes still changed the model after 10 rounds: stopped[/bold red]", plain="  stopped")
     if result.verification is not None:
@@ -202,6 +204,44 @@ def render_fix(result, stream: TextIO, color: bool) -> None:
             _render_verdict(verdict, out)
     out.line("")
     _render_fix_outcome(result, out)
+
+
+_LISTED_FP16 = 8  # kept nodes and changed constants listed one by one; the rest are counted
+
+
+def _render_fp16(result, out: _Writer) -> None:
+    """What the converter did and, node by node, what it kept in FP32 and why; every value it changed."""
+    report = result.fp16
+    if report.already_fp16:
+        out.line("  FP16: the model holds no float32 tensor: already FP16, nothing to convert")
+        return
+    head = (
+        f"  FP16: {report.converted_nodes} nodes converted, {len(report.kept)} kept FP32,"
+        f" {report.tensors_converted} constants converted, {report.casts_added} Casts at region boundaries"
+    )
+    out.line(_escape(head), plain=head)
+    measured = (
+        "activations measured on the sample inputs"
+        if report.ranges_measured
+        else ("activations not measured (no sample inputs with --no-verify): only constants were checked")
+    )
+    out.line(f"    {measured}")
+    for kept in report.kept[:_LISTED_FP16]:
+        line = f"    kept FP32: '{kept.node}' ({kept.op_type}): {kept.reason}"
+        out.line(_escape(line), plain=line)
+    if len(report.kept) > _LISTED_FP16:
+        out.line(f"    kept FP32: {len(report.kept) - _LISTED_FP16} more (--format json lists them all)")
+    for node, why in result.fp16_repaired:
+        line = f"    kept FP32 after verification: '{node}': {why}"
+        out.line(_escape(line), plain=line)
+    for change in report.changed[:_LISTED_FP16]:
+        line = f"    '{change.tensor}': {change.count} value(s) {change.what} (worst {change.worst:.3g})"
+        out.line(_escape(line), plain=line)
+    if len(report.changed) > _LISTED_FP16:
+        more = sum(c.count for c in report.changed[_LISTED_FP16:])
+        out.line(f"    {len(report.changed) - _LISTED_FP16} more constants with {more} changed value(s)")
+    if report.functions_kept:
+        out.line(f"    {report.functions_kept} model-local function(s) left in FP32")
 
 
 def _fix_line(fixes) -> str:

@@ -17,8 +17,11 @@ from graphdoctor.rule import load_rules
 def fix_proto(
     proto: onnx.ModelProto, select: str | list[str], *, unsafe: bool = False, opt_ins: tuple[str, ...] = ()
 ) -> tuple[onnx.ModelProto, list[RuleFixes]]:
-    """The model after the selected rules' fixes (reached a fixed point), and what each rule did."""
-    model = ir.serde.deserialize_model(proto)
+    """The model after the selected rules' fixes (reached a fixed point), and what each rule did. The given
+    proto is left as it was (onnx-ir tensors wrap the proto's, so the IR works on a copy)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    model = ir.serde.deserialize_model(copy)
     rules = select_rules(load_rules(), [select] if isinstance(select, str) else select)
     fixes, converged = apply_fixes(model, rules, FixPolicy(unsafe=unsafe, opt_ins=frozenset(opt_ins)))
     assert converged, "the fixes did not reach a fixed point"
