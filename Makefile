@@ -1,12 +1,13 @@
 # The two commands of the README. Each creates .venv and installs what it needs on a fresh machine.
-#   make demo  - runtime dependencies only (no torch): lint the bundled YOLO-style example, then verify it under FP16 emulation
+#   make demo  - runtime dependencies only (no torch): lint the bundled YOLO-style example, verify it under FP16
+#                emulation, then fix it and convert it to FP16 (verified before it is written)
 #   make test  - test and fixture dependencies (torch from this machine's disk), ruff, the fixtures, pytest
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test fixtures bench-lint bench-verify clean
+.PHONY: demo test fixtures bench-lint bench-verify bench-fix clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,10 @@ demo: $(VENV)/.runtime
 	@echo "Would it survive FP16? ONNX Runtime CPU cannot tell; FP16 emulation rounds every tensor through FP16:"
 	$(BIN)/graphdoctor verify examples/yolo_demo.onnx --backend onnxruntime-cpu --backend fp16-emulation \
 		--shape images:1x3x320x320
+	@echo
+	@echo "Fix it and convert it to FP16, verified before it is written (into .cache/demo/, the example stays as it is):"
+	@mkdir -p .cache/demo
+	$(BIN)/graphdoctor fix examples/yolo_demo.onnx --fp16 -o .cache/demo/yolo_demo.fp16.onnx --shape images:1x3x320x320
 
 fixtures: $(VENV)/.test
 	$(BIN)/python -m fixtures build
@@ -46,6 +51,10 @@ bench-lint: $(VENV)/.test
 bench-verify: $(VENV)/.test
 	$(PIP) -e '.[bench]'
 	$(BIN)/python bench/verify.py
+
+bench-fix: $(VENV)/.test
+	$(PIP) -e '.[bench]'
+	$(BIN)/python bench/fix.py
 
 clean:
 	rm -rf $(VENV) .cache

@@ -1,19 +1,28 @@
-"""GD001 int64-weights: INT64 constants, and which of them TensorRT's cast to INT32 would corrupt.
+"""GD001 int64-weights: INT64 constants, which of them TensorRT's cast to INT32 would corrupt, and INT64
+shape arithmetic on static shapes.
 
 What it finds
-    INT64 initializers, Constant nodes and ConstantOfShape fill values, sorted into three kinds:
+    INT64 initializers, Constant nodes and ConstantOfShape fill values, sorted into kinds:
 
     - values that all fit in INT32: one summary finding (info) for all of them;
     - values outside INT32 used as clamp-safe sentinels (info, per tensor): Slice `starts`/`ends`
-      (INT64_MAX, INT64_MIN: "to the end", "from the end"), a Loop trip count, and bounds that clamping
-      leaves without effect (a Min or Clip `max` above INT32, a Max or Clip `min` below it), reached
-      directly or through nodes that only move values (Concat, Unsqueeze, Squeeze, Reshape, Identity,
-      Cast to INT64, Gather/Slice/Split/Expand/Tile/Transpose/Flatten of the data, If/Loop outputs);
+      (INT64_MAX, INT64_MIN: "to the end", "from the end") and a Loop trip count; and, separately, bounds
+      that clamping leaves without effect on INT32 values (a Min or Clip `max` above INT32, a Max or Clip
+      `min` below it); reached directly or through nodes that only move values (Concat, Unsqueeze,
+      Squeeze, Reshape, Identity, Cast to INT64, Gather/Slice/Split/Expand/Tile/Transpose/Flatten of the
+      data, If/Loop outputs);
     - values outside INT32 anywhere else (error, per tensor): Gather indices, arithmetic, Range,
       ConstantOfShape/Expand shapes, Equal/Where comparisons and fills such as INT64_MIN masks.
 
     Only constants are checked, not the range of INT64 graph inputs. Out-of-range constants that no node
     reads are left to dead-code checks.
+
+    It also finds shape arithmetic on static shapes (info, one finding per computed value that a runtime
+    node reads): `Shape`/`Size` of a main-graph value whose dims are static (all of them, or the ones a
+    Shape `start`/`end` or a Gather/Slice of the shape selects), and the integer and bool nodes computing
+    on such values and constants (Gather, Slice, Concat, Unsqueeze, Squeeze, Reshape, Add, Sub, Mul, Div,
+    Cast, Equal, Where, Range, ConstantOfShape, ...). The values are known before run time; exporters
+    still write them as INT64 nodes (TorchScript writes `x.shape[1] // 4` as Shape → Gather → Div).
 
 Why it matters
     TensorRT 8.x (still the parser of JetPack 5) imports INT64 weights as INT32 and logs once per model
@@ -22,35 +31,54 @@ Why it matters
     `astype(np.int32)` wraps them instead: INT64_MAX becomes -1). For a Slice end that still means
     "to the end" unless a dimension reaches 2^31 elements; for an index, a shape, a comparison or a mask
     fill it silently changes what the model computes. TensorRT 10 added native INT64 for many layers.
+    Shape arithmetic on static shapes is INT64 computation that TensorRT turns into INT32 shape tensors at
+    build time and ONNX Runtime runs as small kernels at every call: nodes that need not exist.
 
 How to fix
-    Sentinels and values that fit need nothing: the warning is harmless for them. Keep them INT64 in the
-    file: ONNX requires INT64 for Reshape `shape`, Expand `shape`, Tile `repeats`, ConstantOfShape's input,
-    Unsqueeze/Squeeze/Reduce `axes`, Pad `pads`, Resize `sizes`, TopK `K`, Split `split`, Loop `M` and
-    GatherND/ScatterND `indices`; TensorRT narrows them itself. Slice starts/ends/axes/steps and Gather
-    indices may be INT32 or INT64. For an error, bring the value into INT32 range in the model code
-    (e.g. `torch.iinfo(torch.int32).min` as a mask fill, indices below 2^31) and re-export.
+    `graphdoctor fix` (safe: outputs bit-identical, graph I/O unchanged):
+    - clamps sentinels read only as Slice starts/ends or a Loop trip count to INT32 (2147483647 or
+      -2147483648) in the file, keeping the tensor INT64 (ONNX requires INT64 for some inputs, and Slice
+      accepts it): Slice clamps starts and ends to the dimension, so the result is the same for every
+      dimension below 2^31 elements, as it is for a loop that stops before 2^31 iterations;
+    - folds shape arithmetic on static shapes into constants (evaluated with ONNX's reference runtime,
+      integer and bool results only, each at most `fold_max_bytes` or no larger than its inputs) and
+      removes the nodes only it needed. It never folds in functions or subgraphs.
+    It leaves bounds (Min/Max/Clip) alone: clamping them in the file would change the results for INT64
+    inputs outside INT32. It cannot repair an out-of-range value: bring the value into INT32 range in the
+    model code (e.g. `torch.iinfo(torch.int32).min` as a mask fill, indices below 2^31) and re-export.
+    Values that fit need nothing: keep them INT64 in the file; ONNX requires INT64 for Reshape `shape`,
+    Expand `shape`, Tile `repeats`, ConstantOfShape's input, Unsqueeze/Squeeze/Reduce `axes`, Pad
+    `pads`, Resize `sizes`, TopK `K`, Split `split`, Loop `M` and GatherND/ScatterND `indices`; TensorRT
+    narrows them itself. Slice starts/ends/axes/steps and Gather indices may be INT32 or INT64.
+
+Options
+    fold_max_bytes (1024): fold a static shape value only when it takes at most this many bytes (or no
+    more than the constants it is computed from).
 """
 
 from __future__ import annotations
 
 import functools
-from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnx.defs
 import onnx_ir as ir
+from onnx.reference import ReferenceEvaluator
 
+from graphdoctor import rewrite
 from graphdoctor.analysis.constants import const_tensor, iter_constant_values
-from graphdoctor.analysis.format import format_bytes
+from graphdoctor.analysis.format import format_bytes, format_dtype, format_shape, format_type
 from graphdoctor.analysis.graph import node_label, opset_version, subgraph_owners
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.engine import RuleContext
-from graphdoctor.rule import Finding, Message, RuleKind, RuleMeta, Severity
+from graphdoctor.rule import Finding, FixSafety, Message, RuleKind, RuleMeta, Severity
 
-__all__ = ["META", "check"]
+__all__ = ["META", "Options", "check"]
 
 _INT64 = ir.DataType.INT64
 _I32_MIN, _I32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
@@ -59,13 +87,31 @@ _MOVES_DATA = {"Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Transp
 _MOVES_DATA |= {"Gather", "Slice", "Split", "Expand", "Tile"}
 _READS_SHAPE_ONLY = {"Shape", "Size"}  # the values never matter to these
 _LISTED = 2  # nodes named in a 'via' chain
+_FIX_HELP = "`graphdoctor fix` (safe)"
+# Static shape arithmetic: the ops folded (deterministic, no subgraphs), the ops whose data input may be a
+# partly known shape (they select dims), and the largest constant read as an operand.
+_FOLDED_OPS = {"Identity", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Transpose"}
+_FOLDED_OPS |= {"Expand", "Tile", "ConstantOfShape", "Range", "Cast", "Where"}
+_FOLDED_OPS |= {"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Min", "Max", "Sign"}
+_FOLDED_OPS |= {"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor"}
+_FOLDED_OPS |= {"ReduceProd", "ReduceSum", "ReduceMin", "ReduceMax"}
+_SELECTS_DIMS = {"Gather", "Slice"}
+_PURE_OPS = _FOLDED_OPS | _READS_SHAPE_ONLY | {"Constant"}  # removed once nothing reads them
+_MAX_OPERAND_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Options:
+    fold_max_bytes: int = 1024  # largest static shape value folded (unless no larger than its operands)
+
 
 META = RuleMeta(
     code="GD001",
     name="int64-weights",
     kind=RuleKind.PROBLEM,
     severity=Severity.ERROR,
-    summary="INT64 constants: harmless, clamp-safe sentinels, or values TensorRT's cast to INT32 corrupts",
+    summary="INT64 constants: harmless, clamp-safe sentinels, or values TensorRT's cast to INT32 corrupts;"
+    " INT64 shape arithmetic on static shapes",
     messages={
         "fit": Message(
             "{summary} in INT32: TensorRT's cast to INT32 is lossless for them, so its INT64-weights"
@@ -77,7 +123,16 @@ META = RuleMeta(
         "sentinel": Message(
             "INT64 {kind} '{name}' holds {value}, outside INT32, as {role} of {op} '{consumer}'{via}:"
             " TensorRT clamps it to {clamped}, which {effect}",
-            help="nothing to do: a clamp-safe sentinel; keep it INT64 in the file (TensorRT narrows it itself)",
+            help=f"clamp it in the file: {_FIX_HELP} stores {{clamped}} and keeps the tensor INT64, which"
+            " selects the same elements for any dimension below 2^31",
+            severity=Severity.INFO,
+            fix=FixSafety.SAFE,
+        ),
+        "sentinel_bound": Message(
+            "INT64 {kind} '{name}' holds {value}, outside INT32, as {role} of {op} '{consumer}'{via}:"
+            " TensorRT clamps it to {clamped}, which {effect}",
+            help="nothing to do for TensorRT; keep it INT64 in the file. `graphdoctor fix` leaves it: clamped"
+            " in the file, it would bound INT64 inputs outside INT32 differently",
             severity=Severity.INFO,
         ),
         "out_of_range": Message(
@@ -87,7 +142,16 @@ META = RuleMeta(
             help="{advice}",
             severity=Severity.ERROR,
         ),
+        "static_shape_arithmetic": Message(
+            "{count} node(s) ({ops}) compute {result} at run time from the static shape of {sources}{reader}:"
+            " INT64 arithmetic on values known before run time (TensorRT computes it as INT32 shape tensors"
+            " at build time)",
+            help=f"fold it: {_FIX_HELP} stores {{result}} as a constant and removes the nodes only it needed",
+            severity=Severity.INFO,
+            fix=FixSafety.SAFE,
+        ),
     },
+    options=Options(),
 )
 
 
@@ -125,7 +189,8 @@ class _Sink:
 
 
 def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
-    """One summary for the constants that fit, one finding per out-of-range constant that a node reads."""
+    """One summary for the constants that fit, one finding per out-of-range constant that a node reads, one
+    per value of static shape arithmetic that a runtime node reads."""
     fitting: list[tuple[_Source, int]] = []
     total = 0
     owners: dict[int, ir.Node] | None = None  # walked only when some value is out of range
@@ -143,6 +208,7 @@ def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
                 yield finding
     if fitting:
         yield _report_fitting(ctx, fitting, total)
+    yield from _check_static_shapes(model, ctx)
 
 
 def _sources(ctx: RuleContext) -> Iterator[_Source]:
@@ -195,7 +261,11 @@ def _classify(
     harmed = [sink for sink in sinks if _clamp_safe_role(sink, value_range) is None]
     if harmed:
         return _report_out_of_range(model, ctx, source, value_range, harmed)
-    return _report_sentinel(ctx, source, value_range, sinks[0])
+    bounds = [sink for sink in sinks if not _selects_the_same(sink)]
+    if bounds:
+        return _report_sentinel(ctx, source, value_range, bounds[0], "sentinel_bound")
+    repair = None if source.value.is_graph_input() else _clamp_sentinel(source)
+    return _report_sentinel(ctx, source, value_range, sinks[0], "sentinel", repair)
 
 
 def _trace(start: ir.Value, owners: dict[int, ir.Node]) -> list[_Sink]:
@@ -284,6 +354,49 @@ def _clamp_safe_role(sink: _Sink, value_range: _Range) -> tuple[str, str] | None
     return None
 
 
+def _selects_the_same(sink: _Sink) -> bool:
+    """Uses whose result a clamp to INT32 in the file keeps bit for bit, whatever the inputs: Slice starts
+    and ends (clamped to the dimension anyway), a Loop's trip count (for loops of fewer than 2^31 steps)."""
+    node = sink.node
+    return node is not None and (
+        (node.op_type == "Slice" and sink.index in (1, 2)) or (node.op_type == "Loop" and sink.index == 0)
+    )
+
+
+def _clamp_sentinel(source: _Source) -> Callable[[], bool]:
+    """Store the sentinel clamped to INT32, still as INT64, where it is: the initializer, the Constant
+    node's value or the ConstantOfShape fill."""
+
+    def repair() -> bool:
+        tensor = const_tensor(source.value) if source.kind != "ConstantOfShape value" else _int64_fill(_owner(source))
+        if tensor is None:
+            return False
+        values = tensor.numpy()
+        clamped = np.clip(values, _I32_MIN, _I32_MAX)
+        if np.array_equal(clamped, values):
+            return False  # an earlier repair did it
+        _replace_tensor(source, ir.tensor(clamped, dtype=_INT64, name=tensor.name))
+        return True
+
+    return repair
+
+
+def _owner(source: _Source) -> ir.Node:
+    producer = source.value.producer()
+    assert producer is not None  # Constant and ConstantOfShape sources are node outputs
+    return producer
+
+
+def _replace_tensor(source: _Source, tensor: ir.TensorProtocol) -> None:
+    if source.kind == "initializer":
+        source.value.const_value = tensor
+        return
+    node = _owner(source)
+    if source.kind == "Constant":
+        node.attributes.clear()  # value_ints and the like become a plain tensor
+    node.attributes["value"] = ir.AttrTensor("value", tensor)
+
+
 def _clamped(value: int) -> int:
     return min(max(value, _I32_MIN), _I32_MAX)
 
@@ -317,11 +430,18 @@ def _report_fitting(ctx: RuleContext, fitting: list[tuple[_Source, int]], total:
     )
 
 
-def _report_sentinel(ctx: RuleContext, source: _Source, value_range: _Range, sink: _Sink) -> Finding:
+def _report_sentinel(
+    ctx: RuleContext,
+    source: _Source,
+    value_range: _Range,
+    sink: _Sink,
+    message_id: str,
+    repair: Callable[[], bool] | None = None,
+) -> Finding:
     assert sink.node is not None
     role, effect = _clamp_safe_role(sink, value_range) or ("", "")
     return ctx.report(
-        "sentinel",
+        message_id,
         node=sink.node,
         values=[source.value],
         kind=source.kind,
@@ -333,6 +453,7 @@ def _report_sentinel(ctx: RuleContext, source: _Source, value_range: _Range, sin
         via=_via(sink),
         clamped=_clamped(value_range.example),
         effect=effect,
+        repair=repair,
     )
 
 
@@ -371,12 +492,13 @@ def _report_out_of_range(
 
 def _advice(model: ir.Model, sink: _Sink, input_name: str) -> str:
     bring = "bring the value into INT32 range in the model code and re-export"
+    cannot = "`graphdoctor fix` cannot repair it: only the model code knows which INT32 value is meant"
     if sink.node is not None and _requires_int64(model, sink.node, sink.index):
         return (
             f"{bring}; keep the tensor INT64 in the file: ONNX requires INT64 for '{input_name}' of"
-            f" {sink.node.op_type}, and TensorRT narrows it itself"
+            f" {sink.node.op_type}, and TensorRT narrows it itself. {cannot}"
         )
-    return f"{bring} (e.g. torch.iinfo(torch.int32).min as a mask fill instead of the INT64 minimum)"
+    return f"{bring} (e.g. torch.iinfo(torch.int32).min as a mask fill instead of the INT64 minimum). {cannot}"
 
 
 @functools.lru_cache(maxsize=512)
@@ -411,3 +533,317 @@ def _input_name(model: ir.Model, node: ir.Node, index: int) -> str:
 def _requires_int64(model: ir.Model, node: ir.Node, index: int) -> bool:
     formal = _schema_input(model, node, index)
     return formal is not None and formal[1] == ("tensor(int64)",)
+
+
+# --- static shape arithmetic ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Static:
+    """What the main graph computes before run time: values from static shapes (and the constants they
+    combine with), partly known shapes, and the nodes that could be folded."""
+
+    arrays: dict[int, np.ndarray | None] = field(default_factory=dict)  # id(value) -> its value; None: unknown
+    partial: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # id(value) -> (value, known)
+    from_shape: set[int] = field(default_factory=set)  # ids of values computed from a Shape or Size
+    foldable: set[int] = field(default_factory=set)  # ids of nodes whose outputs are all known from a shape
+    computed: dict[int, int] = field(default_factory=dict)  # id(node) -> graph position, for nodes on shapes
+
+
+def _check_static_shapes(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
+    """One finding per value of static shape arithmetic that something computed at run time reads."""
+    opset = opset_version(model)
+    reads_shapes = any(_is_ai_onnx(node) and node.op_type in _READS_SHAPE_ONLY for node in model.graph)
+    # Shape inference only when there is a shape to read: ONNX's data propagation can be costly.
+    if opset is None or not reads_shapes or not ctx.analysis.types_inferred:
+        return
+    static = _evaluate_graph(model.graph, opset, model.ir_version, ctx)
+    for node in model.graph:
+        if id(node) in static.foldable:
+            for value in node.outputs:
+                if _read_at_run_time(value, static):
+                    yield _report_static(ctx, node, value, static)
+
+
+def _evaluate_graph(graph: ir.Graph, opset: int, ir_version: int, ctx: RuleContext) -> _Static:
+    static = _Static()
+    for position, node in enumerate(graph):
+        if not _is_ai_onnx(node):
+            continue
+        if node.op_type in _READS_SHAPE_ONLY:
+            _evaluate_shape(node, static, position)
+        elif node.op_type in _FOLDED_OPS:
+            _evaluate_node(node, static, position, (opset, ir_version), ctx)
+    return static
+
+
+def _evaluate_shape(node: ir.Node, static: _Static, position: int) -> None:
+    """Shape (its start/end dims) or Size of a value whose inferred dims are static, all or some."""
+    data = node.inputs[0] if node.inputs else None
+    if data is None or data.shape is None or len(node.outputs) != 1:
+        return
+    dims = list(data.shape)
+    if node.op_type == "Shape":
+        rank = len(dims)
+        start, end = (
+            _dim_bound(node.attributes.get_int(key, default), rank) for key, default in (("start", 0), ("end", rank))
+        )
+        dims = dims[start:end]
+    known = np.array([isinstance(d, int) for d in dims], dtype=bool)
+    values = np.array([d if isinstance(d, int) else 0 for d in dims], dtype=np.int64)
+    if node.op_type == "Size":
+        values, known = np.array(int(np.prod(values)), dtype=np.int64), np.array(known.all())
+    output = node.outputs[0]
+    if known.all():
+        static.arrays[id(output)] = values
+        static.foldable.add(id(node))
+    elif known.any():
+        static.partial[id(output)] = (values, known)
+        static.arrays[id(output)] = None  # not fully known
+    else:
+        return
+    static.from_shape.add(id(output))
+    static.computed[id(node)] = position
+
+
+def _dim_bound(bound: int, rank: int) -> int:
+    """Shape's start/end: negative counts from the back, then clamped to [0, rank]."""
+    return min(max(bound + rank if bound < 0 else bound, 0), rank)
+
+
+def _evaluate_node(node: ir.Node, static: _Static, position: int, versions: tuple[int, int], ctx: RuleContext) -> None:
+    """Evaluate a node computing on a shape whose other operands are all known (a partly known shape only as
+    the data that Gather or Slice selects from); keep integer and bool results within the size guard."""
+    if not any(value is not None and id(value) in static.from_shape for value in node.inputs):
+        return  # constants only: evaluated when shape arithmetic reads it (`_operand`), else not our business
+    static.arrays.update((id(value), None) for value in node.outputs)  # unknown unless evaluated below
+    operands: list[np.ndarray | None] = []
+    partial: tuple[np.ndarray, np.ndarray] | None = None
+    for index, value in enumerate(node.inputs):
+        array = _operand(value, static, versions, ctx) if value is not None else None
+        if value is not None and array is None:
+            if index != 0 or node.op_type not in _SELECTS_DIMS or id(value) not in static.partial:
+                return
+            partial = static.partial[id(value)]
+            array = partial[0]
+        operands.append(array)
+    budget = max(ctx.options.fold_max_bytes, sum(a.nbytes for a in operands if a is not None))
+    results = _run_node(node, operands, versions, budget)
+    if results is None:
+        return
+    if partial is not None:
+        known = _run_node(node, [partial[1].astype(np.int64), *operands[1:]], versions, budget)
+        if known is None:
+            return
+        if not known[0].all():
+            static.partial[id(node.outputs[0])] = (results[0], known[0].astype(bool))
+            static.from_shape.add(id(node.outputs[0]))
+            static.computed[id(node)] = position
+            return
+    static.arrays.update((id(value), array) for value, array in zip(node.outputs, results, strict=True))
+    static.from_shape.update(id(value) for value in node.outputs)
+    static.foldable.add(id(node))
+    static.computed[id(node)] = position
+
+
+def _operand(value: ir.Value, static: _Static, versions: tuple[int, int], ctx: RuleContext) -> np.ndarray | None:
+    """A value known before run time: computed from shapes, a small readable constant (not an overridable
+    input), or computed from such constants by nodes of the folded kinds (an Unsqueeze of a Constant, say)."""
+    if id(value) in static.arrays or value.is_graph_input():
+        return static.arrays.get(id(value))
+    tensor = const_tensor(value)
+    producer = value.producer()
+    if tensor is not None:
+        unreadable = tensor.dtype in (ir.DataType.STRING, ir.DataType.UNDEFINED) or tensor.nbytes > _MAX_OPERAND_BYTES
+        array = None if unreadable else ctx.analysis.const_array(value)
+    elif producer is not None and _is_ai_onnx(producer) and producer.op_type in _FOLDED_OPS:
+        array = _evaluate_on_constants(producer, value, static, versions, ctx)
+    else:
+        array = None
+    static.arrays[id(value)] = array  # None too: tried once
+    return array
+
+
+def _evaluate_on_constants(
+    node: ir.Node, value: ir.Value, static: _Static, versions: tuple[int, int], ctx: RuleContext
+) -> np.ndarray | None:
+    operands = [None if v is None else _operand(v, static, versions, ctx) for v in node.inputs]
+    if any(array is None for v, array in zip(node.inputs, operands, strict=True) if v is not None):
+        return None
+    results = _run_node(node, operands, versions, ctx.options.fold_max_bytes)
+    return None if results is None else results[list(node.outputs).index(value)]
+
+
+def _run_node(
+    node: ir.Node, operands: Sequence[np.ndarray | None], versions: tuple[int, int], budget: int
+) -> list[np.ndarray] | None:
+    """The node's outputs computed by ONNX's reference runtime on a one-node model, or None when they are
+    not all integer or bool, exceed `budget` bytes, disagree with the declared dtypes, or the node fails
+    (division by zero included: undefined in ONNX)."""
+    if _result_elements(node, operands) > budget:
+        return None  # ConstantOfShape, Expand, Tile and Range can make huge tensors from tiny operands
+    divisor = operands[1] if node.op_type in ("Div", "Mod") else None
+    if divisor is not None and divisor.dtype.kind in "iu" and not divisor.all():
+        return None
+    try:
+        with np.errstate(all="ignore"):
+            results = ReferenceEvaluator(_one_node_model(node, operands, versions)).run(None, _feeds(operands))
+    except Exception:  # the reference runtime rejects what it cannot compute; then it is not folded
+        return None
+    arrays = [np.asarray(result) for result in results]
+    for value, array in zip(node.outputs, arrays, strict=True):
+        declared = value.dtype
+        if array.dtype.kind not in "iub" or array.nbytes > budget:
+            return None
+        if declared is not None and declared != ir.DataType.from_numpy(array.dtype):
+            return None
+    return arrays
+
+
+def _result_elements(node: ir.Node, operands: Sequence[np.ndarray | None]) -> float:
+    """An upper bound on the output's elements for the ops that expand; 0 for the others (bounded by their
+    operands). Malformed operands count as infinite, so they are never run."""
+    op = node.op_type
+    try:
+        if op == "ConstantOfShape":
+            return math.prod(int(d) for d in operands[0].reshape(-1))
+        if op == "Expand":
+            shape = np.broadcast_shapes(operands[0].shape, tuple(int(d) for d in operands[1].reshape(-1)))
+            return math.prod(shape)
+        if op == "Tile":
+            return math.prod(int(d) * int(r) for d, r in zip(operands[0].shape, operands[1].reshape(-1), strict=True))
+        if op == "Range":
+            start, limit, delta = (operands[i].item() for i in range(3))
+            return max(math.ceil((limit - start) / delta), 0)
+    except (AttributeError, IndexError, TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return math.inf
+    return 0
+
+
+def _one_node_model(node: ir.Node, operands: Sequence[np.ndarray | None], versions: tuple[int, int]) -> onnx.ModelProto:
+    inputs = [
+        None
+        if array is None
+        else ir.Value(
+            name=f"input{i}", type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape)
+        )
+        for i, array in enumerate(operands)
+    ]
+    copy = ir.Node("", node.op_type, inputs, list(node.attributes.values()), num_outputs=len(node.outputs))
+    for i, output in enumerate(copy.outputs):
+        output.name = f"output{i}"
+    opset, ir_version = versions
+    graph = ir.Graph([v for v in inputs if v is not None], copy.outputs, nodes=[copy], opset_imports={"": opset})
+    return ir.serde.serialize_model(ir.Model(graph, ir_version=ir_version))
+
+
+def _feeds(operands: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
+    return {f"input{i}": array for i, array in enumerate(operands) if array is not None}
+
+
+def _read_at_run_time(value: ir.Value, static: _Static) -> bool:
+    """Whether a folded value is read by something not folded with it: a node computed at run time, a
+    subgraph, or the graph's outputs."""
+    if static.arrays.get(id(value)) is None:
+        return False
+    return value.is_graph_output() or any(id(use.node) not in static.foldable for use in value.uses())
+
+
+def _report_static(ctx: RuleContext, node: ir.Node, value: ir.Value, static: _Static) -> Finding:
+    array = static.arrays[id(value)]
+    assert array is not None  # `_read_at_run_time` checked
+    region = _region(node, static)
+    ops = Counter(n.op_type for n in region)
+    shapes_of = list({id(n.inputs[0]): n.inputs[0] for n in region if n.op_type in _READS_SHAPE_ONLY}.values())
+    sources = ", ".join(f"'{v.name}' ({format_type(v)})" for v in shapes_of[:_LISTED])
+    if len(shapes_of) > _LISTED:
+        sources += f" and {len(shapes_of) - _LISTED} more"
+    return ctx.report(
+        "static_shape_arithmetic",
+        node=node,
+        values=[value],
+        count=len(region),
+        ops=", ".join(op if n == 1 else f"{n} {op}" for op, n in ops.items()),
+        result=_preview(array),
+        sources=sources,
+        reader=_first_reader(value, static),
+        nbytes=int(array.nbytes),
+        repair=_fold_static(value, array),
+    )
+
+
+def _region(node: ir.Node, static: _Static) -> list[ir.Node]:
+    """The nodes computing `node`'s outputs from shapes, in graph order (constant-only nodes left out)."""
+    found: dict[int, ir.Node] = {}
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if id(current) in found or id(current) not in static.computed:
+            continue
+        found[id(current)] = current
+        pending.extend(v.producer() for v in current.inputs if v is not None and v.producer() is not None)
+    return sorted(found.values(), key=lambda n: static.computed[id(n)])
+
+
+def _first_reader(value: ir.Value, static: _Static) -> str:
+    for use in value.uses():
+        if id(use.node) not in static.foldable:
+            return f" for {use.node.op_type} '{node_label(use.node)}'"
+    return f" as graph output '{value.name}'"
+
+
+def _preview(array: np.ndarray, limit: int = 8) -> str:
+    values = ", ".join(str(v) for v in array.reshape(-1)[:limit].tolist())
+    more = ", ..." if array.size > limit else ""
+    dtype = format_dtype(ir.DataType.from_numpy(array.dtype))
+    return f"{dtype}{format_shape(ir.Shape(array.shape))} {{{values}{more}}}"
+
+
+def _fold_static(value: ir.Value, array: np.ndarray) -> Callable[[], bool]:
+    """Replace the value by a constant, then remove the nodes (and constants) only it needed."""
+
+    def repair() -> bool:
+        producer = value.producer()
+        if producer is None or not rewrite.is_attached(producer):
+            return False
+        rewrite.replace_value(value, _store_constant(producer, value, array))
+        _remove_dead(producer)
+        return True
+
+    return repair
+
+
+def _store_constant(node: ir.Node, output: ir.Value, array: np.ndarray) -> ir.Value:
+    """An initializer holding `array` under `output`'s name, to replace it; a Constant node before `node`
+    when `output` is a graph output (then `rewrite.replace_value` names it)."""
+    graph = node.graph
+    assert isinstance(graph, ir.Graph)
+    dtype = ir.DataType.from_numpy(array.dtype)
+    if output.is_graph_output():
+        constant = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(array, dtype=dtype))], num_outputs=1)
+        graph.insert_before(node, constant)
+        folded = constant.outputs[0]
+    else:
+        name, output.name = output.name, None
+        folded = ir.Value(name=name, const_value=ir.tensor(array, dtype=dtype, name=name))
+        graph.register_initializer(folded)
+    folded.type, folded.shape = ir.TensorType(dtype), ir.Shape(array.shape)
+    return folded
+
+
+def _remove_dead(node: ir.Node) -> None:
+    """Remove `node` if nothing reads it any more, and so on up through the side-effect-free nodes and the
+    initializers that only fed it."""
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if not rewrite.is_attached(current) or any(o.uses() or o.is_graph_output() for o in current.outputs):
+            continue
+        operands = [v for v in current.inputs if v is not None]
+        rewrite.remove_node(current)
+        for operand in operands:
+            producer = operand.producer()
+            if producer is not None and _is_ai_onnx(producer) and producer.op_type in _PURE_OPS:
+                pending.append(producer)
+            elif producer is None and not (operand.uses() or operand.is_graph_input() or operand.is_graph_output()):
+                rewrite.remove_initializer(operand)

@@ -22,24 +22,41 @@ Why it matters
     silently turning a truncation into an identity (4.05 instead of 4.0).
 
 How to fix
-    `graphdoctor fix` removes same-type Casts and lossless round trips and folds Casts of constants (safe:
-    outputs stay bit-identical). Lossy round trips are never removed; if one is intended, keep it (and
-    check the output of simplifiers that collapse it), otherwise cast once or keep the wider type.
+    `graphdoctor fix` (safe: outputs stay bit-identical, graph inputs and outputs keep their names):
+    - removes same-type Casts, their readers reading the input directly;
+    - removes both Casts of a lossless round trip, or only the second when the intermediate value has other
+      readers;
+    - folds a Cast of a constant into a constant of the target type (a new initializer, or a Constant node
+      where the source was one), converted as ONNX Runtime's Cast does, and drops the source when nothing
+      else reads it. It leaves the Cast when the conversion is not unambiguous (NaN between float types,
+      float to integer outside the target range, float64 to float16 whose rounding depends on the path,
+      float8/int4 types), when the data cannot be read, and when the source has other readers and the copy
+      would exceed `fold_shared_max_bytes`.
+    Lossy round trips are never removed; if one is intended, keep it (and check the output of simplifiers
+    that collapse it), otherwise cast once or keep the wider type.
+
+Options
+    fold_shared_max_bytes (1024): fold a Cast of a constant that other nodes also read only when the
+    converted copy is at most this many bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
+import numpy as np
 import onnx_ir as ir
 
+from graphdoctor import rewrite
 from graphdoctor.analysis.constants import const_tensor
 from graphdoctor.analysis.format import format_bytes, format_dtype, format_type
 from graphdoctor.analysis.graph import consumers, node_label
+from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.engine import RuleContext
 from graphdoctor.rule import Finding, FixSafety, Message, RuleKind, RuleMeta, Severity
 
-__all__ = ["META", "check", "is_exact"]
+__all__ = ["META", "Options", "check", "is_exact"]
 
 _D = ir.DataType
 # Significant bits (implicit bit included) and largest finite value of the float types we reason about.
@@ -66,8 +83,17 @@ _INT_RANGE = {
         (_D.UINT64, 64, False),
     )
 }
+# Types whose conversions numpy (and ml_dtypes for bfloat16) computes as ONNX Runtime's Cast does; float8
+# (with its `saturate` attribute), int4 and strings are left alone.
+_FOLDABLE = {_D.BOOL, *_INT_RANGE, *_FLOAT_BITS}
 _CAST_OPS = ("Cast", "CastLike")
 _FIX_HELP = "`graphdoctor fix` (safe)"
+
+
+@dataclass(frozen=True)
+class Options:
+    fold_shared_max_bytes: int = 1024  # fold a constant other nodes also read only if the copy is this small
+
 
 META = RuleMeta(
     code="GD002",
@@ -75,21 +101,25 @@ META = RuleMeta(
     kind=RuleKind.SUGGESTION,
     severity=Severity.WARNING,
     summary="no-op Casts, lossless Cast round trips, Casts of constants; lossy round trips flagged, never removed",
-    fix=FixSafety.SAFE,
+    options=Options(),
+    # The fix safety is per message: the lossy round trips have none, so that no report calls them fixable.
     messages={
         "same_dtype": Message(
             "{op} '{cast}' casts {dtype} to {dtype} (no-op): an extra kernel that can block fusions such as MatMul+Add",
             help=f"remove it: {_FIX_HELP}",
+            fix=FixSafety.SAFE,
         ),
         "same_dtype_index": Message(
             "{op} '{cast}' casts {dtype} to {dtype} (no-op) on an index, shape or mask tensor: clutter that runtimes"
             " drop at load time",
             help=f"remove it: {_FIX_HELP}",
             severity=Severity.INFO,
+            fix=FixSafety.SAFE,
         ),
         "lossless_round_trip": Message(
             "Casts '{first}' and '{second}' convert {src} to {mid} and back: {why}, so the pair is a no-op{shared}",
             help=f"{{remove}}: {_FIX_HELP}",
+            fix=FixSafety.SAFE,
         ),
         "rounding_round_trip": Message(
             "Casts '{first}' and '{second}' round {src} to {mid} precision ({bits} significant bits, largest finite"
@@ -107,14 +137,15 @@ META = RuleMeta(
         "nonzero_round_trip": Message(
             "Casts '{first}' and '{second}' convert {src} to bool and back: every nonzero value becomes 1"
             " (x != 0); not a no-op",
-            help="if intended, `(x != 0).to(x.dtype)` says so; never removed",
+            help="if intended, `(x != 0).to(x.dtype)` says so; `graphdoctor fix` never removes it",
             severity=Severity.INFO,
         ),
         "constant_cast": Message(
             "{op} '{cast}' converts constant '{constant}' ({type}) to {target} at run time: foldable into the"
             " constant{shared}",
-            help=f"fold it: {_FIX_HELP} stores the constant as {{target}}",
+            help="{advice}",
             severity=Severity.INFO,
+            fix=FixSafety.SAFE,
         ),
     },
 )
@@ -156,6 +187,7 @@ def _check_cast(node: ir.Node, ctx: RuleContext) -> Finding | None:
             op=node.op_type,
             cast=node_label(node),
             dtype=format_dtype(target),
+            repair=_remove_cast(node, source),
         )
     first = source.producer()
     if first is not None and first.op_type in _CAST_OPS and first.domain in ("", "ai.onnx"):
@@ -236,18 +268,36 @@ def _lossless(
         remove = f"remove '{names['second']}' (its readers read '{origin.name}' directly)"
         removable = "second"
     return ctx.report(
-        "lossless_round_trip", node=second, values=values, shared=shared, remove=remove, removable=removable, **names
+        "lossless_round_trip",
+        node=second,
+        values=values,
+        shared=shared,
+        remove=remove,
+        removable=removable,
+        repair=_remove_round_trip(first, second, origin),
+        **names,
     )
 
 
 def _constant_cast(node: ir.Node, source: ir.Value, target: ir.DataType, ctx: RuleContext) -> Finding:
     """A Cast of a constant; folding duplicates the constant when something else also reads it."""
     tensor = const_tensor(source)
+    assert tensor is not None  # checked by the caller
     others = [n for n in consumers(source) if n is not node]
+    copy = _cast_nbytes(tensor, target)
+    is_shared = bool(others) or source.is_graph_output()
     shared = ""
-    if others or source.is_graph_output():
-        copy = format_bytes(_cast_nbytes(tensor, target)) if tensor is not None else "?"
-        shared = f"; the constant also feeds {len(others)} other node(s), so folding stores a second copy ({copy})"
+    if is_shared:
+        shared = f"; the constant also feeds {len(others)} other node(s), so folding stores a second copy"
+        shared += f" ({format_bytes(copy)})"
+    refusal = _fold_refusal(tensor, target, ctx)
+    limit = ctx.options.fold_shared_max_bytes
+    if refusal is None and is_shared and copy > limit:
+        refusal = f"the copy would exceed fold_shared_max_bytes ({format_bytes(limit)})"
+    if refusal is None:
+        advice = f"fold it: {_FIX_HELP} stores the constant as {format_dtype(target)}"
+    else:
+        advice = f"`graphdoctor fix` leaves it: {refusal}"
     return ctx.report(
         "constant_cast",
         node=node,
@@ -258,6 +308,8 @@ def _constant_cast(node: ir.Node, source: ir.Value, target: ir.DataType, ctx: Ru
         type=format_type(source),
         target=format_dtype(target),
         shared=shared,
+        advice=advice,
+        repair=_fold_cast(node, source, target) if refusal is None else None,
     )
 
 
@@ -266,3 +318,145 @@ def _cast_nbytes(tensor: ir.TensorProtocol, target: ir.DataType) -> int:
         return int(tensor.size * target.itemsize)
     except (TypeError, ValueError, AttributeError):  # packed or unsized types
         return tensor.nbytes
+
+
+def _fold_refusal(tensor: ir.TensorProtocol, target: ir.DataType, ctx: RuleContext) -> str | None:
+    """Why the Cast of `tensor` cannot be folded bit-exactly, or None when it can (data read in chunks)."""
+    if tensor.dtype not in _FOLDABLE or target not in _FOLDABLE:
+        return f"{format_dtype(tensor.dtype)} to {format_dtype(target)} is not folded"
+    if not ctx.analysis.is_readable(tensor):
+        return "its data cannot be read"
+    try:
+        if all(_convert(chunk, tensor.dtype, target) is not None for chunk in iter_chunks(tensor)):
+            return None
+    except (OSError, ValueError, TypeError):
+        return "its data cannot be read"
+    return "runtimes may convert some of its values differently (NaN, non-finite, out of range or path-dependent)"
+
+
+def _convert(values: np.ndarray, src: ir.DataType, target: ir.DataType) -> np.ndarray | None:
+    """`values` converted as ONNX Runtime's Cast does, or None where that is not certain:
+
+    - float to integer: truncation, undefined for NaN, inf and values outside the target range;
+    - NaN between float types: payloads differ (ONNX Runtime makes float64 NaN a canonical float16 NaN);
+    - rounding that depends on the path: ONNX Runtime converts float64 to float16 through float32, where
+      numpy rounds once; an integer too wide for the target rounds once or twice. The result must be the
+      same whichever way is taken.
+    """
+    to = np.dtype(target.numpy())
+    with np.errstate(all="ignore"):
+        if src in _FLOAT_BITS and target in _INT_RANGE:
+            wide = values.astype(np.float64)
+            low, high = _INT_RANGE[target]
+            whole = np.trunc(wide)
+            if not np.isfinite(wide).all() or (whole < float(low)).any() or (whole >= float(high + 1)).any():
+                return None
+            return wide.astype(to)
+        direct = values.astype(to)
+        if target not in _FLOAT_BITS:
+            return direct  # to integers and bool: wraps and x != 0, the same everywhere
+        if src in _FLOAT_BITS and np.isnan(values.astype(np.float64)).any():
+            return None
+        through = [np.float64] if target != _D.DOUBLE else []
+        through += [np.float32] if _FLOAT_BITS[target] < _FLOAT_BITS[_D.FLOAT] else []
+        same = all(values.astype(step).astype(to).tobytes() == direct.tobytes() for step in through)
+        return direct if same else None
+
+
+def _remove_cast(node: ir.Node, source: ir.Value) -> Callable[[], bool]:
+    """Readers of the no-op Cast's output read its input instead."""
+
+    def repair() -> bool:
+        if not rewrite.is_attached(node) or node.inputs[0] is not source:
+            return False
+        _bypass(node, source)
+        return True
+
+    return repair
+
+
+def _remove_round_trip(first: ir.Node, second: ir.Node, origin: ir.Value) -> Callable[[], bool]:
+    """Readers of `second` read `origin`; `first` goes too once nothing else reads it."""
+
+    def repair() -> bool:
+        attached = rewrite.is_attached(first) and rewrite.is_attached(second)
+        if not attached or second.inputs[0] is not first.outputs[0] or first.inputs[0] is not origin:
+            return False
+        _bypass(second, origin)
+        middle = first.outputs[0]
+        if not middle.uses() and not middle.is_graph_output():
+            rewrite.remove_node(first)
+        return True
+
+    return repair
+
+
+def _bypass(node: ir.Node, source: ir.Value) -> None:
+    """Remove `node`, its readers reading `source`. A subgraph output computed from a node of an outer
+    graph gets an Identity inside the subgraph: a graph's outputs must be its own values."""
+    output = node.outputs[0]
+    producer = source.producer()
+    if output.is_graph_output() and producer is not None and producer.graph is not node.graph:
+        identity = ir.Node("", "Identity", [source], num_outputs=1, name=node.name)
+        node.graph.insert_before(node, identity)
+        source = identity.outputs[0]
+        source.type, source.shape = output.type, output.shape
+    rewrite.replace_value(output, source)
+    rewrite.remove_node(node)
+
+
+def _fold_cast(node: ir.Node, source: ir.Value, target: ir.DataType) -> Callable[[], bool]:
+    """Replace the Cast by the converted constant; drop the source constant once nothing reads it."""
+
+    def repair() -> bool:
+        tensor = const_tensor(source)
+        if not rewrite.is_attached(node) or node.inputs[0] is not source or tensor is None:
+            return False
+        converted = _convert(tensor.numpy(), tensor.dtype, target)
+        if converted is None:
+            return False
+        output = node.outputs[0]
+        folded = _store_constant(node, output, converted, as_initializer=_is_initializer_of(source, node.graph))
+        rewrite.replace_value(output, folded)
+        rewrite.remove_node(node)
+        _drop_if_unused(source)
+        return True
+
+    return repair
+
+
+def _is_initializer_of(value: ir.Value, graph: ir.Graph | None) -> bool:
+    return isinstance(graph, ir.Graph) and graph.initializers.get(value.name or "") is value
+
+
+def _store_constant(node: ir.Node, output: ir.Value, array: np.ndarray, *, as_initializer: bool) -> ir.Value:
+    """A constant holding `array` that will replace `output`, placed in `node`'s graph: an initializer when
+    the source was one, else a Constant node before `node`. It takes `output`'s name, unless `output` is a
+    graph output: then `rewrite.replace_value` names it (an initializer would need an Identity for that)."""
+    graph = node.graph
+    assert graph is not None
+    dtype = ir.DataType.from_numpy(array.dtype)
+    name = None
+    if not output.is_graph_output():
+        name, output.name = output.name, None
+    tensor = ir.tensor(array, dtype=dtype, name=name)
+    if as_initializer and name is not None and isinstance(graph, ir.Graph):
+        value = ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(array.shape), const_value=tensor)
+        graph.register_initializer(value)
+        return value
+    constant = ir.Node("", "Constant", [], [ir.AttrTensor("value", tensor)], num_outputs=1, name=node.name)
+    value = constant.outputs[0]
+    value.name, value.type, value.shape = name, ir.TensorType(dtype), ir.Shape(array.shape)
+    graph.insert_before(node, constant)
+    return value
+
+
+def _drop_if_unused(value: ir.Value) -> None:
+    """Remove a constant (initializer or Constant node) nothing reads any more."""
+    if value.uses() or value.is_graph_output() or value.is_graph_input():
+        return
+    producer = value.producer()
+    if producer is not None:
+        rewrite.remove_node(producer)
+    else:
+        rewrite.remove_initializer(value)

@@ -22,8 +22,18 @@ Why it matters
 
 How to fix
     Call `model.eval()` before `torch.onnx.export`, or pass `training=torch.onnx.TrainingMode.EVAL`, and
-    re-export. `graphdoctor fix --unsafe-fixes` sets inference mode in place (unsafe: outputs change, which is
-    the point).
+    re-export. `graphdoctor fix --unsafe-fixes` puts the graph in inference mode in place (unsafe: outputs
+    change, which is the point):
+    - BatchNormalization loses `training_mode` (opset 14+) or gets `is_test=1` (opset 6 and earlier), and its
+      extra outputs go: readers of the updated running mean and variance read the running statistics
+      inputs instead, which is what they are in eval mode (nothing updates them). Before opset 14, a node
+      whose saved batch mean or variance (outputs 4 and 5) is read is left alone: eval mode has no value
+      for them.
+    - Dropout is removed, its readers reading its input (inference Dropout is an identity). A mask that is
+      read becomes a constant all-true tensor when the input's shape is static; otherwise the Dropout stays
+      with its `training_mode` input dropped (False). A Dropout of opset 6 or earlier whose mask is read is
+      left alone: that mask is not defined in inference mode.
+    A `training_mode` fed by a graph input stops mattering: the input stays, so callers do not break.
 
 Options
     max_listed (10): more BatchNormalization nodes of one kind than this are one finding naming the first.
@@ -31,21 +41,26 @@ Options
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_ir as ir
 
 from graphdoctor.analysis.format import format_number
 from graphdoctor.analysis.graph import node_label, opset_version
 from graphdoctor.engine import RuleContext
+from graphdoctor.rewrite import is_attached, remove_node, replace_value
 from graphdoctor.rule import Finding, FixSafety, Message, RuleKind, RuleMeta, Severity
 
 __all__ = ["META", "check"]
 
-_FIX_HELP = (
-    "call model.eval() before torch.onnx.export, or pass training=torch.onnx.TrainingMode.EVAL;"
-    " `graphdoctor fix --unsafe-fixes` sets inference mode (outputs change)"
+_EVAL_HELP = "call model.eval() before torch.onnx.export, or pass training=torch.onnx.TrainingMode.EVAL"
+_FIX = "; `graphdoctor fix --unsafe-fixes` "
+_RUNNING_STATS = "(readers of the updated running mean and variance read the running statistics inputs, as eval does)"
+_READ_MASK = (
+    "; a read mask becomes a constant all-true, or, when the input's shape is not static, the Dropout stays with"
+    " training_mode dropped"
 )
 _BATCH_STATS = (
     "it normalizes with each batch's own mean and variance, not the learned running statistics, so outputs depend"
@@ -54,6 +69,10 @@ _BATCH_STATS = (
 _RANDOM = (
     "it zeroes {ratio} of its input at random on every run; TensorRT refuses to parse it, and ONNX Runtime drops"
     " it only with graph optimizations on"
+)
+_SAVED_STATS_READ = (
+    "; but it leaves {refused_count} node(s) alone, e.g. '{refused_node}', whose saved batch mean or variance"
+    " (outputs 4-5) is read: eval mode has no value for them"
 )
 
 
@@ -73,26 +92,28 @@ META = RuleMeta(
     messages={
         "bn_training_mode": Message(
             "BatchNormalization '{bn}'{others}: training_mode=1; " + _BATCH_STATS,
-            help=_FIX_HELP,
+            help=_EVAL_HELP + _FIX + "removes training_mode and the extra outputs " + _RUNNING_STATS,
         ),
         "bn_training_outputs": Message(
             "BatchNormalization '{bn}'{others}: {count} outputs, the training form in opset {opset}; " + _BATCH_STATS,
-            help=_FIX_HELP,
+            help=_EVAL_HELP + _FIX + "keeps only the first output " + _RUNNING_STATS + "{refused}",
         ),
         "bn_is_test": Message(
             "BatchNormalization '{bn}'{others}: is_test=0{default} in opset {opset}, training mode; " + _BATCH_STATS,
-            help=_FIX_HELP,
+            help=_EVAL_HELP + _FIX + "sets is_test=1 and keeps only the first output " + _RUNNING_STATS + "{refused}",
         ),
         "dropout_training_mode": Message(
-            "Dropout '{dropout}': training_mode is True ('{mode}'); " + _RANDOM, help=_FIX_HELP
+            "Dropout '{dropout}': training_mode is True ('{mode}'); " + _RANDOM,
+            help=_EVAL_HELP + _FIX + "removes the Dropout (in inference it is an identity)" + _READ_MASK,
         ),
         "dropout_is_test": Message(
-            "Dropout '{dropout}': is_test=0{default} in opset {opset}, training mode; " + _RANDOM, help=_FIX_HELP
+            "Dropout '{dropout}': is_test=0{default} in opset {opset}, training mode; " + _RANDOM,
+            help=_EVAL_HELP + _FIX + "removes the Dropout (in inference it is an identity){refused}",
         ),
         "dropout_runtime_mode": Message(
             "Dropout '{dropout}': training_mode comes from {source}; a caller can switch random dropout on, and"
             " TensorRT only parses a constant training_mode",
-            help=_FIX_HELP,
+            help=_EVAL_HELP + _FIX + "removes the Dropout: no caller can switch it on (the input stays)" + _READ_MASK,
             severity=Severity.WARNING,
         ),
     },
@@ -100,7 +121,7 @@ META = RuleMeta(
 
 
 def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
-    batch_norms: dict[str, list[tuple[ir.Node, dict[str, object]]]] = {}
+    batch_norms: dict[str, list[tuple[ir.Node, int, dict[str, object]]]] = {}
     for node in ctx.analysis.nodes(("BatchNormalization", "Dropout")):
         opset = node.version or opset_version(model) or 0
         if node.op_type == "Dropout":
@@ -108,7 +129,7 @@ def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
             if finding is not None:
                 yield finding
         elif (hit := _batch_norm_training(node, opset)) is not None:
-            batch_norms.setdefault(hit[0], []).append((node, hit[1]))
+            batch_norms.setdefault(hit[0], []).append((node, opset, hit[1]))
     for message_id, hits in batch_norms.items():
         yield from _report_batch_norms(message_id, hits, ctx)
 
@@ -127,23 +148,78 @@ def _batch_norm_training(node: ir.Node, opset: int) -> tuple[str, dict[str, obje
 
 
 def _report_batch_norms(
-    message_id: str, hits: list[tuple[ir.Node, dict[str, object]]], ctx: RuleContext
+    message_id: str, hits: list[tuple[ir.Node, int, dict[str, object]]], ctx: RuleContext
 ) -> Iterator[Finding]:
     """One finding per node; past `max_listed`, one finding naming the first and counting the rest."""
     if message_id == "bn_is_test" or len(hits) <= ctx.options.max_listed:
-        for node, data in hits:
-            yield ctx.report(message_id, node=node, values=node.outputs[:1], bn=node_label(node), others="", **data)
+        for node, opset, data in hits:
+            yield _report_batch_norm_group(message_id, [(node, opset)], ctx, bn=node_label(node), others="", **data)
         return
-    first, data = hits[0]
-    yield ctx.report(
+    first, _, data = hits[0]
+    yield _report_batch_norm_group(
         message_id,
-        node=first,
-        values=[node.outputs[0] for node, _ in hits],
+        [(node, opset) for node, opset, _ in hits],
+        ctx,
         bn=node_label(first),
         others=f" and {len(hits) - 1} more like it",
-        nodes=[node_label(node) for node, _ in hits],
+        nodes=[node_label(node) for node, _, _ in hits],
         **data,
     )
+
+
+def _report_batch_norm_group(
+    message_id: str, group: list[tuple[ir.Node, int]], ctx: RuleContext, **data: object
+) -> Finding:
+    """A finding for these nodes, repairing those whose extra outputs have an inference-mode value."""
+    fixable = [(node, opset) for node, opset in group if not _reads_saved_stats(node, opset)]
+    refused = [node for node, opset in group if _reads_saved_stats(node, opset)]
+    note = ""
+    if refused:
+        note = _SAVED_STATS_READ.format(refused_count=len(refused), refused_node=node_label(refused[0]))
+    return ctx.report(
+        message_id,
+        node=group[0][0],
+        values=[node.outputs[0] for node, _ in group],
+        refused=note,
+        repair=_repair_all([_batch_norm_repair(node, opset) for node, opset in fixable]) if fixable else None,
+        **data,
+    )
+
+
+def _reads_saved_stats(node: ir.Node, opset: int) -> bool:
+    """Before opset 14, outputs 4-5 are the batch's own mean and variance: eval mode has nothing to give them."""
+    return opset < 14 and any(_is_read(value) for value in node.outputs[3:])
+
+
+def _is_read(value: ir.Value) -> bool:
+    return bool(value.uses()) or value.is_graph_output()
+
+
+def _repair_all(repairs: list[Callable[[], bool]]) -> Callable[[], bool]:
+    def repair() -> bool:
+        return any([repair() for repair in repairs])  # a list: every repair runs
+
+    return repair
+
+
+def _batch_norm_repair(node: ir.Node, opset: int) -> Callable[[], bool]:
+    """Inference mode: the mode attribute set, and the extra outputs gone. In eval mode nothing updates the
+    running statistics, so the updated mean and variance outputs are the running statistics inputs."""
+
+    def repair() -> bool:
+        if not is_attached(node) or _batch_norm_training(node, opset) is None:
+            return False
+        for output, running in zip(node.outputs[1:3], node.inputs[3:5], strict=False):
+            if _is_read(output) and running is not None:
+                replace_value(output, running)
+        node.resize_outputs(1)
+        if opset >= 14:
+            node.attributes.pop("training_mode", None)
+        elif opset < 7:
+            node.attributes["is_test"] = ir.AttrInt64("is_test", 1)
+        return True
+
+    return repair
 
 
 def _check_dropout(node: ir.Node, opset: int, ctx: RuleContext) -> Finding | None:
@@ -153,6 +229,8 @@ def _check_dropout(node: ir.Node, opset: int, ctx: RuleContext) -> Finding | Non
     if opset < 7 and node.attributes.get_int("is_test", 0) == 0:
         ratio = _percent(node.attributes.get_float("ratio", 0.5))
         default = "" if "is_test" in node.attributes else " (the default)"
+        mask_read = len(node.outputs) > 1 and _is_read(node.outputs[1])
+        refused = "; not this one: its mask is read, and opset 6 defines no mask in inference mode"
         return ctx.report(
             "dropout_is_test",
             node=node,
@@ -161,6 +239,8 @@ def _check_dropout(node: ir.Node, opset: int, ctx: RuleContext) -> Finding | Non
             default=default,
             opset=opset,
             ratio=ratio,
+            refused=refused if mask_read else "",
+            repair=None if mask_read else _dropout_repair(node),
         )
     return None  # opsets 7-11 have no training mode
 
@@ -184,12 +264,46 @@ def _check_dropout_mode_input(node: ir.Node, label: str, ctx: RuleContext) -> Fi
             dropout=label,
             mode=mode.name,
             ratio=_percent(ratio),
+            repair=_dropout_repair(node),
         )
     elif (producer := mode.producer()) is not None and producer.op_type != "Constant":
         source = f"'{mode.name}', computed by {producer.op_type} '{node_label(producer)}'"
     else:
         return None  # a constant whose data cannot be read (GD014 reports it)
-    return ctx.report("dropout_runtime_mode", node=node, values=[mode], dropout=label, source=source)
+    return ctx.report(
+        "dropout_runtime_mode", node=node, values=[mode], dropout=label, source=source, repair=_dropout_repair(node)
+    )
+
+
+def _dropout_repair(node: ir.Node) -> Callable[[], bool]:
+    """Inference Dropout is an identity whose mask is all true: remove it, or, when a read mask's shape is not
+    static, keep it with training_mode dropped (its default, False)."""
+
+    def repair() -> bool:
+        if not is_attached(node):
+            return False
+        mask = node.outputs[1] if len(node.outputs) > 1 and _is_read(node.outputs[1]) else None
+        data = node.inputs[0]
+        if mask is not None and not (data.shape is not None and data.shape.is_static()):
+            node.resize_inputs(2 if node.inputs[1] is not None else 1)
+            return True
+        if mask is not None:
+            replace_value(mask, _all_true(node, mask, data.shape))
+        replace_value(node.outputs[0], data)
+        remove_node(node)
+        return True
+
+    return repair
+
+
+def _all_true(node: ir.Node, mask: ir.Value, shape: ir.Shape) -> ir.Value:
+    """A Constant all-true mask of `shape`, placed before `node` and named after the mask it replaces."""
+    tensor = ir.tensor(np.ones(tuple(shape.numpy()), dtype=np.bool_), name=f"{mask.name}_inference")
+    constant = ir.Node("", "Constant", [], attributes=[ir.AttrTensor("value", tensor)], num_outputs=1)
+    output = constant.outputs[0]
+    output.name, output.type, output.shape = tensor.name, ir.TensorType(ir.DataType.BOOL), ir.Shape(shape.numpy())
+    node.graph.insert_before(node, constant)
+    return output
 
 
 def _percent(ratio: float | int | None) -> str:

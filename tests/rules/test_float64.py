@@ -58,3 +58,41 @@ def test_dtype_attribute(lint_proto):
     [finding] = lint_proto(RANDOM_DOUBLE, "GD010")
     assert finding.message_id == "dtype_attr"
     assert finding.node == "RandomNormalLike_0"
+
+
+def test_constant_of_shape_with_a_double_value(lint_proto):
+    model = model_from_text(f"""{HEADER}
+g (float[N] x) => (float[N] y) {{
+    s = Shape(x)
+    z = ConstantOfShape<value = double[1] {{3.0}}>(s)
+    y = Cast<to=1>(z)
+}}""")
+    [finding] = lint_proto(model, "GD010")
+    assert (finding.message_id, finding.node) == ("dtype_attr", "ConstantOfShape_1")
+    assert "(a float64 value)" in finding.message
+
+
+def test_a_cast_to_double_computing_an_output_is_kept_by_the_fix(lint_proto):
+    """It is what keeps the float64 output float64 for callers: reported, with no repair offered."""
+    model = model_from_text(f"""{HEADER}
+g (float[N] x) => (double[N] y) {{
+    y = Cast<to=11>(x)
+}}""")
+    by_id = {f.message_id: f for f in lint_proto(model, "GD010")}
+    assert set(by_id) == {"graph_io", "cast"}
+    assert by_id["cast"].repair is None and "keeps it: it makes the float64 output 'y'" in by_id["cast"].help
+
+
+def test_constants_beyond_float32_range(lint_proto):
+    model = model_from_text(f"""{HEADER}
+g (float[N] x) => (float[N] y) <double[2] big = {{1.0, -1e300}}, double[1] k = {{2.0}}> {{
+    d = Cast<to=11>(x)
+    e = Max(d, big)
+    f = Mul(e, k)
+    y = Cast<to=1>(f)
+}}""")
+    by_id = {f.message_id: f for f in lint_proto(model, "GD010")}
+    assert set(by_id) == {"cast", "weight", "weight_range"}
+    assert by_id["weight_range"].values == ("big",) and by_id["weight_range"].data["extreme"] == "-1e+300"
+    assert by_id["weight_range"].severity == Severity.ERROR
+    assert by_id["weight"].values == ("k",)  # in range, but its computation stays float64 with 'big'

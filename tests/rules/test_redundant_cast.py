@@ -165,7 +165,7 @@ def test_float_to_int_round_trip_truncates_and_is_info_only(lint_proto, src, mid
 def test_round_trip_through_bool_maps_nonzero_to_one(lint_proto, src):
     [finding] = lint_proto(round_trip(src, "bool"), RULE)
     assert (finding.node, finding.severity, finding.message_id) == ("second", Severity.INFO, "nonzero_round_trip")
-    assert "never removed" in finding.help
+    assert "`graphdoctor fix` never removes it" in finding.help
 
 
 def test_cast_of_an_initializer_is_foldable(lint_proto):
