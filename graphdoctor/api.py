@@ -270,27 +270,30 @@ def fix(
     input_source = str(inputs) if inputs is not None else f"generated (seed {seed})"
     if fp16 is not None and feeds is not None:
         pipeline.ranges = _activation_ranges(source, feeds, size_before)
+    use_external = _use_external_data(external_data, loaded.model)  # from the input, before weights are replaced
     pipeline.run(loaded.model, loaded.path)
     result = functools.partial(_fix_result, source, target, size_before, dry_run)
     if dry_run or (not pipeline.changed and output is None and not in_place):
         return result(pipeline, None, False, None, [], time.perf_counter() - start)
     check = _Gate(source, feeds, input_source, size_before) if gate and pipeline.changed else None
     with writing(target):
-        return _write_verified(loaded.model, target, external_data, pipeline, check, fp16_repairs, result, start)
+        return _write_verified(loaded.model, target, use_external, pipeline, check, fp16_repairs, result, start)
 
 
-def _write_verified(model, target: Path, external_data, pipeline: _Pipeline, check, repairs: int, result, start):
+def _write_verified(model, target: Path, use_external: bool, pipeline: _Pipeline, check, repairs: int, result, start):
     """Stage, verify, commit; after a failed FP16 verification, keep the diverging node FP32 and try again."""
     while True:
         staged = None
         try:
-            staged = stage_model(model, target, _use_external_data(external_data, model))
+            staged = stage_model(model, target, use_external)
             verification = check.run(staged.path, pipeline) if check is not None else None
             if verification is None or verification.passed:
                 size_after = staged.size()
                 staged.commit()
                 return result(pipeline, size_after, True, verification, [], time.perf_counter() - start)
-            diverging = check.first_diverging_node(staged.path) if pipeline.can_repair(repairs) else None
+            diverging = (
+                check.first_diverging_node(staged.path, pipeline.kept_fp32()) if pipeline.can_repair(repairs) else None
+            )
             if diverging is None:
                 blamed = [] if pipeline.fp16 is not None else _blame(check.source, target, pipeline, check)
                 return result(pipeline, None, False, verification, blamed, time.perf_counter() - start)
@@ -332,6 +335,10 @@ class _Pipeline:
             tidied, converged = apply_fixes(model, cleanup, FixPolicy(), self.rule_options, path)
             self.fixes, self.converged = _merged(self.fixes, tidied), self.converged and converged
         _forget_inferred_types(model, typed)
+
+    def kept_fp32(self) -> set[str]:
+        """Labels of the nodes the conversion keeps in FP32 (for whatever reason)."""
+        return {kept.node for kept in self.fp16.kept} if self.fp16 is not None else set()
 
     def can_repair(self, bound: int) -> bool:
         return self.fp16_options is not None and len(self.repaired) < bound
@@ -443,10 +450,10 @@ class _Gate:
         from graphdoctor.verify.compare import verify_models
         from graphdoctor.verify.metrics import tolerance_for
 
-        if pipeline.fp16 is not None and not pipeline.fp16.already_fp16:
+        if pipeline.fp16 is not None and pipeline.fp16.converted_nodes + pipeline.fp16.tensors_converted:
             backends, oracle = self._fp16_backends()
             tolerance = tolerance_for("fp16")
-        else:
+        else:  # nothing became FP16 (FP16 emulation would then round the FP32 model as if converting it)
             oracle = self._exact_backend()
             backends = [oracle]
             safe = all(f.safety <= {FixSafety.SAFE} for f in pipeline.fixes)
@@ -468,8 +475,10 @@ class _Gate:
         present = [backend for backend in gpus if backend.unavailable_reason() is None]
         return [get_backend("fp16-emulation"), OnnxruntimeBackend("onnxruntime-cpu"), *present], None
 
-    def first_diverging_node(self, candidate: Path) -> tuple[str, str] | None:
-        """Where FP16 emulation first leaves the fp16 tolerance (or first makes inf/NaN): the node to keep FP32."""
+    def first_diverging_node(self, candidate: Path, kept: set[str]) -> tuple[str, str] | None:
+        """Where FP16 emulation first leaves the fp16 tolerance (or first makes inf/NaN): the node to keep FP32.
+        When that node is FP32 already, the error came in through its inputs (x + 1000 rounded in FP16, then
+        `- 1000` in FP32 cancels what is left): the producer of its most diverged input is the one to keep."""
         from graphdoctor.errors import GraphDoctorError
         from graphdoctor.verify.layerwise import LayerwiseOptions, compare_layerwise
         from graphdoctor.verify.metrics import tolerance_for
@@ -487,7 +496,25 @@ class _Gate:
             return None
         record = divergence.record
         what = "inf/NaN first appear" if divergence.kind == "nonfinite" else "the fp16 tolerance is first exceeded"
-        return record.node, f"{what} at '{record.name}' under FP16 emulation (rel err {record.rel_err:.3g})"
+        why = f"{what} at '{record.name}' under FP16 emulation (rel err {record.rel_err:.3g})"
+        node = record.node
+        if node in kept:
+            node = _producer_of_worst_input(self.source, divergence.inputs)
+            why += ", computed in FP32 from this node's FP16 output"
+        return (node, why) if node is not None and node not in kept else None
+
+
+def _producer_of_worst_input(source: Path, inputs) -> str | None:
+    """The label of the node producing the most diverged of a node's inputs ((name, rel_err) pairs)."""
+    from graphdoctor.analysis.graph import iter_values, node_label
+
+    compared = [(error, name) for name, error in inputs if error is not None]
+    if not compared:
+        return None
+    _, worst = max(compared)
+    value = next((v for v in iter_values(load_model(source).model) if v.name == worst), None)
+    producer = value.producer() if value is not None else None
+    return node_label(producer) if producer is not None else None
 
 
 def _blame(source: Path, target: Path, pipeline: _Pipeline, gate: _Gate) -> list[str]:

@@ -197,7 +197,7 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
     "--keep-fp32",
     multiple=True,
     metavar="PATTERN",
-    help="With --fp16: keep these nodes in FP32 (an op type such as Softmax, or a node-name glob).",
+    help="With --fp16: keep these nodes in FP32 (op types such as Softmax, or node-name globs; comma-separated).",
 )
 @click.option(
     "--fp16-clamp",
@@ -265,7 +265,7 @@ def _fp16_options(options: dict[str, Any]):
     from graphdoctor.fp16 import Fp16Options
 
     return Fp16Options(
-        keep_io_types=not options["fp16_io"], keep_fp32=tuple(options["keep_fp32"]), clamp=options["fp16_clamp"]
+        keep_io_types=not options["fp16_io"], keep_fp32=tuple(_split(options["keep_fp32"])), clamp=options["fp16_clamp"]
     )
 
 

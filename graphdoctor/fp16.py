@@ -133,7 +133,7 @@ def convert_to_fp16(
     graphs = [graph for graph, _ in iter_graph_sites(model) if isinstance(graph, ir.Graph)]
     report.functions_kept = len(model.functions)
     was_float = {id(v) for graph in graphs for v in _values(graph) if v.dtype == _F32}
-    if not was_float:
+    if not was_float or _only_boundaries_fp32(graphs):
         report.already_fp16 = True
         return report
     converter = _Converter(model, options, ranges or {}, was_float, report)
@@ -146,6 +146,21 @@ def convert_to_fp16(
     for graph in graphs:
         converter.place_casts(graph)
     return report
+
+
+def _only_boundaries_fp32(graphs: list[ir.Graph]) -> bool:
+    """A converted model: it holds FP16, and float32 appears only at its edges, as graph inputs and outputs
+    and the Casts between them and the FP16 region."""
+    computed = [
+        value
+        for graph in graphs
+        for node in graph
+        if node.op_type != "Cast" and not _is_constant_node(node)
+        for value in node.outputs
+    ]
+    constants = [v for graph in graphs for v in graph.initializers.values()]
+    holds_fp16 = any(v.dtype == _F16 for v in computed + constants)
+    return holds_fp16 and not any(v.dtype == _F32 for v in computed + constants)
 
 
 def _values(graph: ir.Graph) -> Iterator[ir.Value]:
@@ -175,6 +190,7 @@ class _Converter:
     # -- 1. deciding --
 
     def decide(self, graph: ir.Graph, path: str) -> None:
+        self._protect_fp32_only_inputs(graph)
         for node in graph:
             if _is_constant_node(node) or not self._carries_float(node):
                 continue
@@ -186,6 +202,30 @@ class _Converter:
                 self.report.converted_nodes += 1
             else:
                 self.report.kept.append(KeptFp32(node_label(node), node.op_type, path, reason))
+
+    def _protect_fp32_only_inputs(self, graph: ir.Graph) -> None:
+        """Inputs that must stay float32 (Resize's scales) may be computed, e.g. from the input's shape: the
+        nodes computing them stay FP32 too, or FP16 rounding changes the output's size (640/480 becomes
+        1.333 and 640 pixels become 639). Walk back from each such input while every reader of the value is
+        such an input or a node already kept for one."""
+        for node in reversed(list(graph)):
+            opset = self._opset(node)
+            for index, value in enumerate(node.inputs):
+                if value is None or id(value) not in self.was_float:
+                    continue
+                if id(node) in self.forced or not input_allows_fp16(node.domain, node.op_type, opset, index):
+                    self._protect_producer(value, f"computes {node.op_type} '{node_label(node)}' input {index}")
+
+    def _protect_producer(self, value: ir.Value, why: str) -> None:
+        producer = value.producer()
+        if producer is None or producer.graph is None or _is_constant_node(producer) or id(producer) in self.forced:
+            return
+        readers = [(use.node, use.idx) for use in value.uses()]
+        if all(id(reader) in self.forced or not self._fp16_input(reader, index) for reader, index in readers):
+            self.forced[id(producer)] = f"{why}, which must stay float32"
+
+    def _fp16_input(self, node: ir.Node, index: int) -> bool:
+        return input_allows_fp16(node.domain, node.op_type, self._opset(node), index)
 
     def _carries_float(self, node: ir.Node) -> bool:
         return any(v is not None and id(v) in self.was_float for v in (*node.inputs, *node.outputs))
@@ -217,6 +257,11 @@ class _Converter:
         return None
 
     def _constant_reason(self, node: ir.Node) -> str | None:
+        fill = _fill(node)
+        if fill is not None and not self.options.clamp:
+            scan = _scan_tensor(fill)
+            if scan is not None and scan.overflow:
+                return f"fills with {scan.worst_overflow:.6g}, beyond FP16's 65504"
         opset = self._opset(node)
         for index, value in enumerate(node.inputs):
             if value is None or not input_allows_fp16(node.domain, node.op_type, opset, index):
@@ -276,6 +321,20 @@ class _Converter:
                 if value.dtype == _F32 and output_allows_fp16(node.domain, node.op_type, opset, index):
                     value.dtype = _F16
             _retarget_attributes(node)
+            if node.op_type == "ConstantOfShape" and node.outputs[0].dtype == _F16:
+                self._convert_fill(node)
+
+    def _convert_fill(self, node: ir.Node) -> None:
+        """ConstantOfShape's fill in FP16 (its default, 0.0 float32, spelled out); a fill beyond FP16 reaches
+        here only with `clamp`, and is reported."""
+        fill = _fill(node)
+        array = fill.numpy().reshape(-1).astype(np.float32) if fill is not None else np.zeros(1, np.float32)
+        scan = _scan_tensor(ir.tensor(array))
+        if scan is not None and scan.overflow:
+            self.report.changed.append(
+                ValueChange(f"{node_label(node)}.value", "clamped to ±65504", scan.overflow, scan.worst_overflow)
+            )
+        node.attributes["value"] = ir.AttrTensor("value", ir.tensor(_saturating(array)))
 
     def retype_main_inputs(self) -> None:
         """--fp16-io: the main graph's float inputs become FP16 (outputs follow in `place_casts`)."""
@@ -403,16 +462,20 @@ def _suffix(dtype: ir.DataType) -> str:
 
 
 def _retarget_attributes(node: ir.Node) -> None:
-    """What makes a node produce float32 now makes it produce FP16: Cast's `to`, `dtype` attributes and
-    ConstantOfShape's fill (whose default, 0.0 float32, must be spelled out in FP16)."""
+    """What makes a node produce float32 now makes it produce FP16: Cast's `to` and `dtype` attributes."""
     if node.op_type == "Cast" and node.attributes.get_int("to") == _F32:
         node.attributes["to"] = ir.AttrInt64("to", _F16)
     if node.op_type in _DTYPE_OPS and node.outputs[0].dtype == _F16:  # absent `dtype` means float32 or the input's
         node.attributes["dtype"] = ir.AttrInt64("dtype", _F16)
-    if node.op_type == "ConstantOfShape" and node.outputs[0].dtype == _F16:
-        attr = node.attributes.get("value")
-        fill = attr.value.numpy() if attr is not None else np.zeros(1, np.float32)
-        node.attributes["value"] = ir.AttrTensor("value", ir.tensor(_saturating(fill.reshape(-1))))
+
+
+def _fill(node: ir.Node) -> ir.TensorProtocol | None:
+    """A float32 ConstantOfShape's fill tensor (None when absent, or for other nodes)."""
+    if node.op_type != "ConstantOfShape":
+        return None
+    attr = node.attributes.get("value")
+    tensor = attr.value if attr is not None and attr.type == ir.AttributeType.TENSOR else None
+    return tensor if tensor is not None and tensor.dtype == _F32 else None
 
 
 # -- constants --
@@ -490,9 +553,11 @@ def _lazy_fp16(source: ir.TensorProtocol, transform, name: str | None) -> ir.Laz
 
 def _convert_in_place(value: ir.Value, transform) -> None:
     producer = value.producer()
-    if producer is not None:  # a Constant node: small, converted now
-        tensor = producer.attributes["value"].value
-        producer.attributes["value"] = ir.AttrTensor("value", ir.tensor(transform(tensor.numpy()), name=value.name))
+    if producer is not None:  # a Constant node (value, value_float or value_floats): small, converted now
+        array = np.asarray(const_tensor(value).numpy(), dtype=np.float32)
+        for key in [k for k in producer.attributes if k.startswith("value")]:
+            del producer.attributes[key]
+        producer.attributes["value"] = ir.AttrTensor("value", ir.tensor(transform(array), name=value.name))
     else:
         value.const_value = _lazy_fp16(value.const_value, transform, value.name)
     value.dtype = _F16

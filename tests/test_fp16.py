@@ -249,11 +249,6 @@ def test_resize_scales_stay_float(gd: Run, tmp_path: Path):
     assert_close(path, fp16_path(path), {"x": np.random.default_rng(0).random((1, 1, 4, 4), np.float32)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="converter bug: scales computed from the input shape (Div, Concat) are computed in FP16; 640/480 "
-    "becomes 1.333 and Resize writes 639 pixels, so verification fails and nothing is written",
-)
 def test_computed_resize_scales_stay_float(gd: Run, tmp_path: Path):
     path = saved(fp16_cases.computed_scales(), tmp_path)
     _, model = fixed(gd, path, "--shape", "x:1x1x480x480")
@@ -275,11 +270,6 @@ def test_a_model_already_fp16_is_left_alone(gd: Run, tmp_path: Path):
     assert converted.read_bytes() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="converter bug: the converter's own default output (FP32 inputs and outputs) is converted again: "
-    "'3 nodes converted, 2 Casts at region boundaries', the Casts removed again by GD002",
-)
 def test_converting_the_converters_output_again_says_already_fp16(gd: Run, tmp_path: Path):
     path = saved(fp16_cases.output_read_inside(), tmp_path)
     fixed(gd, path)
@@ -387,11 +377,6 @@ def test_repair_bound_of_the_api(tmp_path: Path):
     checked(fp16_path(path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="repair bug: the first diverging tensor is the Sub's, whose input (x + 1000) FP16 already rounded; "
-    "the Sub is kept FP32 again on every retry and the Add at fault never is",
-)
 def test_cancellation_is_repaired_at_its_origin(gd: Run, tmp_path: Path):
     path = saved(fp16_cases.cancellation(), tmp_path)
     code, out, _ = gd("fix", path, "--fp16")
@@ -438,11 +423,6 @@ def test_fp16_io_makes_inputs_and_outputs_fp16(gd: Run, tmp_path: Path):
     assert_close(path, fp16_path(path), {"x": x})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="verify bug: the fp16-emulation backend feeds the float32 sample inputs to the FLOAT16 inputs "
-    "('Unexpected input data type'), so fix --fp16 --fp16-io always fails verification",
-)
 def test_fp16_io_passes_verification(gd: Run, tmp_path: Path):
     path = saved(fp16_cases.output_read_inside(), tmp_path)
     out, model = fixed(gd, path, "--fp16-io")
@@ -466,11 +446,6 @@ def test_dtype_attributes_produce_fp16(gd: Run, tmp_path: Path):
     assert_close(path, fp16_path(path), {"x": normal(3, 3)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="converter bug: a ConstantOfShape fill FP16 cannot hold (1e5) is saturated to 65504 silently "
-    "(no reader kept FP32, nothing reported) when no sample inputs are measured",
-)
 def test_constant_of_shape_fill_beyond_fp16_is_not_changed_silently(tmp_path: Path):
     path = saved(fp16_cases.large_fill(), tmp_path)
     result = api.fix(path, fp16=Fp16Options(), verify=False)
@@ -480,11 +455,6 @@ def test_constant_of_shape_fill_beyond_fp16_is_not_changed_silently(tmp_path: Pa
     assert float(fill[0]) == 1e5 or reported
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="converter bug: Constant nodes given by value_float/value_floats crash the converter "
-    "(KeyError 'value' in fp16._convert_in_place)",
-)
 def test_constants_given_as_value_float(gd: Run, tmp_path: Path):
     path = saved(fp16_cases.constant_attributes(), tmp_path)
     _, model = fixed(gd, path)
@@ -567,11 +537,6 @@ def test_external_weight_read_by_fp32_and_fp16_nodes_is_stored_twice(gd: Run, tm
     assert_close(path, fp16_path(path), {"x": normal(2, 64)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api bug: without --external-data, the converted weights (lazy tensors, no longer external) make "
-    "fix decide the input has no external data: everything is written inline",
-)
 def test_external_data_is_kept_by_default(gd: Run, tmp_path: Path):
     path = fp16_cases.with_weights(tmp_path / "mlp.onnx")
     fixed(gd, path)

@@ -51,7 +51,7 @@ from graphdoctor.analysis.graph import holds_fp16, iter_graph_sites, node_label
 from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_OVERFLOW, iter_slices
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.errors import GraphDoctorError, first_line
-from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend
+from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend, as_declared
 
 __all__ = [
     "DISABLED_OPTIMIZERS",
@@ -476,7 +476,7 @@ def _run(prepared: _Prepared, inputs: Mapping[str, np.ndarray], outputs: Sequenc
             serialized, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
         )
         names = [o.name for o in session.get_outputs()]
-        results = session.run(names, dict(inputs))
+        results = session.run(names, as_declared(session, inputs))
     except Exception as error:  # onnxruntime raises its own exception types for bad models and inputs
         raise GraphDoctorError(f"fp16-emulation cannot run the model: {first_line(error)}") from None
     return dict(zip(names, results, strict=True))

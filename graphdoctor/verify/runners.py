@@ -27,6 +27,7 @@ __all__ = [
     "EXTERNAL_FOLDER",
     "Backend",
     "OnnxruntimeBackend",
+    "as_declared",
     "get_backend",
     "session_model",
     "weights_outside",
@@ -103,7 +104,7 @@ class OnnxruntimeBackend(Backend):
         try:
             session = ort.InferenceSession(source, options, providers=[self.provider.name])
             names = [o.name for o in session.get_outputs()]
-            results = session.run(names, _as_declared(session, inputs))
+            results = session.run(names, as_declared(session, inputs))
         except Exception as error:  # onnxruntime raises its own exception types for bad models and inputs
             raise GraphDoctorError(f"{self.provider.label} cannot run {model.name}: {first_line(error)}") from None
         return dict(zip(names, results, strict=True))
@@ -112,7 +113,7 @@ class OnnxruntimeBackend(Backend):
 _ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-def _as_declared(session, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def as_declared(session, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Float inputs in the dtype each input declares: a candidate converted with FP16 inputs gets the
     reference's float32 values rounded, as its users would feed it. Inputs it does not declare (a fix dropped
     an unused input) are not fed."""
