@@ -7,6 +7,7 @@ for finding in result.findings: print(finding.code, finding.message)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import os
@@ -167,8 +168,6 @@ def _layerwise_options(layers_per_run: int | None):
 def _verify_against_torch(onnx_model, program: Path, backends, feeds, source: str, tolerance) -> VerifyResult:
     """The torch.export program is the oracle (inputs by position, outputs named after the ONNX outputs);
     the ONNX model runs on each backend."""
-    import dataclasses
-
     from graphdoctor.verify.compare import verify_models
     from graphdoctor.verify.inputs import input_specs
     from graphdoctor.verify.torch_reference import RUNNER, run_exported_program
@@ -344,8 +343,6 @@ class _Pipeline:
         return self.fp16_options is not None and len(self.repaired) < bound
 
     def retry(self, source: Path, diverging: tuple[str, str]):
-        import dataclasses
-
         self.repaired.append(diverging)
         kept = self.fp16_options.keep_nodes | {diverging[0]}
         self.fp16_options = dataclasses.replace(self.fp16_options, keep_nodes=kept)
@@ -353,10 +350,11 @@ class _Pipeline:
         self.run(loaded.model, loaded.path)
         return loaded.model
 
-    def alone(self, rule, source: Path):
-        """The original with one rule's fixes only (to find which fix fails the gate)."""
+    def alone(self, rules, source: Path):
+        """The original with only these rules' fixes (to find which fix fails the gate, or to build the
+        reference when fixes change outputs on purpose)."""
         loaded = load_model(source)
-        single = _Pipeline([rule], self.policy, self.rule_options, None)
+        single = _Pipeline(list(rules), self.policy, self.rule_options, None)
         single.run(loaded.model, loaded.path)
         return loaded, single
 
@@ -446,6 +444,24 @@ class _Gate:
         self.large = size > SEGMENTED_ABOVE
 
     def run(self, candidate: Path, pipeline: _Pipeline) -> VerifyResult:
+        """Verify `candidate` against the original, or, when fixes changed outputs on purpose (inference
+        mode), against the original with only those fixes applied."""
+        intended = [f.rule for f in pipeline.fixes if f.rule.meta.fix_changes_outputs]
+        if not intended:
+            return self._verify(self.source, candidate, pipeline)
+        loaded, _ = pipeline.alone(intended, self.source)
+        staged = stage_model(loaded.model, candidate.parent.parent / f"reference-{candidate.name}", False)
+        try:
+            result = self._verify(staged.path, candidate, pipeline)
+        finally:
+            staged.discard()
+        codes = ", ".join(rule.code for rule in intended)
+        runner = (
+            f"{result.reference_runner}, on the original with {codes}'s fixes only (they change outputs on purpose)"
+        )
+        return dataclasses.replace(result, reference=self.source, reference_runner=runner)
+
+    def _verify(self, reference: Path, candidate: Path, pipeline: _Pipeline) -> VerifyResult:
         from graphdoctor.rule import FixSafety
         from graphdoctor.verify.compare import verify_models
         from graphdoctor.verify.metrics import tolerance_for
@@ -456,9 +472,10 @@ class _Gate:
         else:  # nothing became FP16 (FP16 emulation would then round the FP32 model as if converting it)
             oracle = self._exact_backend()
             backends = [oracle]
-            safe = all(f.safety <= {FixSafety.SAFE} for f in pipeline.fixes)
+            judged = [f for f in pipeline.fixes if not f.rule.meta.fix_changes_outputs]
+            safe = all(f.safety <= {FixSafety.SAFE} for f in judged)
             tolerance = tolerance_for("exact" if safe else "fp32")
-        return verify_models(self.source, candidate, backends, self.feeds, self.input_source, tolerance, oracle=oracle)
+        return verify_models(reference, candidate, backends, self.feeds, self.input_source, tolerance, oracle=oracle)
 
     def _exact_backend(self):
         from graphdoctor.verify.runners import OnnxruntimeBackend
@@ -521,7 +538,7 @@ def _blame(source: Path, target: Path, pipeline: _Pipeline, gate: _Gate) -> list
     """The rules whose fixes, applied alone to the original, already fail the gate."""
     blamed = []
     for done in pipeline.fixes:
-        loaded, single = pipeline.alone(done.rule, source)
+        loaded, single = pipeline.alone([done.rule], source)
         staged = stage_model(loaded.model, target, _use_external_data(None, loaded.model))
         try:
             if single.fixes and not gate.run(staged.path, single).passed:

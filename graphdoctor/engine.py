@@ -157,7 +157,7 @@ class FixPolicy:
 
 
 def can_fix(rule: Rule) -> bool:
-    return rule.meta.fix is not None or any(m.fix is not None for m in rule.meta.messages.values())
+    return bool(rule.meta.fix_safeties())
 
 
 def apply_fixes(

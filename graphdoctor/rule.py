@@ -100,6 +100,17 @@ class RuleMeta:
     options: Any = None  # a dataclass instance holding the defaults, or None
     deep: bool = False  # slow (runs tools or models): only with `lint --deep`
     needs_inputs: bool = False  # part of it runs the model on sample inputs: only with `lint --inputs/--shape`
+    # Its fixes change outputs on purpose (training mode to inference mode): `fix` then verifies the other
+    # fixes against the original with this rule's fixes applied, not against the original itself.
+    fix_changes_outputs: bool = False
+
+    def fix_safeties(self) -> list[FixSafety]:
+        """The safeties of the fixes its messages declare (the rule's own for those declaring none)."""
+        declared = {message.fix or self.fix for message in self.messages.values()}
+        return [safety for safety in FixSafety if safety in declared]
+
+    def opt_ins(self) -> list[str]:
+        return sorted({message.opt_in for message in self.messages.values() if message.opt_in})
 
     def __post_init__(self) -> None:
         if not _CODE.match(self.code):

@@ -88,6 +88,7 @@ META = RuleMeta(
     severity=Severity.ERROR,
     summary="BatchNormalization and Dropout exported in training mode: batch-dependent or random outputs",
     fix=FixSafety.UNSAFE,
+    fix_changes_outputs=True,  # inference mode is the point: `fix` verifies the rest against it
     options=Options(),
     messages={
         "bn_training_mode": Message(

@@ -271,3 +271,18 @@ def test_an_interrupted_write_leaves_no_output(plugins: Path, sig: signal.Signal
     assert child.returncode == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("graphdoctor: error: interrupted while writing") and "nothing was written" in err
     assert sorted(p.name for p in plugins.iterdir()) == ["big.onnx"] and _digest(model) == before
+
+
+def test_inference_mode_is_verified_against_the_original_in_inference_mode(tmp_path: Path, gd):
+    """GD006's fix changes outputs on purpose (a training-mode export's Dropout makes them random): the other
+    fixes are verified against the original with GD006's fixes alone, bit for bit."""
+    from fixtures.torch_exports import path
+
+    model = tmp_path / "training_mode.onnx"
+    model.write_bytes(path("training_mode").read_bytes())
+    code, out, _ = gd("fix", model)
+    assert code == 0 and "nothing to fix" in out  # inference mode is unsafe: not applied by default
+    code, out, _ = gd("fix", model, "--unsafe-fixes")
+    assert code == 0, out
+    assert "GD006 training-mode" in out and "with GD006's fixes only" in out
+    assert "tolerance: exact" in out and f"wrote {tmp_path / 'training_mode.fixed.onnx'}" in out

@@ -62,13 +62,16 @@ def _plural(count: int, noun: str) -> str:
 
 def render_rules(rules: Iterable[Rule], stream: TextIO) -> None:
     for rule in rules:
-        fix = rule.meta.fix.value if rule.meta.fix else "-"
-        stream.write(f"{rule.code}  {rule.qualified_name:<24} {rule.meta.severity!s:<8}{fix:<7}{rule.meta.summary}\n")
+        fix = "+".join(safety.value for safety in rule.meta.fix_safeties()) or "-"
+        stream.write(f"{rule.code}  {rule.qualified_name:<24} {rule.meta.severity!s:<8}{fix:<12}{rule.meta.summary}\n")
 
 
 def render_explain(rule: Rule, stream: TextIO) -> None:
     meta = rule.meta
-    fix = f"fix: {meta.fix.value}" if meta.fix else "fix: none (check only)"
+    safeties = " and ".join(safety.value for safety in meta.fix_safeties())
+    fix = f"fix: {safeties}" if safeties else "fix: none (check only)"
+    if meta.opt_ins():
+        fix += "; opt-in: " + ", ".join(f"--{name}" for name in meta.opt_ins())
     if meta.deep:
         fix += "; runs only with lint --deep"
     if meta.needs_inputs:
@@ -199,6 +202,9 @@ def render_fix(result, stream: TextIO, color: bool) -> None:
     if not result.converged:
         out.line("  [bold red]fixes still changed the model after 10 rounds: stopped[/bold red]", plain="  stopped")
     if result.verification is not None:
+        line = f"verified against: the original on {result.verification.reference_runner}"
+        out.line("")
+        out.line(_escape(line), plain=line)
         for verdict in result.verification.verdicts:
             out.line("")
             _render_verdict(verdict, out)
