@@ -6,9 +6,17 @@ whatever now computes it. These helpers carry that rule, so each fix only says w
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
-__all__ = ["is_attached", "owning_graph", "remove_initializer", "remove_node", "replace_value"]
+__all__ = [
+    "is_attached",
+    "owning_graph",
+    "remove_initializer",
+    "remove_node",
+    "replace_value",
+    "store_constant",
+]
 
 
 def is_attached(node: ir.Node) -> bool:
@@ -79,3 +87,25 @@ def remove_initializer(value: ir.Value) -> None:
     if value in graph.inputs:
         graph.inputs.remove(value)
     graph.initializers.pop(value.name)
+
+
+def store_constant(node: ir.Node, output: ir.Value, array: np.ndarray, *, as_initializer: bool) -> ir.Value:
+    """A constant holding `array` that will replace `output`, placed in `node`'s graph: an initializer when
+    the source was one, else a Constant node before `node`. It takes `output`'s name, unless `output` is a
+    graph output: then `replace_value` names it (an initializer would need an Identity for that)."""
+    graph = node.graph
+    assert graph is not None
+    dtype = ir.DataType.from_numpy(array.dtype)
+    name = None
+    if not output.is_graph_output():
+        name, output.name = output.name, None
+    tensor = ir.tensor(array, dtype=dtype, name=name)
+    if as_initializer and name is not None and isinstance(graph, ir.Graph):
+        value = ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(array.shape), const_value=tensor)
+        graph.register_initializer(value)
+        return value
+    constant = ir.Node("", "Constant", [], [ir.AttrTensor("value", tensor)], num_outputs=1, name=node.name)
+    value = constant.outputs[0]
+    value.name, value.type, value.shape = name, ir.TensorType(dtype), ir.Shape(array.shape)
+    graph.insert_before(node, constant)
+    return value

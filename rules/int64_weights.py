@@ -806,29 +806,11 @@ def _fold_static(value: ir.Value, array: np.ndarray) -> Callable[[], bool]:
         producer = value.producer()
         if producer is None or not rewrite.is_attached(producer):
             return False
-        rewrite.replace_value(value, _store_constant(producer, value, array))
+        rewrite.replace_value(value, rewrite.store_constant(producer, value, array, as_initializer=True))
         _remove_dead(producer)
         return True
 
     return repair
-
-
-def _store_constant(node: ir.Node, output: ir.Value, array: np.ndarray) -> ir.Value:
-    """An initializer holding `array` under `output`'s name, to replace it; a Constant node before `node`
-    when `output` is a graph output (then `rewrite.replace_value` names it)."""
-    graph = node.graph
-    assert isinstance(graph, ir.Graph)
-    dtype = ir.DataType.from_numpy(array.dtype)
-    if output.is_graph_output():
-        constant = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(array, dtype=dtype))], num_outputs=1)
-        graph.insert_before(node, constant)
-        folded = constant.outputs[0]
-    else:
-        name, output.name = output.name, None
-        folded = ir.Value(name=name, const_value=ir.tensor(array, dtype=dtype, name=name))
-        graph.register_initializer(folded)
-    folded.type, folded.shape = ir.TensorType(dtype), ir.Shape(array.shape)
-    return folded
 
 
 def _remove_dead(node: ir.Node) -> None:

@@ -416,7 +416,7 @@ def _fold_cast(node: ir.Node, source: ir.Value, target: ir.DataType) -> Callable
         if converted is None:
             return False
         output = node.outputs[0]
-        folded = _store_constant(node, output, converted, as_initializer=_is_initializer_of(source, node.graph))
+        folded = rewrite.store_constant(node, output, converted, as_initializer=_is_initializer_of(source, node.graph))
         rewrite.replace_value(output, folded)
         rewrite.remove_node(node)
         _drop_if_unused(source)
@@ -427,28 +427,6 @@ def _fold_cast(node: ir.Node, source: ir.Value, target: ir.DataType) -> Callable
 
 def _is_initializer_of(value: ir.Value, graph: ir.Graph | None) -> bool:
     return isinstance(graph, ir.Graph) and graph.initializers.get(value.name or "") is value
-
-
-def _store_constant(node: ir.Node, output: ir.Value, array: np.ndarray, *, as_initializer: bool) -> ir.Value:
-    """A constant holding `array` that will replace `output`, placed in `node`'s graph: an initializer when
-    the source was one, else a Constant node before `node`. It takes `output`'s name, unless `output` is a
-    graph output: then `rewrite.replace_value` names it (an initializer would need an Identity for that)."""
-    graph = node.graph
-    assert graph is not None
-    dtype = ir.DataType.from_numpy(array.dtype)
-    name = None
-    if not output.is_graph_output():
-        name, output.name = output.name, None
-    tensor = ir.tensor(array, dtype=dtype, name=name)
-    if as_initializer and name is not None and isinstance(graph, ir.Graph):
-        value = ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(array.shape), const_value=tensor)
-        graph.register_initializer(value)
-        return value
-    constant = ir.Node("", "Constant", [], [ir.AttrTensor("value", tensor)], num_outputs=1, name=node.name)
-    value = constant.outputs[0]
-    value.name, value.type, value.shape = name, ir.TensorType(dtype), ir.Shape(array.shape)
-    graph.insert_before(node, constant)
-    return value
 
 
 def _drop_if_unused(value: ir.Value) -> None:
