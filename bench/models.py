@@ -7,6 +7,12 @@
   and a bench of duplicate detection on such a model would measure the initialiser, not a real export.
 - large: a >2 GB model with external data (37 × MatMul 4096×4096 fp32 + Add + Tanh, one weight an exact
   duplicate of another, INT64 shape constants), the case where loading every weight would cost gigabytes.
+- transformer_dynamo, transformer_torchscript (bench/fix.py): one `nn.TransformerEncoder` of 6 identical
+  layers (deep copies of one perturbed layer, d_model 512), exported by each exporter. The dynamo exporter
+  stores the 6 copies (6 duplicate groups); the TorchScript exporter de-duplicates them by value into
+  Identity(initializer) nodes, which some simplifiers fold back into copies.
+- tied: `fixtures.torch_exports.path("tied_embeddings")`, a tiny LM whose TorchScript export stores its tied
+  embedding W [1000, 128] and, constant-folded, Wᵀ.
 
 Built models are cached under .cache/bench/ and rebuilt only when missing (`build NAME` forces it). Getting
 and building run in a child process (`python bench/models.py path NAME`), so torch never enters the process
@@ -26,15 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench"
 MIB = 1024 * 1024
 
-FIXTURE_MODELS = ("resnet50", "yolo")
-BUILT_MODELS = ("bert", "large")
-ALL_MODELS = ("resnet50", "bert", "yolo", "large")
+FIXTURE_MODELS = {"resnet50": "resnet50", "yolo": "yolo", "tied": "tied_embeddings"}  # bench name -> fixture
+BUILT_MODELS = ("bert", "large", "transformer_dynamo", "transformer_torchscript")
+ALL_MODELS = ("resnet50", "bert", "yolo", "large")  # lint's default set
+FIX_MODELS = ("transformer_dynamo", "transformer_torchscript", "tied", "large")  # bench/fix.py's default set
+KNOWN_MODELS = (*ALL_MODELS, *(name for name in FIX_MODELS if name not in ALL_MODELS))
 
 LARGE_DIM = 4096
 LARGE_LAYERS = 36  # distinct weights; one more layer reuses the bytes of layer 0 under another name
 INT64_MAX = 2**63 - 1
+TRANSFORMER = {"d_model": 512, "nhead": 8, "dim_feedforward": 2048, "layers": 6, "sequence": 128}
 
-__all__ = ["ALL_MODELS", "ModelUnavailable", "is_large", "model_path", "model_size"]
+__all__ = ["ALL_MODELS", "FIX_MODELS", "KNOWN_MODELS", "ModelUnavailable", "is_large", "model_path", "model_size"]
 
 
 class ModelUnavailable(Exception):
@@ -43,9 +52,9 @@ class ModelUnavailable(Exception):
 
 def model_path(name: str) -> Path:
     """The cached model file for `name`, asked of a child process that builds it first when it is missing
-    or stale (the fixtures' cache key decides that for resnet50 and yolo)."""
-    if name not in ALL_MODELS:
-        raise ModelUnavailable(f"unknown model '{name}' (known: {', '.join(ALL_MODELS)})")
+    or stale (the fixtures' cache key decides that for resnet50, yolo and tied)."""
+    if name not in KNOWN_MODELS:
+        raise ModelUnavailable(f"unknown model '{name}' (known: {', '.join(KNOWN_MODELS)})")
     if name in BUILT_MODELS and _cached_path(name).exists():
         return _cached_path(name)
     print(
@@ -93,7 +102,7 @@ def _fixture_path(name: str) -> Path:
     except ImportError as error:
         raise ModelUnavailable(f"fixtures.torch_exports is not available ({error})") from None
     try:
-        return Path(torch_exports.path(name))
+        return Path(torch_exports.path(FIXTURE_MODELS[name]))
     except Exception as error:  # a fixture that fails to build is a skipped row, not a crashed bench
         raise ModelUnavailable(f"fixture '{name}' failed: {type(error).__name__}: {error}") from None
 
@@ -249,14 +258,73 @@ def _random(seed: int, shape: tuple[int, ...]):
     return rng.standard_normal(shape, dtype=np.float32) * np.float32(LARGE_DIM**-0.5)
 
 
-BUILDERS = {"bert": build_bert, "large": build_large}
+def build_transformer_dynamo(path: Path) -> None:
+    """The identical-layers encoder through the dynamo exporter: every layer's parameters stored again."""
+    import torch
+
+    model, example = _identical_layers_encoder(torch)
+    temporary = path.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            example,
+            temporary,
+            dynamo=True,
+            external_data=False,
+            opset_version=18,
+            verbose=False,
+            input_names=["x"],
+            output_names=["y"],
+        )
+    os.replace(temporary, path)
+
+
+def build_transformer_torchscript(path: Path) -> None:
+    """The same encoder through the TorchScript exporter, whose constant folding de-duplicates by value."""
+    import torch
+
+    model, example = _identical_layers_encoder(torch)
+    temporary = path.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            example,
+            temporary,
+            dynamo=False,
+            do_constant_folding=True,
+            opset_version=18,
+            input_names=["x"],
+            output_names=["y"],
+        )
+    os.replace(temporary, path)
+
+
+def _identical_layers_encoder(torch):
+    """`nn.TransformerEncoder` clones its layer: N deep copies of ONE layer, perturbed first so that only the
+    copies are equal (a fresh LayerNorm is all ones, every fresh bias zeros). Fast path off: the exporters
+    then trace the plain attention ops."""
+    torch.manual_seed(0)
+    torch.backends.mha.set_fastpath_enabled(False)
+    size = TRANSFORMER
+    layer = torch.nn.TransformerEncoderLayer(size["d_model"], size["nhead"], size["dim_feedforward"], batch_first=True)
+    _perturb(layer, torch)
+    model = torch.nn.TransformerEncoder(layer, size["layers"], enable_nested_tensor=False).eval()
+    return model, (torch.randn(1, size["sequence"], size["d_model"]),)
+
+
+BUILDERS = {
+    "bert": build_bert,
+    "large": build_large,
+    "transformer_dynamo": build_transformer_dynamo,
+    "transformer_torchscript": build_transformer_torchscript,
+}
 
 
 def main(argv: list[str]) -> int:
     """`python bench/models.py path NAME` prints the model's path, building it when missing;
     `build NAME` rebuilds one of the bench's own models. Exit 3: the model is unavailable (reason printed)."""
-    if len(argv) != 2 or argv[0] not in ("build", "path") or argv[1] not in ALL_MODELS:
-        print(f"usage: python bench/models.py build|path {{{','.join(ALL_MODELS)}}}", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in ("build", "path") or argv[1] not in KNOWN_MODELS:
+        print(f"usage: python bench/models.py build|path {{{','.join(KNOWN_MODELS)}}}", file=sys.stderr)
         return 2
     command, name = argv
     try:
