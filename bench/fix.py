@@ -167,6 +167,12 @@ TOOLS = (
         "graphdoctor",
         _graphdoctor("graphdoctor-no-verify", "--no-verify"),
     ),
+    Tool(
+        "graphdoctor-strip",
+        "graphdoctor fix --dedup-transposed --strip-metadata",
+        "graphdoctor",
+        _graphdoctor("graphdoctor-strip", "--strip-metadata"),
+    ),
     Tool("onnxsim", "onnxsim.simplify(path, output_path=)", "python", _script(ONNXSIM)),
     Tool("onnxslim", "onnxslim.slim(path, out)", "python", _script(ONNXSLIM)),
     Tool("onnxoptimizer", "onnxoptimizer.optimize (fuse + elimination passes)", "python", _script(ONNXOPTIMIZER)),

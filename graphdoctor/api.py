@@ -242,6 +242,7 @@ def fix(
     seed: int = 0,
     fp16: Fp16Options | None = None,
     fp16_repairs: int = 4,
+    strip_metadata: bool = False,
 ) -> FixResult:
     """Apply the selected rules' fixes to a fixed point (and convert to FP16 with `fp16`), verify the result
     against the original, then write it atomically to `output` (default: NAME.fixed.onnx, or NAME.fp16.onnx,
@@ -253,7 +254,8 @@ def fix(
     preset; after FP16 conversion, under FP16 emulation and on ONNX Runtime CPU at the fp16 preset. When it
     fails nothing is written and the rules whose fixes alone fail are named; an FP16 conversion instead keeps
     the first diverging node in FP32 and tries again, `fp16_repairs` times at most. `external_data`: None
-    chooses (kept when the input uses it, forced above 2 GB)."""
+    chooses (kept when the input uses it, forced above 2 GB). `strip_metadata` drops doc strings and the
+    metadata of nodes and values (the dynamo exporter's provenance: source lines, module names)."""
     from graphdoctor.engine import FixPolicy
 
     start = time.perf_counter()
@@ -270,6 +272,7 @@ def fix(
     if fp16 is not None and feeds is not None:
         pipeline.ranges = _activation_ranges(source, feeds, size_before)
     use_external = _use_external_data(external_data, loaded.model)  # from the input, before weights are replaced
+    pipeline.strip_metadata = strip_metadata
     pipeline.run(loaded.model, loaded.path)
     result = functools.partial(_fix_result, source, target, size_before, dry_run)
     if dry_run or (not pipeline.changed and output is None and not in_place):
@@ -316,6 +319,7 @@ class _Pipeline:
         self.converged = True
         self.fp16: Fp16Report | None = None
         self.repaired: list[tuple[str, str]] = []  # (node kept FP32 after verification, why)
+        self.strip_metadata = False
 
     @property
     def changed(self) -> bool:
@@ -334,6 +338,8 @@ class _Pipeline:
             tidied, converged = apply_fixes(model, cleanup, FixPolicy(), self.rule_options, path)
             self.fixes, self.converged = _merged(self.fixes, tidied), self.converged and converged
         _forget_inferred_types(model, typed)
+        if self.strip_metadata:
+            _strip_metadata(model)
 
     def kept_fp32(self) -> set[str]:
         """Labels of the nodes the conversion keeps in FP32 (for whatever reason)."""
@@ -375,6 +381,19 @@ def _merged(first: list[RuleFixes], second: list[RuleFixes]) -> list[RuleFixes]:
         into.nodes_removed += fixes.nodes_removed
         into.bytes_saved += fixes.bytes_saved
     return list(by_code.values())
+
+
+def _strip_metadata(model) -> None:
+    """Doc strings and metadata of nodes and values, in every graph (outputs are unaffected)."""
+    from graphdoctor.analysis.graph import iter_graph_sites, iter_values
+
+    for graph, _ in iter_graph_sites(model):
+        for node in graph:
+            node.metadata_props.clear()
+            node.doc_string = None
+    for value in iter_values(model):
+        value.metadata_props.clear()
+        value.doc_string = None
 
 
 def _typed_values(model) -> set[int]:
@@ -487,7 +506,7 @@ class _Gate:
         from graphdoctor.verify.runners import OnnxruntimeBackend, get_backend
 
         if self.large:
-            return [self._exact_backend()], self._exact_backend()
+            return [self._exact_backend(), _Unavailable("fp16-emulation", _TOO_LARGE)], self._exact_backend()
         gpus = [get_backend(name) for name in ("onnxruntime-cuda", "tensorrt-fp16")]
         present = [backend for backend in gpus if backend.unavailable_reason() is None]
         return [get_backend("fp16-emulation"), OnnxruntimeBackend("onnxruntime-cpu"), *present], None
@@ -519,6 +538,25 @@ class _Gate:
             node = _producer_of_worst_input(self.source, divergence.inputs)
             why += ", computed in FP32 from this node's FP16 output"
         return (node, why) if node is not None and node not in kept else None
+
+
+_TOO_LARGE = (
+    "needs the whole model in memory at once; skipped for models over 1 GiB (the FP32 model's activation ranges"
+    " were measured a segment at a time instead, and overflowing nodes kept FP32)"
+)
+
+
+class _Unavailable:
+    """A backend the gate leaves out, named in the report with the reason."""
+
+    computes_fp16 = False
+    precision = ""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name, self.reason = name, reason
+
+    def unavailable_reason(self) -> str:
+        return self.reason
 
 
 def _producer_of_worst_input(source: Path, inputs) -> str | None:

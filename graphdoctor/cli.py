@@ -190,6 +190,9 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
 )
 @click.option("--no-verify", is_flag=True, help="Write without running both models and comparing their outputs.")
 @click.option(
+    "--strip-metadata", is_flag=True, help="Drop doc strings and node/value metadata (the exporter's provenance)."
+)
+@click.option(
     "--fp16", is_flag=True, help="Also convert to FP16 (written as NAME.fp16.onnx), verified under FP16 emulation."
 )
 @click.option("--fp16-io", is_flag=True, help="With --fp16: graph inputs and outputs become FP16 too (default: FP32).")
@@ -245,6 +248,7 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
         shapes=_parse_shapes(options["shapes"]),
         seed=options["seed"],
         fp16=_fp16_options(options),
+        strip_metadata=options["strip_metadata"],
     )
     if options["output_format"] == "json":
         from graphdoctor.report import json as json_report

@@ -44,8 +44,6 @@ __all__ = [
 
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot be larger: above it, weights must be external data
 EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inline (shape constants, biases of small layers)
-_ALIGN_LARGE = 64 * 1024  # tensors of 1 MiB and more start at 64 KiB offsets: runtimes can memory-map them
-_ALIGN_SMALL = 64
 _STAGING: set[Path] = set()  # staging folders not yet committed or discarded
 
 
@@ -296,9 +294,7 @@ def _write_external_data(model: ir.Model, folder: Path, data_name: str) -> None:
             tensor = value.const_value
             if tensor is None or tensor.nbytes < EXTERNAL_MIN_BYTES:
                 continue
-            align = _ALIGN_LARGE if tensor.nbytes >= 1024 * 1024 else _ALIGN_SMALL
-            offset = -data.tell() % align + data.tell()
-            data.seek(offset)
+            offset = data.tell()  # packed, as ONNX's own writer does: padding for alignment costs bytes
             for piece in iter_byte_chunks(tensor):
                 data.write(piece)
             value.const_value = ir.ExternalTensor(

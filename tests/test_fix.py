@@ -286,3 +286,18 @@ def test_inference_mode_is_verified_against_the_original_in_inference_mode(tmp_p
     assert code == 0, out
     assert "GD006 training-mode" in out and "with GD006's fixes only" in out
     assert "tolerance: exact" in out and f"wrote {tmp_path / 'training_mode.fixed.onnx'}" in out
+
+
+def test_strip_metadata_drops_provenance_only(plugins: Path, gd):
+    proto = model_from_text(MODEL)
+    entry = proto.graph.node[1].metadata_props.add()
+    entry.key, entry.value = "pkg.torch.onnx.stack_trace", "File model.py, line 12" * 20
+    proto.graph.node[1].doc_string = "exported from Relu"
+    model = save(proto, plugins / "net.onnx")
+    code, _, _ = gd("fix", model, "--select", "acme/identity", "-o", plugins / "kept.onnx")
+    assert code == 0 and onnx.load(plugins / "kept.onnx").graph.node[0].metadata_props
+    code, _, _ = gd("fix", model, "--select", "acme/identity", "--strip-metadata", "-o", plugins / "stripped.onnx")
+    stripped = onnx.load(plugins / "stripped.onnx")
+    assert code == 0 and not stripped.graph.node[0].metadata_props and not stripped.graph.node[0].doc_string
+    assert (plugins / "stripped.onnx").stat().st_size < (plugins / "kept.onnx").stat().st_size
+    assert np.array_equal(_outputs(plugins / "stripped.onnx"), _outputs(model))
