@@ -250,12 +250,12 @@ def fix(
 
     Safe fixes (bit-exact) run by default, unsafe ones with `unsafe_fixes`, opt-in ones (`dedup-transposed`)
     when named in `opt_ins`. The gate runs both models on inputs generated with `seed` (or `inputs`/`shapes`):
-    on ONNX Runtime CPU with graph optimizations off, bit-exact when only safe fixes ran, else the fp32
-    preset; after FP16 conversion, under FP16 emulation and on ONNX Runtime CPU at the fp16 preset. When it
-    fails nothing is written and the rules whose fixes alone fail are named; an FP16 conversion instead keeps
-    the first diverging node in FP32 and tries again, `fp16_repairs` times at most. `external_data`: None
-    chooses (kept when the input uses it, forced above 2 GB). `strip_metadata` drops doc strings and the
-    metadata of nodes and values (the dynamo exporter's provenance: source lines, module names)."""
+    on ONNX Runtime CPU with graph optimizations and weight prepacking off, bit-exact when only safe fixes
+    ran, else the fp32 preset; after FP16 conversion, under FP16 emulation and on ONNX Runtime CPU at the
+    fp16 preset. When it fails nothing is written and the rules whose fixes alone fail are named; an FP16
+    conversion instead keeps the first diverging node in FP32 and tries again, `fp16_repairs` times at most.
+    `external_data`: None chooses (kept when the input uses it, forced above 2 GB). `strip_metadata` drops doc
+    strings and the metadata of nodes and values (the dynamo exporter's provenance: source lines, module names)."""
     from graphdoctor.engine import FixPolicy
 
     start = time.perf_counter()
@@ -384,7 +384,8 @@ def _merged(first: list[RuleFixes], second: list[RuleFixes]) -> list[RuleFixes]:
 
 
 def _strip_metadata(model) -> None:
-    """Doc strings and metadata of nodes and values, in every graph (outputs are unaffected)."""
+    """Doc strings and metadata of nodes and values, and the types of intermediate values (value_info), in
+    every graph: none of it changes what the model computes."""
     from graphdoctor.analysis.graph import iter_graph_sites, iter_values
 
     for graph, _ in iter_graph_sites(model):
@@ -394,6 +395,7 @@ def _strip_metadata(model) -> None:
     for value in iter_values(model):
         value.metadata_props.clear()
         value.doc_string = None
+    _forget_inferred_types(model, set())
 
 
 def _typed_values(model) -> set[int]:
@@ -449,12 +451,12 @@ SEGMENTED_ABOVE = 1024**3  # models larger than this on disk are verified a segm
 
 class _Gate:
     """The verification every written model passes. After rules' fixes: both models on ONNX Runtime CPU with
-    graph optimizations off (every node as written, so no fused kernel hides or causes a difference),
-    bit-exact after safe fixes, the fp32 preset after unsafe ones. After FP16 conversion: the fp16 preset
-    under FP16 emulation (what FP16 storage does to every tensor, overflow included), on ONNX Runtime CPU
-    (the model loads; weights rounded) and on any GPU backend present. Models over 1 GiB run a segment at a
-    time, so verifying never holds all their weights at once (FP16 emulation, which cannot, is then left
-    out and the verdicts say so)."""
+    graph optimizations and weight prepacking off (every node as written, so no fused or packed kernel
+    hides or causes a difference), bit-exact after safe fixes, the fp32 preset after unsafe ones. After FP16
+    conversion: the fp16 preset under FP16 emulation (what FP16 storage does to every tensor, overflow
+    included), on ONNX Runtime CPU (the model loads; weights rounded) and on any GPU backend present. Models over 1
+    GiB run a segment at a time, so verifying never holds all their weights at once (FP16 emulation, which cannot,
+    is then left out and the verdicts say so)."""
 
     def __init__(self, source: Path, feeds, input_source: str, size: int) -> None:
         self.source = source

@@ -190,7 +190,9 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
 )
 @click.option("--no-verify", is_flag=True, help="Write without running both models and comparing their outputs.")
 @click.option(
-    "--strip-metadata", is_flag=True, help="Drop doc strings and node/value metadata (the exporter's provenance)."
+    "--strip-metadata",
+    is_flag=True,
+    help="Drop doc strings, node/value metadata (exporter provenance) and intermediate value_info.",
 )
 @click.option(
     "--fp16", is_flag=True, help="Also convert to FP16 (written as NAME.fp16.onnx), verified under FP16 emulation."
@@ -216,10 +218,10 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
 
     Safe fixes (bit-exact outputs: duplicate tensors, no-op Casts, dead code, INT64 sentinels) run by default;
     --unsafe-fixes adds those that change values (float64 to float32, inference mode) or the signature.
-    Before writing, both models run on ONNX Runtime CPU with graph optimizations off: outputs must be
-    bit-exact after safe fixes (fp32 tolerance after unsafe ones). If they differ, nothing is written, the
-    offending rule is named and the exit code is 1. Writes are atomic; the input is never modified
-    without --in-place.
+    Before writing, both models run on ONNX Runtime CPU with graph optimizations and weight prepacking
+    off: outputs must be bit-exact after safe fixes (fp32 tolerance after unsafe ones). If they differ,
+    nothing is written, the offending rule is named and the exit code is 1. Writes are atomic; the input is never
+    modified without --in-place.
 
     --fp16 keeps in FP32 what FP16 cannot hold (reporting why, node by node), reports every value it flushes,
     clamps or saturates, and verifies under FP16 emulation: ONNX Runtime's CPU provider computes most FP16

@@ -77,7 +77,7 @@ _TOLERANCE = PRESETS["fp32"]
 # stays above it (the fp16 preset's bound). Between it and the fp32 tolerance lies a drift that reordered
 # float32 arithmetic can produce (a fused Conv+BatchNorm on a large offset), worth a warning, not an error.
 _SAME_RESULTS_COSINE = PRESETS["fp16"].min_cosine
-_BACKEND = "ONNX Runtime CPU with graph optimizations off"
+_BACKEND = "ONNX Runtime CPU with graph optimizations and weight prepacking off"
 # ops whose outputs change from run to run (Dropout only in training mode), named when the original does
 _RANDOM_OPS = frozenset(
     ("Dropout", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")

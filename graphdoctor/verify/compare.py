@@ -104,7 +104,7 @@ def verify_models(
 
     `reference_outputs`, when given, replace the oracle's run of `reference` (a torch.export program
     computed them): the candidate is then compared with those on each backend. `oracle` runs the reference
-    (default: ONNX Runtime CPU as deployed; `fix`'s gate runs it with graph optimizations off).
+    (default: ONNX Runtime CPU as deployed; `fix`'s gate runs it with graph optimizations and weight prepacking off).
     `layerwise` adds, to each verdict whose backend ran, the comparison of the tensors both ONNX models
     share (details["layerwise"])."""
     start = time.perf_counter()

@@ -28,6 +28,7 @@ __all__ = [
     "Backend",
     "OnnxruntimeBackend",
     "as_declared",
+    "as_written",
     "get_backend",
     "session_model",
     "weights_outside",
@@ -82,7 +83,8 @@ class OnnxruntimeBackend(Backend):
         self.provider = _PROVIDERS[key]
         self.optimize = optimize
         self.name = key if optimize else f"{key}-unoptimized"
-        self.precision = self.provider.precision if optimize else f"{self.provider.precision}; graph optimizations off"
+        unoptimized = f"{self.provider.precision}; graph optimizations and weight prepacking off"
+        self.precision = self.provider.precision if optimize else unoptimized
 
     def unavailable_reason(self) -> str | None:
         import onnxruntime as ort
@@ -99,7 +101,7 @@ class OnnxruntimeBackend(Backend):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if not self.optimize:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            as_written(options)
         source = session_model(model, outputs, options)
         try:
             session = ort.InferenceSession(source, options, providers=[self.provider.name])
@@ -108,6 +110,17 @@ class OnnxruntimeBackend(Backend):
         except Exception as error:  # onnxruntime raises its own exception types for bad models and inputs
             raise GraphDoctorError(f"{self.provider.label} cannot run {model.name}: {first_line(error)}") from None
         return dict(zip(names, results, strict=True))
+
+
+def as_written(options) -> None:
+    """Every node as written, on the same kernel whatever its neighbours: no graph optimizations, and no
+    prepacking, which gives MatMul a packed-weight kernel (rounding differently, ~1e-6) only when its weight
+    is an initializer read directly, not through an Identity. Deployed sessions (optimizations on) remove
+    such Identities first, so a fix removing them changes nothing there; this makes the check see that."""
+    import onnxruntime as ort
+
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.disable_prepacking", "1")
 
 
 _ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}

@@ -8,9 +8,9 @@ data file, and runs alone: its inputs are the graph inputs and activations that 
 and its outputs those that later segments or the graph outputs read. An activation is dropped as soon as no
 later segment reads it. Peak memory is one segment's weights plus the live activations.
 
-With graph optimizations off, every node runs the same kernel on the same inputs as in the whole model, so
-the outputs are bit-identical to a whole-model run with optimizations off: this is a faithful oracle for
-`fix`'s gate, not an approximation.
+With graph optimizations and weight prepacking off, every node runs the same kernel on the same inputs as in
+the whole model, so the outputs are bit-identical to a whole-model run with both off: a faithful oracle
+for `fix`'s gate, not an approximation.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from graphdoctor.errors import GraphDoctorError, first_line
-from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend
+from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend, as_written
 
 __all__ = ["SEGMENT_BYTES", "SegmentedOnnxruntimeBackend"]
 
@@ -42,13 +42,14 @@ class _Segment:
 
 
 class SegmentedOnnxruntimeBackend(Backend):
-    """ONNX Runtime CPU, graph optimizations off, one segment of at most `budget` weight bytes at a time."""
+    """ONNX Runtime CPU, graph optimizations and weight prepacking off, a segment of at most `budget` weight
+    bytes at a time."""
 
     def __init__(self, budget: int = SEGMENT_BYTES) -> None:
         self.budget = budget
         self.name = "onnxruntime-cpu-unoptimized"
         self.precision = (
-            f"the model's dtypes; graph optimizations off; run in segments of at most"
+            f"the model's dtypes; graph optimizations and weight prepacking off; run in segments of at most"
             f" {budget // 1024**2} MiB of weights each (bit-identical to a whole run)"
         )
 
@@ -140,7 +141,7 @@ def _run_segment(
     piece = _segment_model(proto, segment, feeds, outputs)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    as_written(options)
     options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(model.resolve().parent))
     try:
         session = ort.InferenceSession(piece.SerializeToString(), options, providers=["CPUExecutionProvider"])

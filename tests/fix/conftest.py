@@ -12,6 +12,7 @@ import pytest
 
 from graphdoctor.engine import FixPolicy, RuleFixes, apply_fixes, select_rules
 from graphdoctor.rule import load_rules
+from graphdoctor.verify.runners import as_written
 
 
 def fix_proto(
@@ -31,9 +32,9 @@ def fix_proto(
 
 
 def run_ort(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs on ONNX Runtime CPU with graph optimizations off: every node runs as written."""
+    """Outputs on ONNX Runtime CPU with graph optimizations and prepacking off: every node runs as written."""
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    as_written(options)
     options.log_severity_level = 3
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     declared = {i.name for i in session.get_inputs()}

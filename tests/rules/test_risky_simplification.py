@@ -180,7 +180,7 @@ def test_batchnorm_fusion_that_changes_results_is_a_warning(lint_proto):
     assert 1e-3 < finding.data["max_abs"] < 1e-2
     assert finding.data["cosine"] > 0.9999
     assert "x: float32[1,4,16,16]" in finding.message
-    assert "graph optimizations off" in finding.message and "fp32 (atol 1e-05" in finding.message
+    assert "graph optimizations and weight prepacking off" in finding.message and "fp32 (atol 1e-05" in finding.message
 
 
 @needs_simplifier
