@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test fixtures bench-lint bench-verify bench-fix clean
+.PHONY: demo test fixtures bench-lint bench-verify bench-fix bench-fp16 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench-verify: $(VENV)/.test
 bench-fix: $(VENV)/.test
 	$(PIP) -e '.[bench]'
 	$(BIN)/python bench/fix.py
+
+bench-fp16: $(VENV)/.test
+	$(PIP) -e '.[bench]'
+	$(BIN)/python bench/fp16.py
 
 clean:
 	rm -rf $(VENV) .cache

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import shutil
 import statistics
@@ -42,6 +41,7 @@ from measure import (
     format_size,
     load_average,
     measure,
+    package_version,
     render_environment,
     run_once,
 )
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_model(model, tools, runs, limits)
     environment = describe_environment(started, load_before, limits)
     environment["data_limit_gib"] = args.mem_limit_gib
-    environment["versions"] |= {name: _version(name) for name in PEER_PACKAGES}
+    environment["versions"] |= {name: package_version(name) for name in PEER_PACKAGES}
     environment["graphdoctor_source"] = {"before": source_before, "after": source_fingerprint()}
     markdown = render_markdown(rows, models, environment)
     print(markdown)
@@ -603,13 +603,6 @@ def write_outputs(rows: list[Row], models: list[BenchModel], environment: dict, 
     }
     (out / "fix.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
     _progress(f"wrote {out / 'fix.md'} and {out / 'fix.json'}")
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _progress(message: str) -> None:

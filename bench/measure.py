@@ -277,7 +277,7 @@ def describe_environment(started: datetime.datetime, load_before: str, limits: L
         "load_before": load_before,
         "load_after": load_average(),
         "python": platform.python_version(),
-        "versions": {name: _version(name) for name in PACKAGES},
+        "versions": {name: package_version(name) for name in PACKAGES},
         "timeout_s": limits.timeout_s,
         "address_space_gib": (limits.address_space_bytes or 0) / 1024 / MIB,
         "argv": sys.argv,
@@ -294,7 +294,7 @@ def format_number(value: float | None, digits: int) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:

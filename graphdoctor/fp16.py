@@ -65,6 +65,7 @@ _EPS_REASON = "reads the eps constant"
 _TAIL_OPS = frozenset({"Sqrt", "Div", "Reciprocal"})
 _NORMALIZATION_TAIL = 3
 _MASK_FILL = -3.0e38  # float32's lowest value (-3.4e38) and its neighbours: the `finfo.min` mask idiom
+_LAZY_FROM = 1024 * 1024  # in-memory weights at least this large are converted lazily, as they are written
 
 
 @dataclass(frozen=True)
@@ -558,8 +559,10 @@ def _convert_in_place(value: ir.Value, transform) -> None:
         for key in [k for k in producer.attributes if k.startswith("value")]:
             del producer.attributes[key]
         producer.attributes["value"] = ir.AttrTensor("value", ir.tensor(transform(array), name=value.name))
-    else:
+    elif isinstance(value.const_value, ir.ExternalTensor) or value.const_value.nbytes >= _LAZY_FROM:
         value.const_value = _lazy_fp16(value.const_value, transform, value.name)
+    else:  # small and in memory: converting now is cheaper than a deferred, chunked read
+        value.const_value = ir.tensor(transform(value.const_value.numpy()), name=value.name)
     value.dtype = _F16
 
 
