@@ -260,41 +260,22 @@ def _random(seed: int, shape: tuple[int, ...]):
 
 def build_transformer_dynamo(path: Path) -> None:
     """The identical-layers encoder through the dynamo exporter: every layer's parameters stored again."""
-    import torch
-
-    model, example = _identical_layers_encoder(torch)
-    temporary = path.with_suffix(".tmp.onnx")
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            example,
-            temporary,
-            dynamo=True,
-            external_data=False,
-            opset_version=18,
-            verbose=False,
-            input_names=["x"],
-            output_names=["y"],
-        )
-    os.replace(temporary, path)
+    _export_encoder(path, dynamo=True, external_data=False, verbose=False)
 
 
 def build_transformer_torchscript(path: Path) -> None:
     """The same encoder through the TorchScript exporter, whose constant folding de-duplicates by value."""
+    _export_encoder(path, dynamo=False, do_constant_folding=True)
+
+
+def _export_encoder(path: Path, **exporter_options) -> None:
     import torch
 
     model, example = _identical_layers_encoder(torch)
     temporary = path.with_suffix(".tmp.onnx")
     with torch.no_grad():
         torch.onnx.export(
-            model,
-            example,
-            temporary,
-            dynamo=False,
-            do_constant_folding=True,
-            opset_version=18,
-            input_names=["x"],
-            output_names=["y"],
+            model, example, temporary, opset_version=18, input_names=["x"], output_names=["y"], **exporter_options
         )
     os.replace(temporary, path)
 

@@ -508,7 +508,8 @@ class _Gate:
         from graphdoctor.verify.runners import OnnxruntimeBackend, get_backend
 
         if self.large:
-            return [self._exact_backend(), _Unavailable("fp16-emulation", _TOO_LARGE)], self._exact_backend()
+            segmented = self._exact_backend()
+            return [segmented, _Unavailable("fp16-emulation", _TOO_LARGE)], segmented
         gpus = [get_backend(name) for name in ("onnxruntime-cuda", "tensorrt-fp16")]
         present = [backend for backend in gpus if backend.unavailable_reason() is None]
         return [get_backend("fp16-emulation"), OnnxruntimeBackend("onnxruntime-cpu"), *present], None

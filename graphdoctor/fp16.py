@@ -40,7 +40,7 @@ import onnx_ir as ir
 
 from graphdoctor.analysis.constants import const_tensor
 from graphdoctor.analysis.fp16_ops import FP16_TINY, input_allows_fp16, output_allows_fp16
-from graphdoctor.analysis.graph import iter_graph_sites, node_label, opset_version
+from graphdoctor.analysis.graph import iter_graph_sites, iter_values, node_label, opset_version
 from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, TensorRange, feeds_softmax
 from graphdoctor.analysis.ranges import is_mask_saturation as _is_mask_activation
 from graphdoctor.analysis.tensor_data import iter_chunks
@@ -184,9 +184,7 @@ class _Converter:
         self.converted: dict[int, ir.Value] = {}  # constant -> its FP16 form
         self.added: set[int] = set()
         self.forced: dict[int, str] = {}  # nodes kept FP32 because of a node before them, with the reason
-        self.names = {
-            v.name for graph, _ in iter_graph_sites(model) if isinstance(graph, ir.Graph) for v in _values(graph)
-        }
+        self.names = {value.name for value in iter_values(model)}
 
     # -- 1. deciding --
 

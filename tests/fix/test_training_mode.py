@@ -246,7 +246,6 @@ def test_training_export_runs_as_the_eval_mode_torch_model(tmp_path):
     """The TrainingMode.TRAINING export, fixed, computes what the same torch module computes in eval mode
     (the module rebuilt from the export's own weights), and runs deterministically."""
     import torch
-    from torch import nn
 
     from fixtures import torch_exports
 
@@ -260,18 +259,7 @@ def test_training_export_runs_as_the_eval_mode_torch_model(tmp_path):
     [first], [second] = run_ort(fixed, feeds), run_ort(fixed, feeds)
     assert first.tobytes() == second.tobytes()
 
-    net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Dropout(0.2),
-        nn.Linear(32, 10),
-    )
+    net = torch_exports.training_mode_net()
     weights = {t.name: torch.from_numpy(onnx.numpy_helper.to_array(t).copy()) for t in proto.graph.initializer}
     missing, unexpected = net.load_state_dict(weights, strict=False)
     assert unexpected == [] and all(name.endswith("num_batches_tracked") for name in missing)
