@@ -36,10 +36,19 @@ logger = logging.getLogger(__name__)
 class RuleContext:
     """What a rule's check sees: the shared analysis, its options, and `report` to make findings."""
 
-    def __init__(self, rule: Rule, analysis: Analysis, options: Any = None) -> None:
+    def __init__(self, rule: Rule, analysis: Analysis, options: Any = None, policy: FixPolicy | None = None) -> None:
         self.rule = rule
         self.analysis = analysis
         self.options = options if options is not None else rule.meta.options
+        self.policy = policy  # set when fixing: only findings whose fix it allows are of use
+
+    def wants(self, message_id: str) -> bool:
+        """Whether findings of this message are of use: all are when linting, only those with an allowed fix
+        when fixing. A rule may skip a costly search nobody will use (GD003's W/Wᵀ pairs without the opt-in)."""
+        if self.policy is None:
+            return True
+        message = self.rule.meta.messages[message_id]
+        return self.policy.allows_fix(message.fix or self.rule.meta.fix, message.opt_in)
 
     def report(
         self,
@@ -149,11 +158,13 @@ class FixPolicy:
     opt_ins: frozenset[str] = frozenset()
 
     def allows(self, finding: Finding) -> bool:
-        if finding.repair is None or finding.fix is None:
+        return finding.repair is not None and self.allows_fix(finding.fix, finding.opt_in)
+
+    def allows_fix(self, safety: FixSafety | None, opt_in: str = "") -> bool:
+        """Whether a fix of this safety (None: no fix), opt-in name aside, may be applied."""
+        if safety is None or (opt_in and opt_in not in self.opt_ins):
             return False
-        if finding.opt_in and finding.opt_in not in self.opt_ins:
-            return False
-        return finding.fix is FixSafety.SAFE or self.unsafe
+        return safety is FixSafety.SAFE or self.unsafe
 
 
 def can_fix(rule: Rule) -> bool:
@@ -179,7 +190,8 @@ def apply_fixes(
     for _ in range(max_rounds):
         changed = False
         for rule in fixers:
-            context = RuleContext(rule, analysis, _options_for(rule, (rule_options or {}).get(rule.name)))
+            options = _options_for(rule, (rule_options or {}).get(rule.name))
+            context = RuleContext(rule, analysis, options, policy)
             chosen = [f for f in rule.check(model, context) if policy.allows(f)]
             if chosen and _repair(chosen, model, done[rule.code]):
                 changed = True

@@ -111,10 +111,10 @@ class _Scan:
     """A float32 constant, reduced to what FP16 would do to it."""
 
     size: int
-    nonzero: int
+    nonzero: int  # counted where a value flushes (else 0): what tells an epsilon from a weight
     overflow: int  # finite |x| >= 65520
     overflow_negative: int
-    min_value: float
+    min_value: float  # the lowest finite value, read for masks (0.0 where nothing overflows)
     worst_overflow: float
     flushed: int  # nonzero |x| <= 2^-25
     worst_flushed: float
@@ -328,12 +328,12 @@ class _Converter:
         here only with `clamp`, and is reported."""
         fill = _fill(node)
         array = fill.numpy().reshape(-1).astype(np.float32) if fill is not None else np.zeros(1, np.float32)
-        scan = _scan_tensor(ir.tensor(array))
+        scan = _scan_tensor(ir.Tensor(array))
         if scan is not None and scan.overflow:
             self.report.changed.append(
                 ValueChange(f"{node_label(node)}.value", "clamped to ±65504", scan.overflow, scan.worst_overflow)
             )
-        node.attributes["value"] = ir.AttrTensor("value", ir.tensor(_saturating(array)))
+        node.attributes["value"] = ir.AttrTensor("value", ir.Tensor(_saturating(array)))
 
     def retype_main_inputs(self) -> None:
         """--fp16-io: the main graph's float inputs become FP16 (outputs follow in `place_casts`)."""
@@ -503,6 +503,10 @@ def _scan_tensor(tensor: ir.TensorProtocol) -> _Scan | None:
 
 def _chunk_stats(tensor: ir.TensorProtocol) -> Iterable[tuple]:
     for chunk in iter_chunks(tensor):
+        magnitude = np.abs(chunk)
+        if not ((magnitude >= FP16_OVERFLOW) | ((magnitude <= FP16_FLUSH) & (magnitude > 0))).any():
+            yield (chunk.size, 0, 0, 0, 0.0, 0, 0.0, 0.0)  # FP16 only rounds it: the usual weight, cheaply
+            continue
         finite = chunk[np.isfinite(chunk)]
         magnitude = np.abs(finite)
         over = finite[magnitude >= FP16_OVERFLOW]
@@ -515,7 +519,7 @@ def _chunk_stats(tensor: ir.TensorProtocol) -> Iterable[tuple]:
             float(over[np.argmax(np.abs(over))]) if over.size else 0.0,
             tiny.size,
             float(tiny[np.argmax(np.abs(tiny))]) if tiny.size else 0.0,
-            float(finite.min()) if finite.size else 0.0,
+            float(finite.min()) if over.size else 0.0,
         )
 
 
@@ -545,7 +549,7 @@ def _lazy_fp16(source: ir.TensorProtocol, transform, name: str | None) -> ir.Laz
         for chunk in iter_chunks(source):
             out[position : position + chunk.size] = transform(chunk)
             position += chunk.size
-        return ir.tensor(out.reshape(shape.numpy()), name=name)
+        return ir.Tensor(out.reshape(shape.numpy()), name=name)
 
     return ir.LazyTensor(load, dtype=_F16, shape=shape, name=name)
 
@@ -556,11 +560,11 @@ def _convert_in_place(value: ir.Value, transform) -> None:
         array = np.asarray(const_tensor(value).numpy(), dtype=np.float32)
         for key in [k for k in producer.attributes if k.startswith("value")]:
             del producer.attributes[key]
-        producer.attributes["value"] = ir.AttrTensor("value", ir.tensor(transform(array), name=value.name))
+        producer.attributes["value"] = ir.AttrTensor("value", ir.Tensor(transform(array), name=value.name))
     elif isinstance(value.const_value, ir.ExternalTensor) or value.const_value.nbytes >= _LAZY_FROM:
         value.const_value = _lazy_fp16(value.const_value, transform, value.name)
     else:  # small and in memory: converting now is cheaper than a deferred, chunked read
-        value.const_value = ir.tensor(transform(value.const_value.numpy()), name=value.name)
+        value.const_value = ir.Tensor(transform(value.const_value.numpy()), name=value.name)
     value.dtype = _F16
 
 

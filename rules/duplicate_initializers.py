@@ -96,7 +96,7 @@ def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
     scopes = _Scopes(ctx.analysis)
     for group in digests.identical_groups(options.min_bytes):
         yield _report_identical(ctx, group, scopes, options)
-    if options.transposed:
+    if options.transposed and ctx.wants("transposed"):
         for original, transposed in digests.transposed_pairs(options.min_bytes):
             yield _report_transposed(ctx, original, transposed, scopes, options)
 

@@ -300,7 +300,7 @@ class _Rewriter:
         if tensor is None or not _needs_clamp(tensor):
             return
         clamped, count = clamp_to_fp16_range(tensor.numpy())
-        value.const_value = ir.tensor(clamped, name=value.name)
+        value.const_value = ir.Tensor(clamped, name=value.name)
         self.emulation.clamped[value.name or "?"] = count
 
     def _clamp_constant_node(self, node: ir.Node) -> None:
@@ -311,7 +311,7 @@ class _Rewriter:
         if not _needs_clamp(attr.value):
             return
         clamped, count = clamp_to_fp16_range(attr.value.numpy())
-        node.attributes["value"] = ir.AttrTensor("value", ir.tensor(clamped))
+        node.attributes["value"] = ir.AttrTensor("value", ir.Tensor(clamped))
         self.emulation.clamped[node_label(node)] = count
 
 
@@ -324,7 +324,7 @@ def _retarget_fp16_attributes(node: ir.Node) -> None:
             node.attributes[key] = ir.AttrInt64(key, ir.DataType.FLOAT)
     attr = node.attributes.get("value")
     if attr is not None and attr.type == ir.AttributeType.TENSOR and attr.value.dtype == ir.DataType.FLOAT16:
-        node.attributes["value"] = ir.AttrTensor("value", ir.tensor(attr.value.numpy().astype(np.float32)))
+        node.attributes["value"] = ir.AttrTensor("value", ir.Tensor(attr.value.numpy().astype(np.float32)))
 
 
 def _needs_clamp(tensor: ir.TensorProtocol) -> bool:
