@@ -49,10 +49,13 @@ def test_every_graph_is_typed_subgraphs_included():
 def test_inference_leaves_initializers_and_inputs_as_they_were():
     """Large weights are lent to inference as graph inputs; afterwards order, membership and bytes are back."""
     model = _with_big_weight(
-        _model("""
+        _model(
+            """
         g (float[1, 32] x) => (float[1, 32] y) <float[32, 32] w = {1.0, 2.0}> {
             y = MatMul(x, w)
-        }""", check=False)
+        }""",
+            check=False,
+        )
     )
     before = (list(model.graph.initializers), [v.name for v in model.graph.inputs])
     big = model.graph.initializers["big"].const_value
@@ -64,12 +67,15 @@ def test_inference_leaves_initializers_and_inputs_as_they_were():
 
 
 def test_sequences_are_typed_as_sequences():
-    model = _model("""
+    model = _model(
+        """
         g (float[2] x) => (float[2] y) {
             s = SequenceConstruct(x, x)
             y = SequenceAt(s, zero)
             zero = Constant<value = int64 {0}>()
-        }""", check=False)
+        }""",
+        check=False,
+    )
     assert infer_types(model)
     values = _outputs(model)
     assert isinstance(values["s"].type, ir.SequenceType)
@@ -80,11 +86,14 @@ def test_sequences_are_typed_as_sequences():
 def test_a_model_inference_cannot_fully_type_is_inferred_once(monkeypatch: pytest.MonkeyPatch):
     """A contrib op leaves its output untyped: later calls must not re-run inference for it (fixes re-analyse
     after every change), but do once a rewrite adds a new untyped value."""
-    model = _model("""
+    model = _model(
+        """
         g (float[2] x) => (y) {
             m = com.microsoft.FastGelu(x)
             y = Relu(m)
-        }""", check=False)
+        }""",
+        check=False,
+    )
     calls = []
     real = onnx.shape_inference.infer_shapes
     monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda *a, **k: calls.append(1) or real(*a, **k))
