@@ -6,8 +6,10 @@
 Peers (research/fp16.md §2): onnxconverter-common `convert_float_to_float16(model, keep_io_types=True)`
 (its `_model_path` variant on the >2 GB model), ONNX Runtime's `onnxruntime.transformers.float16` fork of
 it (given the path on the >2 GB model), onnxslim `slim(path, dtype="fp16")` (no options: FP16 I/O) and
-onnxsim `quantize_fp16(path, keep_io_types=True)`. graphdoctor runs twice: by default (verification under
-FP16 emulation and range analysis included) and with `--no-verify`, the conversion alone.
+onnxsim `quantize_fp16(path, keep_io_types=True)`. graphdoctor runs three times: by default (verification
+under FP16 emulation and range analysis included), with `--no-verify` (the conversion alone), and with
+`--no-verify --keep-fp32` naming onnxconverter-common's default FP32 ops (Max, Min, Resize, TopK, ...), so
+that both keep the same regions in FP32 and place Casts around them: the same work.
 
 Each conversion runs in a fresh process under `/usr/bin/time -v` with a memory cap (RLIMIT_AS), N times
 (medians; 1 run on models over 150 MB). Its output is then judged in another capped child process: does ONNX
@@ -89,6 +91,19 @@ def _graphdoctor(*extra: str) -> Callable[[str, Path, Path], list[str]]:
     return command
 
 
+def _occ_blocked_ops() -> str:
+    """onnxconverter-common's default FP32 op list, its ai.onnx ops: the row that keeps the same regions FP32
+    (the chains' Max, yolo's Resize) compares the same work."""
+    import onnx
+    from onnxconverter_common.float16 import DEFAULT_OP_BLOCK_LIST
+
+    return ",".join(op for op in DEFAULT_OP_BLOCK_LIST if onnx.defs.has(op))
+
+
+def _graphdoctor_as_occ(name: str, path: Path, out: Path) -> list[str]:
+    return _graphdoctor("--no-verify", f"--keep-fp32={_occ_blocked_ops()}")(name, path, out)
+
+
 def _peer(key: str) -> Callable[[str, Path, Path], list[str]]:
     return lambda name, path, out: [str(BIN / "python"), __file__, "convert", key, str(path), str(out)]
 
@@ -96,6 +111,7 @@ def _peer(key: str) -> Callable[[str, Path, Path], list[str]]:
 TOOLS = (
     Tool("graphdoctor fix --fp16", "graphdoctor", _graphdoctor()),
     Tool("graphdoctor fix --fp16 --no-verify", "graphdoctor-noverify", _graphdoctor("--no-verify")),
+    Tool("graphdoctor --no-verify, occ's FP32 ops kept", "graphdoctor-occ-ops", _graphdoctor_as_occ),
     Tool("onnxconverter-common", "occ", _peer("occ")),
     Tool("onnxruntime.transformers.float16", "ort", _peer("ort")),
     Tool("onnxslim dtype=fp16", "onnxslim", _peer("onnxslim")),

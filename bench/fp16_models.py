@@ -4,9 +4,11 @@
   at opset 17, batch 1 at 224×224: two classifiers whose ops (LayerNorm, GELU, Softmax) ResNet-50 lacks.
 - bert_opset14: bench/models.py's BERT-base at opset 14, where LayerNormalization does not exist yet and the
   exporter decomposes it (ReduceMean, Pow, Sqrt, Div, its 1e-12 epsilon a tensor that FP16 flushes to 0).
-- chain776, chain3100, chain12400: synthetic chains of MatMul(64×64) + Add + Tanh + Mul on a [1, 64] tensor
-  (194, 775 and 3,100 repeats): graphs dominated by their node count, not their weights, to show how each
-  converter scales. Tanh and a Mul near 1 keep activations bounded, so FP16 itself never overflows here.
+- chain775, chain3100, chain12400: synthetic chains on a [1, 64] tensor, the research's scaling models
+  (research/fp16.md §3.7): blocks of ten MatMul(64×64) + Add + Tanh layers closed by a Max (25, 100 and 400
+  blocks): graphs dominated by their node count, not their weights, to show how each converter scales.
+  onnxconverter-common keeps Max in FP32 by default, so it must place Casts around 400 regions; Tanh keeps
+  activations bounded, so FP16 itself never overflows here.
 
 Built models are cached under .cache/bench/ (bench/models.py's CACHE) and built in a child process
 (`python bench/fp16_models.py path NAME`), so torch never enters the process that runs the benchmark.
@@ -22,9 +24,10 @@ from pathlib import Path
 import models
 from models import CACHE, ModelUnavailable
 
-CHAIN_REPEATS = {"chain776": 194, "chain3100": 775, "chain12400": 3100}
+CHAIN_BLOCKS = {"chain775": 25, "chain3100": 100, "chain12400": 400}  # 31 nodes a block
+CHAIN_BLOCK_LAYERS = 10
 CHAIN_WIDTH = 64
-OWN_MODELS = ("convnext_tiny", "vit_b_16", "bert_opset14", *CHAIN_REPEATS)
+OWN_MODELS = ("convnext_tiny", "vit_b_16", "bert_opset14", *CHAIN_BLOCKS)
 
 __all__ = ["OWN_MODELS", "model_path"]
 
@@ -98,8 +101,9 @@ def _export(torch, model, example, path: Path, inputs, outputs, opset: int, dyna
     os.replace(temporary, path)
 
 
-def build_chain(repeats: int, path: Path) -> None:
-    """x[1,64] → repeats × (MatMul W_i, Add b_i, Tanh, Mul s_i) → y, every tensor distinct."""
+def build_chain(blocks: int, path: Path) -> None:
+    """x[1,64] → blocks × (10 × (MatMul W, Add b, Tanh), Max floor) → y: 31 nodes a block, every tensor
+    distinct (research/fp16.md §3.7's chain, with Tanh for Relu so that 4,000 layers neither vanish nor grow)."""
     import numpy as np
     import onnx_ir as ir
 
@@ -107,23 +111,29 @@ def build_chain(repeats: int, path: Path) -> None:
     float_type = ir.TensorType(ir.DataType.FLOAT)
     x = ir.Value(name="x", shape=ir.Shape([1, CHAIN_WIDTH]), type=float_type)
     nodes, initializers, hidden = [], [], x
-    for layer in range(repeats):
-        weight = rng.standard_normal((CHAIN_WIDTH, CHAIN_WIDTH), dtype=np.float32) * np.float32(CHAIN_WIDTH**-0.5)
-        bias = rng.standard_normal(CHAIN_WIDTH, dtype=np.float32) * np.float32(0.1)
-        scale = np.float32(1.0) + rng.standard_normal(CHAIN_WIDTH, dtype=np.float32) * np.float32(0.05)
-        constants = []
-        for suffix, array in (("weight", weight), ("bias", bias), ("scale", scale)):
-            tensor = ir.tensor(array, name=f"layer{layer}.{suffix}")
-            value = ir.Value(name=tensor.name, shape=tensor.shape, type=float_type, const_value=tensor)
-            initializers.append(value)
-            constants.append(value)
-        weight_value, bias_value, scale_value = constants
-        steps = (("MatMul", [weight_value]), ("Add", [bias_value]), ("Tanh", []), ("Mul", [scale_value]))
-        for op_type, operands in steps:
-            node = ir.node(op_type, [hidden, *operands], name=f"layer{layer}/{op_type}")
-            node.outputs[0].name = node.name + "_out"
-            nodes.append(node)
-            hidden = node.outputs[0]
+
+    def constant(name: str, array: np.ndarray) -> ir.Value:
+        tensor = ir.tensor(array, name=name)
+        value = ir.Value(name=name, shape=tensor.shape, type=float_type, const_value=tensor)
+        initializers.append(value)
+        return value
+
+    def step(op_type: str, name: str, *operands: ir.Value) -> ir.Value:
+        node = ir.node(op_type, [hidden, *operands], name=name)
+        node.outputs[0].name = f"{name}_out"
+        nodes.append(node)
+        return node.outputs[0]
+
+    for block in range(blocks):
+        for index in range(CHAIN_BLOCK_LAYERS):
+            layer = f"block{block}.layer{index}"
+            weight = rng.standard_normal((CHAIN_WIDTH, CHAIN_WIDTH), dtype=np.float32) * np.float32(CHAIN_WIDTH**-0.5)
+            bias = rng.standard_normal(CHAIN_WIDTH, dtype=np.float32) * np.float32(0.1)
+            hidden = step("MatMul", f"{layer}/MatMul", constant(f"{layer}.weight", weight))
+            hidden = step("Add", f"{layer}/Add", constant(f"{layer}.bias", bias))
+            hidden = step("Tanh", f"{layer}/Tanh")
+        floor = np.float32(-0.9) + rng.standard_normal(CHAIN_WIDTH, dtype=np.float32) * np.float32(0.05)
+        hidden = step("Max", f"block{block}/Max", constant(f"block{block}.floor", floor))
     hidden.name, hidden.type, hidden.shape = "y", float_type, ir.Shape([1, CHAIN_WIDTH])
     graph = ir.Graph([x], [hidden], nodes=nodes, initializers=initializers, opset_imports={"": 17}, name="chain")
     temporary = path.with_suffix(".tmp.onnx")
@@ -139,8 +149,8 @@ def main(argv: list[str]) -> int:
     name = argv[0]
     path = CACHE / f"{name}.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if name in CHAIN_REPEATS:
-        build_chain(CHAIN_REPEATS[name], path)
+    if name in CHAIN_BLOCKS:
+        build_chain(CHAIN_BLOCKS[name], path)
     elif name == "bert_opset14":
         build_bert_opset14(path)
     else:

@@ -106,6 +106,19 @@ def test_version():
     assert run("--version")[1].strip() == f"graphdoctor, version {__version__}"
 
 
+def test_deferred_sympy_loads_when_used():
+    """onnx-ir's symbolic dimension arithmetic and a later `import sympy` (torch does) get the real module."""
+    code = (
+        "import sys, types, graphdoctor, onnx_ir as ir\n"
+        "deferred = type(sys.modules['sympy']) is not types.ModuleType\n"
+        "dim = ir.SymbolicDim('N') * 2 + 1\n"
+        "import sympy\n"
+        "print(deferred, dim, sympy.Symbol('x') + 1, type(sys.modules['sympy']) is types.ModuleType)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "2*N", "+", "1", "x", "+", "1", "True"]
+
+
 def test_main_turns_graphdoctor_errors_into_exit_two(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["lint", "/nonexistent/model.onnx"])
@@ -114,12 +127,14 @@ def test_main_turns_graphdoctor_errors_into_exit_two(capsys):
 
 
 def test_lint_path_never_imports_heavy_modules(double_path: Path):
-    """lint must start fast: no torch, onnxsim or tensorrt on its import path."""
+    """lint must start fast: no torch, onnxsim or tensorrt on its import path, and sympy (which onnx-ir
+    imports) left a placeholder until something asks for it."""
     code = (
-        "import sys; from graphdoctor.cli import main\n"
+        "import sys, types; from graphdoctor.cli import main\n"
         "try: main(['lint', sys.argv[1], '--exit-zero'])\n"
         "except SystemExit: pass\n"
         "heavy = [m for m in ('torch', 'onnxsim', 'tensorrt', 'onnxslim') if m in sys.modules]\n"
+        "heavy += ['sympy'] if type(sys.modules.get('sympy')) is types.ModuleType else []\n"
         "print('HEAVY', heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(double_path)], capture_output=True, text=True).stdout
