@@ -84,8 +84,11 @@ class Tool:
 
 
 def _graphdoctor(*extra: str) -> Callable[[str, Path, Path], list[str]]:
+    """--shape only where the model runs: with it `--no-verify` would still measure activation ranges."""
+
     def command(name: str, path: Path, out: Path) -> list[str]:
-        shapes = [f"--shape={k}:{'x'.join(map(str, v))}" for k, v in SHAPES.get(name, {}).items()]
+        runs = "--no-verify" not in extra
+        shapes = [f"--shape={k}:{'x'.join(map(str, v))}" for k, v in SHAPES.get(name, {}).items() if runs]
         return [str(BIN / "graphdoctor"), "fix", str(path), "-o", str(out), "--fp16", *shapes, *extra]
 
     return command
