@@ -40,7 +40,7 @@ import onnx_ir as ir
 
 from graphdoctor.analysis.constants import const_tensor
 from graphdoctor.analysis.fp16_ops import FP16_TINY, input_allows_fp16, output_allows_fp16
-from graphdoctor.analysis.graph import iter_graph_sites, iter_values, node_label, opset_version
+from graphdoctor.analysis.graph import holds_tensor, iter_graph_sites, iter_values, node_label, opset_version
 from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, TensorRange, feeds_softmax
 from graphdoctor.analysis.ranges import is_mask_saturation as _is_mask_activation
 from graphdoctor.analysis.tensor_data import iter_chunks
@@ -133,7 +133,7 @@ def convert_to_fp16(
     report = Fp16Report(ranges_measured=ranges is not None)
     graphs = [graph for graph, _ in iter_graph_sites(model) if isinstance(graph, ir.Graph)]
     report.functions_kept = len(model.functions)
-    was_float = {id(v) for graph in graphs for v in _values(graph) if v.dtype == _F32}
+    was_float = {id(v) for graph in graphs for v in _values(graph) if v.dtype == _F32 and holds_tensor(v)}
     if not was_float or _only_boundaries_fp32(graphs):
         report.already_fp16 = True
         return report
@@ -239,6 +239,8 @@ class _Converter:
             return f"--keep-fp32 {pattern}"
         if node.domain not in ("", "ai.onnx"):
             return f"op of domain '{node.domain}': its FP16 support is unknown"
+        if not all(holds_tensor(v) for v in (*node.inputs, *node.outputs) if v is not None):
+            return "reads or produces a sequence or optional, which no Cast converts"
         if node.op_type in _SUBGRAPH_OPS:
             return "holds subgraphs, converted on their own; their inputs and outputs stay FP32"
         if node.op_type in BLOCKED_OPS:

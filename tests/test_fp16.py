@@ -162,6 +162,19 @@ def test_graph_output_read_inside_the_graph(gd: Run, tmp_path: Path):
     assert_close(path, fp16_path(path), {"x": normal(2, 4)})
 
 
+def test_sequence_ops_stay_fp32_around_an_fp16_region(gd: Run, tmp_path: Path):
+    """onnx-ir reports a sequence's dtype as its elements': converting SequenceConstruct would put a Cast on
+    a sequence (and ranges would fetch it as a tensor). They stay FP32, with the reason; the rest converts."""
+    path = saved(fp16_cases.sequence_of_tensors(), tmp_path)
+    out, model = fixed(gd, path)
+    assert "'SequenceConstruct_1' (SequenceConstruct): reads or produces a sequence" in out
+    assert "'SequenceAt_3' (SequenceAt): reads or produces a sequence" in out
+    types = elem_types(model)
+    assert types["r"] == FLOAT16 and types["a"] == FLOAT
+    assert io_types(model) == ([FLOAT], [FLOAT])
+    assert_close(path, fp16_path(path), {"x": normal(2, 4)})
+
+
 def test_blocked_topk_in_a_branch_gets_its_casts_in_the_branch(gd: Run, tmp_path: Path):
     """The TopK reading the outer FP16 `h` stays FP32 through a Cast inside the then-branch (a Cast in the
     main graph would run on the branch not taken, and break when h is written after the If)."""

@@ -10,6 +10,7 @@ __all__ = [
     "GraphSite",
     "consumers",
     "holds_fp16",
+    "holds_tensor",
     "iter_graph_sites",
     "iter_values",
     "node_label",
@@ -85,6 +86,12 @@ def iter_values(model: ir.Model) -> Iterator[ir.Value]:
             yield from graph.initializers.values()
         for node in graph:
             yield from node.outputs
+
+
+def holds_tensor(value: ir.Value) -> bool:
+    """A tensor, or a value of unknown type; not a sequence, optional or map, whose `dtype` onnx-ir reports as
+    their elements' although no Cast can convert them."""
+    return value.type is None or isinstance(value.type, ir.TensorType)
 
 
 def holds_fp16(model: ir.Model) -> bool:

@@ -29,7 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphdoctor.analysis.constants import const_tensor
-from graphdoctor.analysis.graph import node_label
+from graphdoctor.analysis.graph import holds_tensor, node_label
 from graphdoctor.analysis.tensor_data import iter_chunks
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def value_ranges(
     ranges: dict[str, TensorRange] = {}
     for fetched in iter_slices(run, wanted, budget_bytes):
         for name, array in fetched.items():
-            if array.dtype == np.float32:
+            if isinstance(array, np.ndarray) and array.dtype == np.float32:
                 node = producers.get(name)
                 ranges[name] = range_of(name, array, node)
     return ranges
@@ -144,7 +144,7 @@ def float_tensor_names(model: ir.Model) -> list[str]:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             continue
         for value in node.outputs:
-            if value.name and value.name not in initializers and value.dtype in (ir.DataType.FLOAT, None):
+            if value.name not in initializers and value.dtype in (ir.DataType.FLOAT, None) and holds_tensor(value):
                 names.append(value.name)
     return names
 

@@ -47,7 +47,7 @@ import onnx
 import onnx_ir as ir
 
 from graphdoctor.analysis.fp16_ops import clamp_to_fp16_range, input_allows_fp16, output_allows_fp16
-from graphdoctor.analysis.graph import holds_fp16, iter_graph_sites, node_label
+from graphdoctor.analysis.graph import holds_fp16, holds_tensor, iter_graph_sites, node_label
 from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_OVERFLOW, iter_slices
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.errors import GraphDoctorError, first_line
@@ -154,6 +154,8 @@ class _Rewriter:
             self._round_outputs(graph, node, is_main)
 
     def _in_region(self, value: ir.Value) -> bool:
+        if not holds_tensor(value):  # sequences and optionals: no Cast rounds them
+            return False
         if self.holds_fp16:
             return id(value) in self.region
         return value.dtype == ir.DataType.FLOAT
