@@ -254,6 +254,20 @@ def test_transposed_is_fixed_only_when_asked(tmp_path):
     assert lint(result, tmp_path) == []
 
 
+def test_fixing_without_the_opt_in_does_not_search_for_transposes(monkeypatch: pytest.MonkeyPatch):
+    """Nobody would use W/Wᵀ findings without --dedup-transposed: the fix engine tells the rule (`ctx.wants`),
+    which skips the search (it reads blocks of every pair of transposed shapes)."""
+    from graphdoctor.analysis.digests import TensorDigests
+
+    searched = []
+    real = TensorDigests.transposed_pairs
+    monkeypatch.setattr(TensorDigests, "transposed_pairs", lambda self, *a: searched.append(1) or real(self, *a))
+    proto = weights_model({"embed": EMBED, "head": np.ascontiguousarray(EMBED.T)})
+    assert fix(proto)[1] == [] and searched == []
+    fix(proto, OPT_IN)
+    assert searched
+
+
 def test_transposed_graph_output_keeps_its_name():
     graph = helper.make_graph(
         [helper.make_node("Neg", ["embed"], ["y"], name="neg")],
