@@ -40,7 +40,10 @@ class _Placeholder(types.ModuleType):
         self.__spec__ = spec
 
     def __getattr__(self, attribute: str):
-        return getattr(_imported(self), attribute)
+        module = self.__dict__.get("_graphdoctor_module")
+        if module is None:
+            module = self.__dict__["_graphdoctor_module"] = _imported(self)
+        return getattr(module, attribute)
 
 
 def _imported(placeholder: _Placeholder) -> types.ModuleType:
