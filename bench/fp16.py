@@ -179,6 +179,7 @@ def bench_model(name: str, tools: list[Tool], runs: int | None, limits: Limits) 
         return [Row(name, None, "—", skipped=str(error))]
     size = model_size(path)
     count = runs or (1 if size > BIG_MODEL_BYTES else 3)
+    (SCRATCH / name / "reference.npz").unlink(missing_ok=True)  # a rebuilt model must not meet old outputs
     rows = []
     for tool in tools:
         if (tool.key, name) in SKIPS:

@@ -253,6 +253,21 @@ def test_a_full_disk_leaves_no_output_and_the_input_untouched(plugins: Path):
     assert sorted(p.name for p in plugins.iterdir()) == ["big.onnx"] and _digest(model) == before
 
 
+def test_weights_inline_over_2_gib_are_refused_with_one_line(tmp_path: Path):
+    """protobuf cannot serialize a model over 2 GiB: asked for no external data, the write says so and leaves
+    nothing behind (np.zeros is not touched until serialized, so this costs one 2 GiB copy)."""
+    import onnx_ir as ir
+
+    from graphdoctor.errors import GraphDoctorError
+    from graphdoctor.model import stage_model
+
+    weight = ir.Value(name="w", const_value=ir.Tensor(np.zeros(2**29 + 16, np.float32), name="w"))
+    graph = ir.Graph([], [weight], nodes=[], initializers=[weight], opset_imports={"": 17})
+    with pytest.raises(GraphDoctorError, match=r"over protobuf's 2 GiB limit: write it with --external-data$"):
+        stage_model(ir.Model(graph, ir_version=8), tmp_path / "big.onnx", external_data=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_write_leaves_no_output(plugins: Path, sig: signal.Signals):
     """Interrupt the child while it writes (its staging folder exists): no output, no staging folder."""
