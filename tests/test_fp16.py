@@ -593,3 +593,35 @@ def test_real_exports(name: str, tmp_path: Path):
     onnx.checker.check_model(model, full_check=True)
     feeds = dict(np.load(inputs))
     assert all(np.isfinite(v).all() for v in run(output, feeds).values())
+
+
+F32 = np.float32
+
+
+@pytest.mark.parametrize(
+    ("values", "only_rounded"),
+    [
+        (np.array([0.5, -1.0, 0.0, -0.0], F32), True),
+        (np.array([1.0, np.nextafter(F32(2.0**-25), F32(1))], F32), True),  # the smallest value FP16 keeps
+        (np.array([1.0, 2.0**-25], F32), False),  # flushed to 0
+        (np.array([-1e-9], F32), False),
+        (np.array([np.nextafter(F32(65520), F32(0))], F32), True),  # rounds to 65504
+        (np.array([-65520.0], F32), False),  # inf in FP16
+        (np.array([np.nan, 1.0], F32), False),
+        (np.array([np.inf], F32), False),
+        (np.array(3.0, F32), True),
+        (np.zeros(0, F32), True),
+        (np.arange(10, dtype=F32)[::2], True),
+    ],
+)
+def test_the_fast_scan_agrees_with_fp16_itself(values: np.ndarray, only_rounded: bool):
+    """The converter skips counting for chunks FP16 only rounds; what it decides must be what numpy's own
+    float16 conversion does (nothing overflows to inf, nothing nonzero becomes 0) and what NaN/inf imply."""
+    from graphdoctor.fp16 import _only_rounded
+
+    assert _only_rounded(values) is only_rounded
+    with np.errstate(over="ignore"):
+        rounded = values.astype(np.float16)
+    finite = np.isfinite(values)
+    changed = (np.isinf(rounded) & finite) | ((rounded == 0) & (values != 0))
+    assert only_rounded == (bool(finite.all()) and not changed.any())
