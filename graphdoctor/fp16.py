@@ -40,7 +40,14 @@ import onnx_ir as ir
 
 from graphdoctor.analysis.constants import const_tensor
 from graphdoctor.analysis.fp16_ops import FP16_TINY, input_allows_fp16, output_allows_fp16
-from graphdoctor.analysis.graph import holds_tensor, iter_graph_sites, iter_values, node_label, opset_version
+from graphdoctor.analysis.graph import (
+    holds_tensor,
+    is_constant_node,
+    iter_graph_sites,
+    iter_values,
+    node_label,
+    opset_version,
+)
 from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, TensorRange, feeds_softmax
 from graphdoctor.analysis.ranges import is_mask_saturation as _is_mask_activation
 from graphdoctor.analysis.tensor_data import iter_chunks
@@ -156,7 +163,7 @@ def _only_boundaries_fp32(graphs: list[ir.Graph]) -> bool:
         value
         for graph in graphs
         for node in graph
-        if node.op_type != "Cast" and not _is_constant_node(node)
+        if node.op_type != "Cast" and not is_constant_node(node)
         for value in node.outputs
     ]
     constants = [v for graph in graphs for v in graph.initializers.values()]
@@ -191,7 +198,7 @@ class _Converter:
     def decide(self, graph: ir.Graph, path: str) -> None:
         self._protect_fp32_only_inputs(graph)
         for node in graph:
-            if _is_constant_node(node) or not self._carries_float(node):
+            if is_constant_node(node) or not self._carries_float(node):
                 continue
             reason = self.forced.get(id(node)) or self._fp32_reason(node)
             if reason is not None and reason.startswith(_EPS_REASON):
@@ -217,7 +224,7 @@ class _Converter:
 
     def _protect_producer(self, value: ir.Value, why: str) -> None:
         producer = value.producer()
-        if producer is None or producer.graph is None or _is_constant_node(producer) or id(producer) in self.forced:
+        if producer is None or producer.graph is None or is_constant_node(producer) or id(producer) in self.forced:
             return
         readers = [(use.node, use.idx) for use in value.uses()]
         if all(id(reader) in self.forced or not self._fp16_input(reader, index) for reader, index in readers):
@@ -349,7 +356,7 @@ class _Converter:
         is_main = graph is self.model.graph
         for node in [n for n in graph if id(n) not in self.added]:
             for index, value in enumerate(node.inputs):
-                if value is None or id(value) not in self.was_float or _is_constant_node(node):
+                if value is None or id(value) not in self.was_float or is_constant_node(node):
                     continue
                 wanted = self._wanted(node, index, value)
                 if value.dtype != wanted:
@@ -439,10 +446,6 @@ class _Converter:
 
 
 # -- node helpers --
-
-
-def _is_constant_node(node: ir.Node) -> bool:
-    return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
 
 
 def _is_used(value: ir.Value) -> bool:

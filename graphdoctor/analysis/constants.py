@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_ir as ir
 
-from graphdoctor.analysis.graph import iter_graph_sites
+from graphdoctor.analysis.graph import is_constant_node, iter_graph_sites
 
 __all__ = ["const_array", "const_tensor", "iter_constant_values", "stored_bytes"]
 
@@ -42,7 +42,7 @@ def iter_constant_values(graph: ir.Graph | ir.Function) -> Iterator[ir.Value]:
     if isinstance(graph, ir.Graph):
         yield from graph.initializers.values()
     for node in graph:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.outputs:
+        if is_constant_node(node) and node.outputs:
             yield node.outputs[0]
 
 

@@ -11,6 +11,7 @@ __all__ = [
     "consumers",
     "holds_fp16",
     "holds_tensor",
+    "is_constant_node",
     "iter_graph_sites",
     "iter_values",
     "node_label",
@@ -86,6 +87,11 @@ def iter_values(model: ir.Model) -> Iterator[ir.Value]:
             yield from graph.initializers.values()
         for node in graph:
             yield from node.outputs
+
+
+def is_constant_node(node: ir.Node) -> bool:
+    """An ONNX Constant node (its value is known without running anything)."""
+    return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
 
 
 def holds_tensor(value: ir.Value) -> bool:

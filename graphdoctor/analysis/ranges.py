@@ -29,7 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphdoctor.analysis.constants import const_tensor
-from graphdoctor.analysis.graph import holds_tensor, node_label
+from graphdoctor.analysis.graph import holds_tensor, is_constant_node, node_label
 from graphdoctor.analysis.tensor_data import iter_chunks
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def float_tensor_names(model: ir.Model) -> list[str]:
     names = [v.name for v in model.graph.inputs if v.name and v.dtype == ir.DataType.FLOAT]
     initializers = set(model.graph.initializers)
     for node in model.graph:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        if is_constant_node(node):
             continue
         for value in node.outputs:
             if value.name not in initializers and value.dtype in (ir.DataType.FLOAT, None) and holds_tensor(value):

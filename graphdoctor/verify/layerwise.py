@@ -40,6 +40,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphdoctor.analysis.format import format_dtype
+from graphdoctor.analysis.graph import is_constant_node
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.verify.metrics import Tolerance, compare_arrays
 from graphdoctor.verify.runners import Backend, OnnxruntimeBackend, weights_outside
@@ -303,7 +304,7 @@ def plan_probes(reference: ir.Model, candidate: ir.Model) -> tuple[_Planner, dic
     planner.exact.update((v.name, _nbytes(v)) for v in reference.graph.inputs if v.name)
     skipped: Counter[str] = Counter()
     for node in reference.graph:
-        if _is_constant_node(node):
+        if is_constant_node(node):
             continue
         activations = tuple(v.name for v in node.inputs if v is not None and v.name and not _is_constant(v))
         for value in (v for v in node.outputs if v.name):
@@ -318,16 +319,10 @@ def plan_probes(reference: ir.Model, candidate: ir.Model) -> tuple[_Planner, dic
     return planner, dict(skipped)
 
 
-def _is_constant_node(node: ir.Node) -> bool:
-    return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
-
-
 def _is_constant(value: ir.Value) -> bool:
     producer = value.producer()
     return (
-        value.is_initializer()
-        or value.const_value is not None
-        or (producer is not None and _is_constant_node(producer))
+        value.is_initializer() or value.const_value is not None or (producer is not None and is_constant_node(producer))
     )
 
 
