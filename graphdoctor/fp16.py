@@ -39,7 +39,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphdoctor.analysis.constants import const_tensor
-from graphdoctor.analysis.fp16_ops import FP16_TINY, input_allows_fp16, output_allows_fp16
+from graphdoctor.analysis.fp16_ops import FP16_TINY, input_allows_fp16, only_rounded_by_fp16, output_allows_fp16
 from graphdoctor.analysis.graph import (
     holds_tensor,
     is_constant_node,
@@ -508,7 +508,7 @@ def _scan_tensor(tensor: ir.TensorProtocol) -> _Scan | None:
 
 def _chunk_stats(tensor: ir.TensorProtocol) -> Iterable[tuple]:
     for chunk in iter_chunks(tensor):
-        if _only_rounded(chunk):
+        if only_rounded_by_fp16(chunk):
             yield (chunk.size, 0, 0, 0, 0.0, 0, 0.0, 0.0)  # the usual weight: no need to count anything
             continue
         finite = chunk[np.isfinite(chunk)]
@@ -525,23 +525,6 @@ def _chunk_stats(tensor: ir.TensorProtocol) -> Iterable[tuple]:
             float(tiny[np.argmax(np.abs(tiny))]) if tiny.size else 0.0,
             float(finite.min()) if over.size else 0.0,
         )
-
-
-_FLUSH_BITS = int(np.float32(FP16_FLUSH).view(np.uint32))
-
-
-def _only_rounded(chunk: np.ndarray) -> bool:
-    """Whether FP16 only rounds every value: all finite, none reaching 65520 in magnitude, no nonzero one at
-    or below 2^-25. Decided from the extremes and from the magnitudes' bits (a float's bits order like its
-    magnitude), in fewer and cheaper passes than counting: a third of the conversion's time before."""
-    if chunk.size == 0:
-        return True
-    low, high = chunk.min(), chunk.max()  # a NaN makes both NaN, and the test below false
-    if not (low > -FP16_OVERFLOW and high < FP16_OVERFLOW):
-        return False
-    bits = chunk.view(np.uint32) & np.uint32(0x7FFFFFFF)
-    bits -= np.uint32(1)  # zeros wrap around to the largest value: they never count as tiny
-    return int(bits.min()) >= _FLUSH_BITS
 
 
 def _rounding(chunk: np.ndarray) -> np.ndarray:

@@ -612,14 +612,18 @@ F32 = np.float32
         (np.array(3.0, F32), True),
         (np.zeros(0, F32), True),
         (np.arange(10, dtype=F32)[::2], True),
+        (np.array([1.0, 2.0], np.float64), False),  # not float32: the caller counts
+        (np.array([1.0, 2.0], np.float16), False),
     ],
 )
 def test_the_fast_scan_agrees_with_fp16_itself(values: np.ndarray, only_rounded: bool):
     """The converter skips counting for chunks FP16 only rounds; what it decides must be what numpy's own
     float16 conversion does (nothing overflows to inf, nothing nonzero becomes 0) and what NaN/inf imply."""
-    from graphdoctor.fp16 import _only_rounded
+    from graphdoctor.analysis.fp16_ops import only_rounded_by_fp16
 
-    assert _only_rounded(values) is only_rounded
+    assert only_rounded_by_fp16(values) is only_rounded
+    if values.dtype != np.float32:
+        return
     with np.errstate(over="ignore"):
         rounded = values.astype(np.float16)
     finite = np.isfinite(values)

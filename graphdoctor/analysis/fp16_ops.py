@@ -15,9 +15,29 @@ import onnx
 
 from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW
 
-__all__ = ["FP16_TINY", "clamp_to_fp16_range", "input_allows_fp16", "output_allows_fp16"]
+__all__ = ["FP16_TINY", "clamp_to_fp16_range", "input_allows_fp16", "only_rounded_by_fp16", "output_allows_fp16"]
 
 FP16_TINY = 2.0**-24  # FP16's smallest subnormal: converters clamp nonzero constants up to it
+
+
+_FLUSH_BITS = int(np.float32(FP16_FLUSH).view(np.uint32))
+
+
+def only_rounded_by_fp16(chunk: np.ndarray) -> bool:
+    """Whether FP16 only rounds every value: all finite, none reaching 65520 in magnitude, no nonzero one at
+    or below 2^-25. Decided from the extremes and from the magnitudes' bits (a float's bits order like its
+    magnitude), in fewer and cheaper passes than counting: the usual weight needs no count at all. Only
+    float32 chunks are decided; for any other dtype the answer is False, and the caller counts."""
+    if chunk.dtype != np.float32:
+        return False
+    if chunk.size == 0:
+        return True
+    low, high = chunk.min(), chunk.max()  # a NaN makes both NaN, and the test below false
+    if not (low > -FP16_OVERFLOW and high < FP16_OVERFLOW):
+        return False
+    bits = chunk.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    bits -= np.uint32(1)  # zeros wrap around to the largest value: they never count as tiny
+    return int(bits.min()) >= _FLUSH_BITS
 
 
 def clamp_to_fp16_range(array: np.ndarray) -> tuple[np.ndarray, int]:

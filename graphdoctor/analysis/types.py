@@ -72,8 +72,9 @@ def _inferred_proto(model: ir.Model, data_prop: bool) -> onnx.ModelProto:
             if tensor is not None and tensor.nbytes <= _INLINE_BYTES:
                 continue
             graph.initializers.pop(value.name)
-            value.dtype = value.dtype or (tensor.dtype if tensor is not None else None)
-            value.shape = value.shape or (tensor.shape if tensor is not None else None)
+            if tensor is not None:  # an input is declared by its type: the tensor's, where the value has none
+                value.dtype = value.dtype or tensor.dtype
+                value.shape = value.shape or tensor.shape
             if id(value) not in declared:
                 graph.inputs.append(value)
         proto = ir.serde.serialize_model(model)
