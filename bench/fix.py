@@ -43,7 +43,10 @@ from measure import (
     measure,
     package_version,
     render_environment,
+    reporter,
+    run_bench,
     run_once,
+    write_raw,
 )
 from models import FIX_MODELS, KNOWN_MODELS, ModelUnavailable, is_large, model_path, model_size
 from verify import REDIRECT, source_fingerprint
@@ -601,15 +604,10 @@ def write_outputs(rows: list[Row], models: list[BenchModel], environment: dict, 
             for row in rows
         ],
     }
-    (out / "fix.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
-    _progress(f"wrote {out / 'fix.md'} and {out / 'fix.json'}")
+    write_raw(out, "fix", raw)
 
 
-def _progress(message: str) -> None:
-    print(f"bench/fix: {message}", file=sys.stderr, flush=True)
-
+_progress = reporter("fix")
 
 if __name__ == "__main__":
-    if shutil.which("/usr/bin/time") is None:
-        sys.exit("bench/fix: needs GNU time at /usr/bin/time (apt-get install time)")
-    sys.exit(main())
+    run_bench("fix", main)

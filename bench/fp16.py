@@ -43,6 +43,9 @@ from measure import (
     measure,
     package_version,
     render_environment,
+    reporter,
+    run_bench,
+    write_raw,
 )
 from models import CACHE, ModelUnavailable, is_large, model_size
 
@@ -382,13 +385,10 @@ def write_outputs(rows: list[Row], environment: dict, markdown: str, out: Path) 
             for row in rows
         ],
     }
-    (out / "fp16.json").write_text(json.dumps(raw, indent=2) + "\n")
-    _progress(f"wrote {out / 'fp16.md'} and {out / 'fp16.json'}")
+    write_raw(out, "fp16", raw)
 
 
-def _progress(message: str) -> None:
-    print(f"bench/fp16: {message}", file=sys.stderr, flush=True)
-
+_progress = reporter("fp16")
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_bench("fp16", main)

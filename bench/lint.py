@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,9 @@ from measure import (
     load_average,
     measure,
     render_environment,
+    reporter,
+    run_bench,
+    write_raw,
 )
 from models import ALL_MODELS, ModelUnavailable, is_large, model_path, model_size
 
@@ -246,13 +248,10 @@ def write_outputs(rows: list[Row], environment: dict, markdown: str, out: Path) 
             for row in rows
         ],
     }
-    (out / "lint.json").write_text(json.dumps(raw, indent=2) + "\n")
-    _progress(f"wrote {out / 'lint.md'} and {out / 'lint.json'}")
+    write_raw(out, "lint", raw)
 
 
-def _progress(message: str) -> None:
-    print(f"bench/lint: {message}", file=sys.stderr, flush=True)
-
+_progress = reporter("lint")
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_bench("lint", main)

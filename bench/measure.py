@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -311,3 +313,28 @@ def _cpu_name() -> str:
 
 def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+# --- what every benchmark script shares ---------------------------------------------------------------------
+
+
+def reporter(bench: str) -> Callable[[str], None]:
+    """Progress lines on stderr, named after the benchmark (stdout carries the table)."""
+
+    def progress(message: str) -> None:
+        print(f"bench/{bench}: {message}", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def write_raw(out: Path, bench: str, raw: Mapping) -> None:
+    """OUT/BENCH.json beside OUT/BENCH.md: every run and every judgement, for what the table leaves out."""
+    (out / f"{bench}.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
+    reporter(bench)(f"wrote {out / f'{bench}.md'} and {out / f'{bench}.json'}")
+
+
+def run_bench(bench: str, main: Callable[[], int]) -> None:
+    """A benchmark's entry point: without GNU time there is no peak RSS, so it stops with one line."""
+    if shutil.which(GNU_TIME) is None:
+        sys.exit(f"bench/{bench}: needs GNU time at {GNU_TIME} (apt-get install time)")
+    sys.exit(main())

@@ -26,7 +26,6 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -45,6 +44,9 @@ from measure import (
     load_average,
     measure,
     render_environment,
+    reporter,
+    run_bench,
+    write_raw,
 )
 from models import ALL_MODELS, ModelUnavailable, model_path, model_size
 
@@ -503,15 +505,10 @@ def write_outputs(rows: list[Row], models: list[BenchModel], environment: dict, 
             for row in rows
         ],
     }
-    (out / "verify.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
-    _progress(f"wrote {out / 'verify.md'} and {out / 'verify.json'}")
+    write_raw(out, "verify", raw)
 
 
-def _progress(message: str) -> None:
-    print(f"bench/verify: {message}", file=sys.stderr, flush=True)
-
+_progress = reporter("verify")
 
 if __name__ == "__main__":
-    if shutil.which("/usr/bin/time") is None:
-        sys.exit("bench/verify: needs GNU time at /usr/bin/time (apt-get install time)")
-    sys.exit(main())
+    run_bench("verify", main)
