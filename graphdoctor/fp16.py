@@ -52,6 +52,7 @@ from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, Ten
 from graphdoctor.analysis.ranges import is_mask_saturation as _is_mask_activation
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.analysis.types import infer_types
+from graphdoctor.rewrite import insert_after_producer
 
 __all__ = ["BLOCKED_OPS", "Fp16Options", "Fp16Report", "KeptFp32", "ValueChange", "convert_to_fp16"]
 
@@ -381,13 +382,7 @@ class _Converter:
     def _insert_cast(self, value: ir.Value, dtype: ir.DataType, graph: ir.Graph, name: str) -> ir.Value:
         out = ir.Value(name=name, type=ir.TensorType(dtype), shape=value.shape)
         cast = ir.node("Cast", [value], {"to": dtype}, outputs=[out], name=f"gd_fp16/{name}")
-        producer = value.producer()
-        if producer is not None and producer.graph is graph:
-            graph.insert_after(producer, cast)
-        elif len(graph):
-            graph.insert_before(next(iter(graph)), cast)
-        else:
-            graph.append(cast)
+        insert_after_producer(graph, value, cast)
         self.added.add(id(cast))
         self.report.casts_added += 1
         return out

@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 __all__ = [
+    "insert_after_producer",
     "is_attached",
     "owning_graph",
     "remove_initializer",
@@ -58,14 +59,20 @@ def _named_like(old: ir.Value, new: ir.Value, graph: ir.Graph) -> ir.Value:
     identity = ir.Node("", "Identity", [new], num_outputs=1)
     output = identity.outputs[0]
     output.name, output.type, output.shape = name, new.type or old.type, new.shape or old.shape
-    anchor = new.producer()
-    if anchor is not None and anchor.graph is graph:
-        graph.insert_after(anchor, identity)
-    elif len(graph):
-        graph.insert_before(graph[0], identity)
-    else:
-        graph.append(identity)
+    insert_after_producer(graph, new, identity)
     return output
+
+
+def insert_after_producer(graph: ir.Graph, value: ir.Value, node: ir.Node) -> None:
+    """Put `node`, which reads `value`, into `graph` right after the node computing `value`; first when
+    `value` comes from elsewhere (a graph input, an initializer, an outer scope): order stays topological."""
+    producer = value.producer()
+    if producer is not None and producer.graph is graph:
+        graph.insert_after(producer, node)
+    elif len(graph):
+        graph.insert_before(graph[0], node)
+    else:
+        graph.append(node)
 
 
 def _swap_output(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:

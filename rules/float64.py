@@ -39,6 +39,7 @@ from graphdoctor.analysis.format import format_bytes, format_number, format_type
 from graphdoctor.analysis.graph import iter_values, node_label
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.engine import RuleContext
+from graphdoctor.rewrite import insert_after_producer
 from graphdoctor.rule import Finding, FixSafety, Message, RuleKind, RuleMeta, Severity
 
 __all__ = ["META", "check"]
@@ -454,14 +455,7 @@ class _Plan:
         output = cast.outputs[0]
         output.name = name if to == _DOUBLE else self._fresh(name)
         output.type, output.shape = ir.TensorType(to), value.shape.copy() if value.shape is not None else None
-        graph = self._main
-        producer = value.producer()
-        if producer is not None and producer.graph is graph:
-            graph.insert_after(producer, cast)
-        elif len(graph):
-            graph.insert_before(graph[0], cast)
-        else:
-            graph.append(cast)
+        insert_after_producer(self._main, value, cast)
         return cast
 
     def _fresh(self, base: str) -> str:
