@@ -52,7 +52,7 @@ from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, Ten
 from graphdoctor.analysis.ranges import is_mask_saturation as _is_mask_activation
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.analysis.types import infer_types
-from graphdoctor.rewrite import insert_after_producer
+from graphdoctor.rewrite import fresh_name, insert_after_producer
 
 __all__ = ["BLOCKED_OPS", "Fp16Options", "Fp16Report", "KeptFp32", "ValueChange", "convert_to_fp16"]
 
@@ -432,12 +432,7 @@ class _Converter:
             graph.outputs[index] = self._insert_cast(value, wanted, graph, name)
 
     def _fresh(self, name: str) -> str:
-        """A name no value of the model has (names are unique across a graph and its subgraphs)."""
-        candidate, counter = name, 1
-        while candidate in self.names:
-            candidate, counter = f"{name}_{counter}", counter + 1
-        self.names.add(candidate)
-        return candidate
+        return fresh_name(name, self.names)
 
 
 # -- node helpers --

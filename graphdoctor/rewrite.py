@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 __all__ = [
+    "fresh_name",
     "insert_after_producer",
     "is_attached",
     "owning_graph",
@@ -61,6 +62,16 @@ def _named_like(old: ir.Value, new: ir.Value, graph: ir.Graph) -> ir.Value:
     output.name, output.type, output.shape = name, new.type or old.type, new.shape or old.shape
     insert_after_producer(graph, new, identity)
     return output
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """`base`, else `base_1`, `base_2`, ...: the first name not in `taken`, which then holds it too (value
+    names must be unique across a graph and its subgraphs)."""
+    name, index = base, 1
+    while name in taken:
+        name, index = f"{base}_{index}", index + 1
+    taken.add(name)
+    return name
 
 
 def insert_after_producer(graph: ir.Graph, value: ir.Value, node: ir.Node) -> None:

@@ -39,7 +39,7 @@ from graphdoctor.analysis.format import format_bytes, format_number, format_type
 from graphdoctor.analysis.graph import iter_values, node_label
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.engine import RuleContext
-from graphdoctor.rewrite import insert_after_producer
+from graphdoctor.rewrite import fresh_name, insert_after_producer
 from graphdoctor.rule import Finding, FixSafety, Message, RuleKind, RuleMeta, Severity
 
 __all__ = ["META", "check"]
@@ -461,11 +461,7 @@ class _Plan:
     def _fresh(self, base: str) -> str:
         if self._names is None:
             self._names = {value.name for value in iter_values(self.model) if value.name}
-        name, index = base, 1
-        while name in self._names:
-            name, index = f"{base}_{index}", index + 1
-        self._names.add(name)
-        return name
+        return fresh_name(base, self._names)
 
 
 def _subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
