@@ -216,11 +216,10 @@ class _Converter:
         1.333 and 640 pixels become 639). Walk back from each such input while every reader of the value is
         such an input or a node already kept for one."""
         for node in reversed(list(graph)):
-            opset = self._opset(node)
             for index, value in enumerate(node.inputs):
                 if value is None or id(value) not in self.was_float:
                     continue
-                if id(node) in self.forced or not input_allows_fp16(node.domain, node.op_type, opset, index):
+                if id(node) in self.forced or not self._fp16_input(node, index):
                     self._protect_producer(value, f"computes {node.op_type} '{node_label(node)}' input {index}")
 
     def _protect_producer(self, value: ir.Value, why: str) -> None:
@@ -271,9 +270,8 @@ class _Converter:
             scan = _scan_tensor(fill)
             if scan is not None and scan.overflow:
                 return f"fills with {scan.worst_overflow:.6g}, beyond FP16's 65504"
-        opset = self._opset(node)
         for index, value in enumerate(node.inputs):
-            if value is None or not input_allows_fp16(node.domain, node.op_type, opset, index):
+            if value is None or not self._fp16_input(node, index):
                 continue
             scan = self._scan(value)
             if scan is None or self.options.clamp:
@@ -365,7 +363,7 @@ class _Converter:
         self._keep_output_types(graph, keep=not is_main or self.options.keep_io_types)
 
     def _wanted(self, node: ir.Node, index: int, value: ir.Value) -> ir.DataType:
-        if id(node) in self.fp16 and input_allows_fp16(node.domain, node.op_type, self._opset(node), index):
+        if id(node) in self.fp16 and self._fp16_input(node, index):
             if node.op_type == "Cast":  # a Cast reads any float type: no Cast in front of it
                 return value.dtype
             return _F16
