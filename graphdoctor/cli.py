@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import click
 
 from graphdoctor import __version__
-from graphdoctor.errors import GraphDoctorError
+from graphdoctor.errors import GraphDoctorError, Interrupted
 
 __all__ = ["cli", "main"]
 
@@ -388,7 +389,8 @@ def explain(rule: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI, turning every error into one line on stderr and exit code 2."""
+    """Run the CLI, turning every error into one line on stderr and exit code 2 (SIGTERM as SIGINT)."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = cli.main(args=argv, prog_name="graphdoctor", standalone_mode=False)
     except GraphDoctorError as error:
@@ -397,6 +399,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(error.format_message(), 2)
     except click.Abort:
         _fail("aborted", 2)
+    except Interrupted as error:
+        _fail(str(error), error.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 2)
     except Exception as error:  # an internal error still gets one line, the traceback only on request
@@ -404,6 +408,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _fail(f"internal error: {type(error).__name__}: {error} (set GRAPHDOCTOR_DEBUG=1 for a traceback)", 2)
     sys.exit(code or 0)
+
+
+def _terminate(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _fail(message: str, code: int) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GraphDoctorError", "ModelLoadError", "first_line"]
+__all__ = ["GraphDoctorError", "Interrupted", "ModelLoadError", "first_line"]
 
 
 class GraphDoctorError(Exception):
@@ -13,6 +13,14 @@ class GraphDoctorError(Exception):
 
 class ModelLoadError(GraphDoctorError):
     """The model file cannot be read safely (missing, truncated, not ONNX, hostile external data)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: one line and exit 2, nothing written. A BaseException, as KeyboardInterrupt is, so
+    that no `except Exception` or `except GraphDoctorError` on its way (a backend recording its error as a
+    verdict) mistakes the interrupt for a verdict on the model."""
+
+    exit_code = 2
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

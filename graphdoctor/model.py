@@ -16,12 +16,13 @@ limit or an interrupt discard the folder and raise one clear error; the input is
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shutil
 import signal
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,15 +30,19 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from graphdoctor.errors import GraphDoctorError, ModelLoadError, first_line
+from graphdoctor.errors import GraphDoctorError, Interrupted, ModelLoadError, first_line
 
 __all__ = [
     "PROTOBUF_LIMIT",
     "LoadedModel",
     "StagedModel",
+    "check_references",
     "disk_size",
+    "input_files",
     "iter_external_tensors",
     "load_model",
+    "refuse_overwriting",
+    "serialize",
     "stage_model",
     "writing",
 ]
@@ -70,8 +75,39 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     for tensor in iter_external_tensors(model):
         tensor.base_dir = base_dir  # set here, not by ir's set_base_dir, which skips function bodies
         _refuse_unsized(file, tensor)
-        _refuse_escaping(file, tensor, base_dir)
+        _refuse_escaping(file, tensor.name, os.fspath(tensor.location), base_dir)
+    _keep_sparse_initializers(file, proto, model, base_dir)
     return LoadedModel(model=model, path=file, file_size=size)
+
+
+def input_files(loaded: LoadedModel) -> frozenset[Path]:
+    """Every file the model reads, resolved: the .onnx and each external data file (sparse tensors' too).
+    `fix` refuses to write over any of them."""
+    files = {loaded.path.resolve()}
+    files.update(Path(tensor.path).resolve() for tensor in iter_external_tensors(loaded.model))
+    files.update(path.resolve() for path, _, _ in _sparse_external_parts(loaded.model))
+    return frozenset(files)
+
+
+def refuse_overwriting(targets: Iterator[Path] | list[Path], inputs: frozenset[Path], what: str = "input") -> None:
+    """Raise when writing one of `targets` would replace or truncate a file the input model reads: the same
+    path, a symbolic link to it, or a hard link to it (the same inode under another name)."""
+    identities = {_identity(path): path for path in inputs if path.exists()}
+    for target in targets:
+        resolved = target.resolve()
+        same = resolved in inputs or (target.exists() and _identity(target) in identities)
+        if same:
+            original = resolved if resolved in inputs else identities[_identity(target)]
+            kind = "is a link to" if target.is_symlink() or resolved != original else "is"
+            raise GraphDoctorError(
+                f"{target} {kind} {original}, a file the {what} model reads: writing it would destroy the"
+                " input; choose another output"
+            )
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_dev, status.st_ino
 
 
 def iter_external_tensors(model: ir.Model) -> Iterator[ir.ExternalTensor]:
@@ -153,24 +189,110 @@ def _refuse_unsized(file: Path, tensor: ir.ExternalTensor) -> None:
         )
 
 
-def _refuse_escaping(file: Path, tensor: ir.ExternalTensor, base_dir: Path) -> None:
-    location = os.fspath(tensor.location)
+def _refuse_escaping(file: Path, name: str | None, location: str, base_dir: Path) -> Path:
+    """The resolved path of external data at `location`; raise unless it lies inside the model's folder."""
+    shown = location if len(location) <= 200 else f"{location[:200]}… ({len(location):,} characters)"
     if os.path.isabs(location):
         raise ModelLoadError(
-            f"{file}: tensor '{tensor.name}' names external data by absolute path '{location}';"
+            f"{file}: tensor '{name}' names external data by absolute path '{shown}';"
             " refused: external data must live in the model's folder"
         )
     try:
         target = (base_dir / location).resolve()
-    except (OSError, ValueError, RuntimeError) as error:  # an embedded NUL byte; a symlink loop
+        target.exists()  # a name too long for the filesystem fails here, not at the first read
+    except (OSError, ValueError, RuntimeError) as error:  # an embedded NUL byte; a symlink loop; ENAMETOOLONG
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
         raise ModelLoadError(
-            f"{file}: tensor '{tensor.name}' has an invalid external data location {location!r}: {first_line(error)}"
+            f"{file}: tensor '{name}' has an invalid external data location {shown!r}: {reason}"
         ) from None
     if not target.is_relative_to(base_dir):
         raise ModelLoadError(
-            f"{file}: tensor '{tensor.name}' has external data '{location}' outside the model's folder"
+            f"{file}: tensor '{name}' has external data '{shown}' outside the model's folder"
             f" (resolves to {target}); refused"
         )
+    return target
+
+
+_SPARSE = "graphdoctor.sparse_initializers"  # model.meta key: the main graph's sparse initializers, as read
+
+
+def _keep_sparse_initializers(file: Path, proto: onnx.ModelProto, model: ir.Model, base_dir: Path) -> None:
+    """onnx-ir drops sparse initializers (their readers see a value with no producer), so they are kept as
+    read, with their external data checked like any other, and written back by `serialize`; their values get
+    the tensor's type, so the rules and the FP16 converter treat them as the constants they are."""
+    nested = [graph.name for graph in _subgraph_protos(proto.graph) if graph.sparse_initializer]
+    if nested:
+        raise ModelLoadError(
+            f"{file}: subgraph '{nested[0]}' holds sparse initializers, which graphdoctor does not support"
+            " inside subgraphs; make them dense initializers"
+        )
+    for sparse in proto.graph.sparse_initializer:
+        for part in (sparse.values, sparse.indices):
+            if part.data_location == onnx.TensorProto.EXTERNAL:
+                location = next((e.value for e in part.external_data if e.key == "location"), "")
+                _refuse_escaping(file, part.name or sparse.values.name, location, base_dir)
+    if not proto.graph.sparse_initializer:
+        return
+    model.meta[_SPARSE] = (base_dir, list(proto.graph.sparse_initializer))
+    readers = {value.name: value for node in model.graph for value in node.inputs if value is not None}
+    for sparse in proto.graph.sparse_initializer:
+        value = readers.get(sparse.values.name)
+        if value is not None and value.producer() is None:
+            value.dtype = ir.DataType(sparse.values.data_type)
+            value.shape = ir.Shape(list(sparse.dims))
+
+
+def _subgraph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                yield sub
+                yield from _subgraph_protos(sub)
+
+
+def _sparse_external_parts(model: ir.Model) -> Iterator[tuple[Path, int, int]]:
+    """(file, offset, length) of every sparse tensor part stored as external data."""
+    base_dir, sparse_tensors = model.meta.get(_SPARSE, (None, []))
+    for sparse in sparse_tensors:
+        for part in (sparse.values, sparse.indices):
+            if part.data_location == onnx.TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in part.external_data}
+                yield base_dir / info.get("location", ""), int(info.get("offset", 0)), int(info.get("length", -1))
+
+
+def serialize(model: ir.Model) -> onnx.ModelProto:
+    """The model as a protobuf, with the sparse initializers it was loaded with (inline)."""
+    proto = ir.serde.serialize_model(model)
+    base_dir, sparse_tensors = model.meta.get(_SPARSE, (None, []))
+    for sparse in sparse_tensors:
+        kept = proto.graph.sparse_initializer.add()
+        kept.CopyFrom(sparse)
+        for part in (kept.values, kept.indices):
+            _inline_external(part, base_dir)
+    return proto
+
+
+def _inline_external(part: onnx.TensorProto, base_dir: Path) -> None:
+    """Read a tensor's external bytes into raw_data (its location was checked at load)."""
+    if part.data_location != onnx.TensorProto.EXTERNAL:
+        return
+    info = {e.key: e.value for e in part.external_data}
+    offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
+    path = base_dir / info.get("location", "")
+    if not path.is_file():  # a FIFO would block the read forever
+        raise GraphDoctorError(f"sparse tensor '{part.name}': its external data {path.name} is not a regular file")
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            data = file.read(length) if length >= 0 else file.read()
+    except OSError as error:
+        reason = error.strerror
+        raise GraphDoctorError(f"sparse tensor '{part.name}': its external data cannot be read: {reason}") from None
+    if length >= 0 and len(data) != length:
+        raise GraphDoctorError(f"sparse tensor '{part.name}': its external data ends {length - len(data)} bytes early")
+    del part.external_data[:]
+    part.data_location = onnx.TensorProto.DEFAULT
+    part.raw_data = data
 
 
 @dataclass
@@ -215,9 +337,12 @@ def stage_model(model: ir.Model, target: Path, external_data: bool) -> StagedMod
     """Write `model` for `target` into a hidden folder beside it (same filesystem, so `commit` is a rename).
     Call it inside `writing(target)`, which removes the folder however the process is interrupted.
 
-    With `external_data`, every initializer of at least 1 KiB goes to `TARGET.data`, streamed from where
-    it is now with plain reads (never memory-mapped: a 2 GB model stays out of the resident set). Any
-    failure, an interrupt included, removes the folder and raises `GraphDoctorError`."""
+    The written model is self-contained: with `external_data`, every tensor of at least 1 KiB goes to
+    `TARGET.data`, streamed from where it is now with plain reads (never memory-mapped: a 2 GB model stays out
+    of the resident set); every other tensor, external in the input or not, is stored inline. So it never
+    references the input's files, wherever it is written. Before returning, every external reference of the
+    written file is checked to resolve to its own data file with the right length. Any failure, an interrupt
+    included, removes the folder and raises `GraphDoctorError`."""
     folder = target.parent / f".{target.name}.{secrets.token_hex(6)}.graphdoctor-tmp"
     _STAGING.add(folder)  # before it exists: an interrupt right after mkdir still finds it
     try:
@@ -227,9 +352,9 @@ def stage_model(model: ir.Model, target: Path, external_data: bool) -> StagedMod
         raise GraphDoctorError(f"cannot write to {target.parent}: {error.strerror}; nothing was written") from None
     staged = StagedModel(folder, target, f"{target.name}.data" if external_data else None)
     try:
-        if staged.data_name is not None:
-            _write_external_data(model, folder, staged.data_name)
+        _store_tensors(model, folder, staged.data_name)
         _write_proto(model, staged.path)
+        check_references(staged.path, staged.data_name)
     except OSError as error:
         staged.discard()
         reason = error.strerror or first_line(error)
@@ -240,36 +365,69 @@ def stage_model(model: ir.Model, target: Path, external_data: bool) -> StagedMod
     return staged
 
 
+def check_references(path: Path, data_name: str | None) -> None:
+    """Raise unless every external tensor of the model file at `path` lies in `data_name` beside it, within
+    the file: what `fix` writes must load wherever it is moved with its data, and read nothing else."""
+    proto = onnx.load_model(os.fspath(path), load_external_data=False)
+    size = (path.parent / data_name).stat().st_size if data_name is not None else 0
+    for tensor in _external_tensor_protos(proto):
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        end = int(info.get("offset", 0)) + int(info.get("length", -1))
+        if info.get("location") != data_name or end > size or "length" not in info:
+            raise GraphDoctorError(
+                f"the model as written would not load: tensor '{tensor.name}' refers to {info.get('location')!r} up"
+                f" to byte {end} (its data file: {data_name!r}, {size} bytes); nothing was written"
+            )
+
+
+def _external_tensor_protos(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    graphs = [proto.graph, *_subgraph_protos(proto.graph)]
+    for function in proto.functions:
+        holder = onnx.GraphProto(node=function.node)
+        graphs += [holder, *_subgraph_protos(holder)]
+    for graph in graphs:
+        tensors = [*graph.initializer, *(t for s in graph.sparse_initializer for t in (s.values, s.indices))]
+        for node in graph.node:
+            for attr in node.attribute:
+                tensors += [attr.t] if attr.type == onnx.AttributeProto.TENSOR else list(attr.tensors)
+        yield from (t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL)
+
+
 @contextlib.contextmanager
 def writing(target: Path) -> Iterator[None]:
     """Around staging, verifying and committing models: a file-size limit (SIGXFSZ) fails the write with
-    EFBIG instead of killing the process, SIGINT or SIGTERM stop it with one clear error, and on the way
-    out every staging folder not committed is removed, wherever the interrupt landed."""
+    EFBIG instead of killing the process, SIGINT or SIGTERM stop it with `Interrupted` (never taken for a
+    failed verification on the way), and on the way out every staging folder not committed is removed,
+    wherever the interrupt landed. An interrupt during that clean-up is held until it is done, then raised."""
+    done = False
     try:
-        if _in_main_thread():
-            with _signals_as_errors(target):
-                yield
-        else:
+        with _signals_as(_interrupt(f"interrupted while writing {target}; nothing was written")):
             yield
+        done = True
     finally:
-        with _signals_as(lambda _signum, _frame: None) if _in_main_thread() else contextlib.nullcontext():
-            for folder in list(_STAGING):  # a second Ctrl-C must not stop the clean-up halfway
+        held: list[int] = []
+        with _signals_as(lambda signum, _frame: held.append(signum)):  # a second Ctrl-C must not stop it halfway
+            for folder in list(_STAGING):
                 shutil.rmtree(folder, ignore_errors=True)
                 _STAGING.discard(folder)
+        if held and done:
+            raise Interrupted(f"interrupted after {target} was written")
 
 
-@contextlib.contextmanager
-def _signals_as_errors(target: Path) -> Iterator[None]:
-    def interrupt(_signum, _frame):
-        raise GraphDoctorError(f"interrupted while writing {target}; nothing was written")
+def _interrupt(message: str):
+    def handler(_signum, _frame):
+        raise Interrupted(message)
 
-    with _signals_as(interrupt):
-        yield
+    return handler
 
 
 @contextlib.contextmanager
 def _signals_as(handler) -> Iterator[None]:
-    """SIGINT and SIGTERM call `handler`; SIGXFSZ is ignored (a write past a file-size limit fails with EFBIG)."""
+    """SIGINT and SIGTERM call `handler`; SIGXFSZ is ignored (a write past a file-size limit fails with EFBIG).
+    Outside the main thread, where Python cannot set handlers, nothing changes."""
+    if not _in_main_thread():
+        yield
+        return
     handlers = {signal.SIGXFSZ: signal.SIG_IGN, signal.SIGTERM: handler, signal.SIGINT: handler}
     previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
@@ -285,34 +443,54 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _write_external_data(model: ir.Model, folder: Path, data_name: str) -> None:
-    """Stream every large initializer into one data file and point the model at it."""
+def _store_tensors(model: ir.Model, folder: Path, data_name: str | None) -> None:
+    """Tensors of at least 1 KiB into the data file (when there is one), in the order met; every other
+    tensor read from wherever it is and stored inline. Initializers and tensor attributes, in every graph,
+    subgraph and function body."""
+    data = open(folder / data_name, "wb") if data_name is not None else None  # noqa: SIM115 (closed below)
+    try:
+        for tensor, store in _tensor_sites(model):
+            if data is not None and tensor.nbytes >= EXTERNAL_MIN_BYTES:
+                store(_append(tensor, data, data_name, folder))
+            elif isinstance(tensor, ir.ExternalTensor):
+                store(ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name))
+    finally:
+        if data is not None:
+            data.flush()
+            os.fsync(data.fileno())
+            data.close()
+
+
+def _append(tensor: ir.TensorProtocol, data, data_name: str, folder: Path) -> ir.ExternalTensor:
+    """Stream the tensor's bytes to the end of `data`, packed (ONNX's own writer pads nothing either)."""
     from graphdoctor.analysis.tensor_data import iter_byte_chunks  # analysis imports this module
 
-    with open(folder / data_name, "wb") as data:
-        for value in _initializers(model):
-            tensor = value.const_value
-            if tensor is None or tensor.nbytes < EXTERNAL_MIN_BYTES:
-                continue
-            offset = data.tell()  # packed, as ONNX's own writer does: padding for alignment costs bytes
-            for piece in iter_byte_chunks(tensor):
-                data.write(piece)
-            value.const_value = ir.ExternalTensor(
-                data_name,
-                offset,
-                tensor.nbytes,
-                tensor.dtype,
-                shape=tensor.shape,
-                name=tensor.name or value.name or "",
-                base_dir=folder,
-            )
-        data.flush()
-        os.fsync(data.fileno())
+    offset = data.tell()
+    for piece in iter_byte_chunks(tensor):
+        data.write(piece)
+    return ir.ExternalTensor(
+        data_name, offset, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=tensor.name or "", base_dir=folder
+    )
 
 
-def _initializers(model: ir.Model) -> Iterator[ir.Value]:
-    for graph in (model.graph, *model.graph.subgraphs()):
-        yield from graph.initializers.values()
+def _tensor_sites(model: ir.Model) -> Iterator[tuple[ir.TensorProtocol, Callable[[ir.TensorProtocol], None]]]:
+    """Every stored tensor with a function that replaces it where it is stored."""
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.graph.subgraphs()]
+    for function in model.functions.values():
+        graphs += [function, *function.subgraphs()]
+    for graph in graphs:
+        if isinstance(graph, ir.Graph):
+            for value in graph.initializers.values():
+                if value.const_value is not None:
+                    yield value.const_value, functools.partial(setattr, value, "const_value")
+        for node in graph:
+            for name, attr in list(node.attributes.items()):
+                if not attr.is_ref() and attr.type == ir.AttributeType.TENSOR:
+                    yield attr.value, functools.partial(_set_tensor_attribute, node, name)
+
+
+def _set_tensor_attribute(node: ir.Node, name: str, tensor: ir.TensorProtocol) -> None:
+    node.attributes[name] = ir.AttrTensor(name, tensor)
 
 
 def _write_proto(model: ir.Model, path: Path) -> None:
@@ -322,7 +500,7 @@ def _write_proto(model: ir.Model, path: Path) -> None:
 
     from graphdoctor.analysis.constants import stored_bytes  # analysis imports this module
 
-    proto = ir.serde.serialize_model(model)
+    proto = serialize(model)
     try:
         data = proto.SerializeToString()
     except EncodeError:  # what protobuf raises past 2 GiB (ByteSize raises it too)

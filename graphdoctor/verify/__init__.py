@@ -1,1 +1,15 @@
 """Verification: run two models on the same inputs and say, per backend, whether they agree and where not."""
+
+from __future__ import annotations
+
+__all__ = ["sample_inputs"]
+
+
+def sample_inputs(model, inputs, shapes, seed: int):
+    """Inputs for running `model`: loaded from the file `inputs` and bound to its inputs, else generated
+    from its input specs (`shapes` for dynamic dims) with `seed`."""
+    from graphdoctor.verify import inputs as verify_inputs
+
+    if inputs is not None:
+        return verify_inputs.bind_inputs(model, verify_inputs.load_inputs(inputs))
+    return verify_inputs.generate_inputs(model, seed=seed, shapes=shapes)

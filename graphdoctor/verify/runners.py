@@ -29,6 +29,7 @@ __all__ = [
     "OnnxruntimeBackend",
     "as_declared",
     "as_written",
+    "check_loads",
     "get_backend",
     "session_model",
     "weights_outside",
@@ -110,6 +111,22 @@ class OnnxruntimeBackend(Backend):
         except Exception as error:  # onnxruntime raises its own exception types for bad models and inputs
             raise GraphDoctorError(f"{self.provider.label} cannot run {model.name}: {first_line(error)}") from None
         return dict(zip(names, results, strict=True))
+
+
+def check_loads(model: Path) -> None:
+    """Raise unless ONNX Runtime CPU builds a session from `model`: the graph checks and every weight is
+    found and read; nothing is run."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    as_written(options)
+    try:
+        ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types for bad models
+        raise GraphDoctorError(
+            f"the model as written does not load: {first_line(error)}; nothing was written"
+        ) from None
 
 
 def as_written(options) -> None:

@@ -1,0 +1,496 @@
+"""`graphdoctor fix`: the rules' fixes to a fixed point, the FP16 conversion, the gate that verifies the
+result against the original, and the write that cannot hurt the input.
+
+The input and every file it reads are never written: an output, or its data file, that is one of them (or a
+link to one) is refused before any work. What is written is self-contained (every tensor inline or in its own
+data file beside it), loads (checked before the rename, by the gate or, with --no-verify, by ONNX Runtime),
+and computes what the report says; a failed verification or an interrupt writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx_ir as ir
+
+from graphdoctor.engine import RuleFixes, select_rules
+from graphdoctor.errors import GraphDoctorError
+from graphdoctor.model import disk_size, input_files, load_model, refuse_overwriting, stage_model, writing
+from graphdoctor.rule import load_rules
+from graphdoctor.verify import sample_inputs
+
+if TYPE_CHECKING:
+    from graphdoctor.fp16 import Fp16Options, Fp16Report
+    from graphdoctor.verify.compare import VerifyResult
+
+__all__ = ["SEGMENTED_ABOVE", "FixResult", "fix"]
+
+
+@dataclass(frozen=True)
+class FixResult:
+    """What `fix` did: per-rule repairs, the FP16 conversion, sizes, the gate's verification, and what it wrote."""
+
+    path: Path
+    output: Path
+    size_before: int  # bytes on disk: the model file and its external data
+    fixes: list[RuleFixes]
+    converged: bool
+    fp16: Fp16Report | None  # None without --fp16
+    fp16_repaired: list[tuple[str, str]]  # nodes kept FP32 after a failed verification, and why
+    size_after: int | None  # None when nothing was written
+    written: bool
+    verification: VerifyResult | None  # None with --no-verify, a dry run, or nothing to verify
+    blamed: list[str]  # codes of the rules whose fixes alone fail verification
+    seconds: float
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.fixes) or (self.fp16 is not None and not self.fp16.already_fp16)
+
+    @property
+    def passed(self) -> bool:
+        return self.verification is None or self.verification.passed
+
+
+def _fix_result(source, target, size_before, dry_run, pipeline, size_after, written, verification, blamed, seconds):
+    return FixResult(
+        source,
+        target,
+        size_before,
+        pipeline.fixes,
+        pipeline.converged,
+        pipeline.fp16,
+        list(pipeline.repaired),
+        size_after,
+        written,
+        verification,
+        blamed,
+        seconds,
+        dry_run,
+    )
+
+
+def fix(
+    path: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    select: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    rule_options: Mapping[str, Mapping[str, Any]] | None = None,
+    unsafe_fixes: bool = False,
+    opt_ins: Iterable[str] = (),
+    dry_run: bool = False,
+    in_place: bool = False,
+    external_data: bool | None = None,
+    verify: bool = True,
+    inputs: str | os.PathLike[str] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    seed: int = 0,
+    fp16: Fp16Options | None = None,
+    fp16_repairs: int = 4,
+    strip_metadata: bool = False,
+) -> FixResult:
+    """Apply the selected rules' fixes to a fixed point (and convert to FP16 with `fp16`), verify the result
+    against the original, then write it atomically to `output` (default: NAME.fixed.onnx, or NAME.fp16.onnx,
+    beside the input; the input itself only with `in_place`).
+
+    Safe fixes (bit-exact) run by default, unsafe ones with `unsafe_fixes`, opt-in ones (`dedup-transposed`)
+    when named in `opt_ins`. The gate runs both models on inputs generated with `seed` (or `inputs`/`shapes`):
+    on ONNX Runtime CPU with graph optimizations and weight prepacking off, bit-exact when only safe fixes
+    ran, else the fp32 preset; after FP16 conversion, under FP16 emulation and on ONNX Runtime CPU at the
+    fp16 preset. When it fails nothing is written and the rules whose fixes alone fail are named; an FP16
+    conversion instead keeps the first diverging node in FP32 and tries again, `fp16_repairs` times at most.
+    `external_data`: None chooses (kept when the input uses it, forced above 2 GB). `strip_metadata` drops doc
+    strings and the metadata of nodes and values (the dynamo exporter's provenance: source lines, module names).
+
+    When nothing is to fix, nothing is written, unless `output` asks for a copy: that copy is verified too (a
+    rewrite drops duplicated value_info, so its bytes differ). Refused with GraphDoctorError, before any work: an
+    output or data file that is one of the input's files or a link to one, a malformed model, and external data
+    that is missing or shorter than declared (what it holds cannot be written)."""
+    from graphdoctor.engine import FixPolicy
+
+    start = time.perf_counter()
+    source = Path(path)
+    target = _fix_target(source, output, in_place, ".fp16" if fp16 is not None else ".fixed")
+    chosen = select_rules(load_rules(), select, ignore)
+    pipeline = _Pipeline(chosen, FixPolicy(unsafe=unsafe_fixes, opt_ins=frozenset(opt_ins)), rule_options, fp16)
+    loaded = load_model(source)
+    _refuse_unreadable(loaded)
+    use_external = _use_external_data(external_data, loaded.model)  # from the input, before weights are replaced
+    if not in_place:
+        data_file = [target.with_name(f"{target.name}.data")] if use_external else []
+        refuse_overwriting([target, *data_file], input_files(loaded))
+    size_before = disk_size(loaded)
+    gate = verify and not dry_run
+    measure = gate or (fp16 is not None and (inputs is not None or bool(shapes)))
+    feeds = sample_inputs(loaded.model, inputs, shapes, seed) if measure else None
+    input_source = str(inputs) if inputs is not None else f"generated (seed {seed})"
+    if fp16 is not None and feeds is not None:
+        pipeline.ranges = _activation_ranges(source, feeds, size_before)
+    pipeline.strip_metadata = strip_metadata
+    pipeline.run(loaded.model, loaded.path)
+    result = functools.partial(_fix_result, source, target, size_before, dry_run)
+    if dry_run or not (pipeline.changed or output is not None):
+        return result(pipeline, None, False, None, [], time.perf_counter() - start)
+    check = _Gate(source, feeds, input_source, size_before) if gate else None
+    with writing(target):
+        return _write_verified(loaded.model, target, use_external, pipeline, check, fp16_repairs, result, start)
+
+
+def _write_verified(model, target: Path, use_external: bool, pipeline: _Pipeline, check, repairs: int, result, start):
+    """Stage, verify, commit; after a failed FP16 verification, keep the diverging node FP32 and try again."""
+    while True:
+        staged = None
+        try:
+            staged = stage_model(model, target, use_external)
+            verification = check.run(staged.path, pipeline) if check is not None else _check_loads(staged)
+            if verification is None or verification.passed:
+                size_after = staged.size()
+                staged.commit()
+                return result(pipeline, size_after, True, verification, [], time.perf_counter() - start)
+            diverging = (
+                check.first_diverging_node(staged.path, pipeline.kept_fp32()) if pipeline.can_repair(repairs) else None
+            )
+            if diverging is None:
+                blamed = [] if pipeline.fp16 is not None else _blame(check.source, target, pipeline, check)
+                return result(pipeline, None, False, verification, blamed, time.perf_counter() - start)
+        finally:
+            if staged is not None:
+                staged.discard()
+        model = pipeline.retry(check.source, diverging)
+
+
+class _Pipeline:
+    """What `fix` does to a model: the rules' fixes, then the FP16 conversion and its clean-up; re-run from
+    the original with one more node kept in FP32 after each failed FP16 verification."""
+
+    def __init__(self, rules, policy, rule_options, fp16: Fp16Options | None) -> None:
+        self.rules = rules
+        self.policy = policy
+        self.rule_options = rule_options
+        self.fp16_options = fp16
+        self.ranges = None
+        self.fixes: list[RuleFixes] = []
+        self.converged = True
+        self.fp16: Fp16Report | None = None
+        self.repaired: list[tuple[str, str]] = []  # (node kept FP32 after verification, why)
+        self.strip_metadata = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.fixes) or (self.fp16 is not None and not self.fp16.already_fp16)
+
+    def run(self, model, path: Path, rules=None) -> None:
+        from graphdoctor.engine import FixPolicy, apply_fixes, select_rules
+
+        typed = _typed_values(model)
+        self.fixes, self.converged = apply_fixes(model, rules or self.rules, self.policy, self.rule_options, path)
+        if self.fp16_options is not None:
+            from graphdoctor.fp16 import convert_to_fp16
+
+            self.fp16 = convert_to_fp16(model, self.fp16_options, self.ranges)
+            cleanup = select_rules(load_rules(), _FP16_CLEANUP)
+            tidied, converged = apply_fixes(model, cleanup, FixPolicy(), self.rule_options, path)
+            self.fixes, self.converged = _merged(self.fixes, tidied), self.converged and converged
+        _forget_inferred_types(model, typed)
+        if self.strip_metadata:
+            _strip_metadata(model)
+
+    def kept_fp32(self) -> set[str]:
+        """Labels of the nodes the conversion keeps in FP32 (for whatever reason)."""
+        return {kept.node for kept in self.fp16.kept} if self.fp16 is not None else set()
+
+    def can_repair(self, bound: int) -> bool:
+        return self.fp16_options is not None and len(self.repaired) < bound
+
+    def retry(self, source: Path, diverging: tuple[str, str]):
+        self.repaired.append(diverging)
+        kept = self.fp16_options.keep_nodes | {diverging[0]}
+        self.fp16_options = dataclasses.replace(self.fp16_options, keep_nodes=kept)
+        loaded = load_model(source)
+        self.run(loaded.model, loaded.path)
+        return loaded.model
+
+    def alone(self, rules, source: Path):
+        """The original with only these rules' fixes (to find which fix fails the gate, or to build the
+        reference when fixes change outputs on purpose)."""
+        loaded = load_model(source)
+        single = _Pipeline(list(rules), self.policy, self.rule_options, None)
+        single.run(loaded.model, loaded.path)
+        return loaded, single
+
+
+_FP16_CLEANUP = ["GD002", "GD003", "GD009"]  # Cast pairs at region boundaries, copies, constants left unread
+
+
+def _merged(first: list[RuleFixes], second: list[RuleFixes]) -> list[RuleFixes]:
+    """One entry per rule: the FP16 clean-up may run a rule that the first pass ran too."""
+    by_code = {fixes.rule.code: fixes for fixes in first}
+    for fixes in second:
+        if fixes.rule.code not in by_code:
+            by_code[fixes.rule.code] = fixes
+            continue
+        into = by_code[fixes.rule.code]
+        into.repairs.update(fixes.repairs)
+        into.safety |= fixes.safety
+        into.nodes_removed += fixes.nodes_removed
+        into.bytes_saved += fixes.bytes_saved
+    return list(by_code.values())
+
+
+def _strip_metadata(model) -> None:
+    """Doc strings and metadata of nodes and values, and the types of intermediate values (value_info), in
+    every graph: none of it changes what the model computes."""
+    from graphdoctor.analysis.graph import iter_graph_sites, iter_values
+
+    for graph, _ in iter_graph_sites(model):
+        for node in graph:
+            node.metadata_props.clear()
+            node.doc_string = None
+    for value in iter_values(model):
+        value.metadata_props.clear()
+        value.doc_string = None
+    _forget_inferred_types(model, set())
+
+
+def _typed_values(model) -> set[int]:
+    """Ids of the node outputs whose type the file itself states (its value_info)."""
+    from graphdoctor.analysis.graph import iter_graph_sites
+
+    return {id(v) for graph, _ in iter_graph_sites(model) for node in graph for v in node.outputs if v.type}
+
+
+def _forget_inferred_types(model, typed: set[int]) -> None:
+    """Drop the types shape inference added to intermediate values (and initializers' own, which the tensor
+    states), so the written file gains no value_info the input did not have."""
+    from graphdoctor.analysis.graph import iter_graph_sites
+
+    for graph, _ in iter_graph_sites(model):
+        values = [v for node in graph for v in node.outputs if id(v) not in typed]
+        if isinstance(graph, ir.Graph):
+            values += [v for v in graph.initializers.values() if not v.is_graph_input()]
+        for value in values:
+            if not value.is_graph_output():
+                value.type, value.shape = None, None
+
+
+def _refuse_unreadable(loaded) -> None:
+    """A model `fix` cannot read whole cannot be written whole: external data that is missing, short, not a
+    file or hard-linked (GD014 in lint), or a malformed model (GD016)."""
+    from graphdoctor.analysis.external import find_external_data_problems
+
+    problems = find_external_data_problems(loaded.model)
+    if problems:
+        first = problems[0]
+        what = _EXTERNAL_PROBLEMS[first.kind]
+        raise GraphDoctorError(
+            f"{loaded.path}: tensor '{first.tensor}' cannot be read: its external data '{first.location}' {what}"
+            f" ({len(problems)} tensor(s) affected, see `graphdoctor lint`, GD014); nothing was written"
+        )
+
+
+_EXTERNAL_PROBLEMS = {
+    "missing": "does not exist",
+    "not_a_file": "is not a regular file",
+    "truncated": "is shorter than the tensor needs",
+    "size_mismatch": "declares a length that does not match the tensor",
+    "hard_link": "is a hard link (refused: it may be a file outside the model's folder)",
+}
+
+
+def _check_loads(staged) -> None:
+    """Without the gate, still never write what does not load: ONNX Runtime builds a session from the staged
+    model (nothing is run). Models over 1 GiB are left to the reference check that staging did."""
+    from graphdoctor.verify.runners import check_loads
+
+    if staged.size() <= SEGMENTED_ABOVE:
+        check_loads(staged.path)
+
+
+def _fix_target(source: Path, output: str | os.PathLike[str] | None, in_place: bool, suffix: str = ".fixed") -> Path:
+    """Where the fixed model goes; never the input itself unless `in_place`, never into a missing folder."""
+
+    if in_place and output is not None and Path(output).resolve() != source.resolve():
+        raise GraphDoctorError("--in-place writes over the input: give no -o/--output with it")
+    if in_place:
+        return source
+    stem = source.name.removesuffix(".onnx")
+    target = Path(output) if output is not None else source.with_name(f"{stem}{suffix}.onnx")
+    if target.resolve() == source.resolve():
+        raise GraphDoctorError(f"{target} is the input model: pass --in-place to overwrite it")
+    if not target.parent.is_dir():
+        raise GraphDoctorError(f"cannot write {target}: folder {target.parent} does not exist")
+    return target
+
+
+def _use_external_data(requested: bool | None, model) -> bool:
+    """As asked; otherwise kept when the input stores weights externally, and forced near protobuf's 2 GiB."""
+    from graphdoctor.analysis.constants import stored_bytes
+    from graphdoctor.model import PROTOBUF_LIMIT, iter_external_tensors
+
+    if requested is not None:
+        return requested
+    return any(True for _ in iter_external_tensors(model)) or stored_bytes(model) > PROTOBUF_LIMIT - 64 * 1024**2
+
+
+SEGMENTED_ABOVE = 1024**3  # models larger than this on disk are verified a segment at a time
+
+
+class _Gate:
+    """The verification every written model passes. After rules' fixes: both models on ONNX Runtime CPU with
+    graph optimizations and weight prepacking off (every node as written, so no fused or packed kernel
+    hides or causes a difference), bit-exact after safe fixes, the fp32 preset after unsafe ones. After FP16
+    conversion: the fp16 preset under FP16 emulation (what FP16 storage does to every tensor, overflow
+    included), on ONNX Runtime CPU (the model loads; weights rounded) and on any GPU backend present. Models over 1
+    GiB run a segment at a time, so verifying never holds all their weights at once (FP16 emulation, which cannot,
+    is then left out and the verdicts say so)."""
+
+    def __init__(self, source: Path, feeds, input_source: str, size: int) -> None:
+        self.source = source
+        self.feeds = feeds
+        self.input_source = input_source
+        self.large = size > SEGMENTED_ABOVE
+
+    def run(self, candidate: Path, pipeline: _Pipeline) -> VerifyResult:
+        """Verify `candidate` against the original, or, when fixes changed outputs on purpose (inference
+        mode), against the original with only those fixes applied."""
+        intended = [f.rule for f in pipeline.fixes if f.rule.meta.fix_changes_outputs]
+        if not intended:
+            return self._verify(self.source, candidate, pipeline)
+        loaded, _ = pipeline.alone(intended, self.source)
+        reference = candidate.parent.parent / f"reference-{candidate.name}"
+        staged = stage_model(loaded.model, reference, _use_external_data(None, loaded.model))
+        try:
+            result = self._verify(staged.path, candidate, pipeline)
+        finally:
+            staged.discard()
+        codes = ", ".join(rule.code for rule in intended)
+        runner = (
+            f"{result.reference_runner}, on the original with {codes}'s fixes only (they change outputs on purpose)"
+        )
+        return dataclasses.replace(result, reference=self.source, reference_runner=runner)
+
+    def _verify(self, reference: Path, candidate: Path, pipeline: _Pipeline) -> VerifyResult:
+        from graphdoctor.rule import FixSafety
+        from graphdoctor.verify.compare import verify_models
+        from graphdoctor.verify.metrics import tolerance_for
+
+        if pipeline.fp16 is not None and pipeline.fp16.converted_nodes + pipeline.fp16.tensors_converted:
+            backends, oracle = self._fp16_backends()
+            tolerance = tolerance_for("fp16")
+        else:  # nothing became FP16 (FP16 emulation would then round the FP32 model as if converting it)
+            oracle = self._exact_backend()
+            backends = [oracle]
+            judged = [f for f in pipeline.fixes if not f.rule.meta.fix_changes_outputs]
+            safe = all(f.safety <= {FixSafety.SAFE} for f in judged)
+            tolerance = tolerance_for("exact" if safe else "fp32")
+        return verify_models(reference, candidate, backends, self.feeds, self.input_source, tolerance, oracle=oracle)
+
+    def _exact_backend(self):
+        from graphdoctor.verify.runners import OnnxruntimeBackend
+        from graphdoctor.verify.segmented import SegmentedOnnxruntimeBackend
+
+        return SegmentedOnnxruntimeBackend() if self.large else OnnxruntimeBackend("onnxruntime-cpu", optimize=False)
+
+    def _fp16_backends(self):
+        from graphdoctor.verify.runners import OnnxruntimeBackend, get_backend
+
+        if self.large:
+            segmented = self._exact_backend()
+            return [segmented, _Unavailable("fp16-emulation", _TOO_LARGE)], segmented
+        gpus = [get_backend(name) for name in ("onnxruntime-cuda", "tensorrt-fp16")]
+        present = [backend for backend in gpus if backend.unavailable_reason() is None]
+        return [get_backend("fp16-emulation"), OnnxruntimeBackend("onnxruntime-cpu"), *present], None
+
+    def first_diverging_node(self, candidate: Path, kept: set[str]) -> tuple[str, str] | None:
+        """Where FP16 emulation first leaves the fp16 tolerance (or first makes inf/NaN): the node to keep FP32.
+        When that node is FP32 already, the error came in through its inputs (x + 1000 rounded in FP16, then
+        `- 1000` in FP32 cancels what is left): the producer of its most diverged input is the one to keep."""
+        from graphdoctor.verify.layerwise import LayerwiseOptions, compare_layerwise
+        from graphdoctor.verify.metrics import tolerance_for
+        from graphdoctor.verify.runners import get_backend
+
+        if self.large:
+            return None
+        emulation, tolerance = get_backend("fp16-emulation"), tolerance_for("fp16")
+        try:
+            report = compare_layerwise(self.source, candidate, emulation, self.feeds, tolerance, LayerwiseOptions())
+        except GraphDoctorError:
+            return None
+        divergence = report.first_nonfinite or report.first_divergence
+        if divergence is None or divergence.record.node is None:
+            return None
+        record = divergence.record
+        what = "inf/NaN first appear" if divergence.kind == "nonfinite" else "the fp16 tolerance is first exceeded"
+        why = f"{what} at '{record.name}' under FP16 emulation (rel err {record.rel_err:.3g})"
+        node = record.node
+        if node in kept:
+            node = _producer_of_worst_input(self.source, divergence.inputs)
+            why += ", computed in FP32 from this node's FP16 output"
+        return (node, why) if node is not None and node not in kept else None
+
+
+_TOO_LARGE = (
+    "needs the whole model in memory at once; skipped for models over 1 GiB (the FP32 model's activation ranges"
+    " were measured a segment at a time instead, and overflowing nodes kept FP32)"
+)
+
+
+class _Unavailable:
+    """A backend the gate leaves out, named in the report with the reason."""
+
+    computes_fp16 = False
+    precision = ""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name, self.reason = name, reason
+
+    def unavailable_reason(self) -> str:
+        return self.reason
+
+
+def _producer_of_worst_input(source: Path, inputs) -> str | None:
+    """The label of the node producing the most diverged of a node's inputs ((name, rel_err) pairs)."""
+    from graphdoctor.analysis.graph import iter_values, node_label
+
+    compared = [(error, name) for name, error in inputs if error is not None]
+    if not compared:
+        return None
+    _, worst = max(compared)
+    value = next((v for v in iter_values(load_model(source).model) if v.name == worst), None)
+    producer = value.producer() if value is not None else None
+    return node_label(producer) if producer is not None else None
+
+
+def _blame(source: Path, target: Path, pipeline: _Pipeline, gate: _Gate) -> list[str]:
+    """The rules whose fixes, applied alone to the original, already fail the gate."""
+    blamed = []
+    for done in pipeline.fixes:
+        loaded, single = pipeline.alone([done.rule], source)
+        staged = stage_model(loaded.model, target, _use_external_data(None, loaded.model))
+        try:
+            if single.fixes and not gate.run(staged.path, single).passed:
+                blamed.append(done.rule.code)
+        finally:
+            staged.discard()
+    return blamed
+
+
+def _activation_ranges(source: Path, feeds, size: int):
+    """Ranges of the FP32 model's activations on the sample inputs, for the converter; run a segment at a
+    time for models over 1 GiB."""
+    from graphdoctor.analysis.ranges import value_ranges
+    from graphdoctor.verify.segmented import SegmentedOnnxruntimeBackend
+
+    run = None
+    if size > SEGMENTED_ABOVE:
+        run = functools.partial(SegmentedOnnxruntimeBackend().run, source, feeds)
+    return value_ranges(source, feeds, run=run)
