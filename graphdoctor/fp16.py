@@ -250,6 +250,8 @@ class _Converter:
             return "reads or produces a sequence or optional, which no Cast converts"
         if node.op_type in _SUBGRAPH_OPS:
             return "holds subgraphs, converted on their own; their inputs and outputs stay FP32"
+        if any(v is not None and _is_sparse_initializer(v) for v in node.inputs):
+            return "reads a sparse initializer, which stays as stored (float32)"
         if node.op_type in BLOCKED_OPS:
             return BLOCKED_OPS[node.op_type]
         if node.op_type == "Cast" and not _float_target(node):
@@ -443,6 +445,11 @@ def _is_used(value: ir.Value) -> bool:
 def _float_target(node: ir.Node) -> bool:
     to = node.attributes.get_int("to")
     return to in (_F32, _F16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
+
+
+def _is_sparse_initializer(value: ir.Value) -> bool:
+    """A value nothing defines: onnx-ir leaves sparse initializers out of the graph (model.py keeps them)."""
+    return value.producer() is None and not value.is_graph_input() and not value.is_initializer()
 
 
 def _matches(node: ir.Node, label: str, pattern: str) -> bool:

@@ -326,6 +326,53 @@ def escaping_from_tensors_attribute(tmp: Path) -> Path:
     return save_in_folder(tmp, graph)
 
 
+def escaping_from_subgraph(tmp: Path, op_type: str) -> Path:
+    """An initializer of an If branch or a Loop body names external data outside the folder."""
+    (tmp / "secret.bin").write_bytes(bytes(16))
+    out = onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [4])
+    body_inputs = []
+    body_outputs = [out]
+    if op_type == "Loop":
+        body_inputs = [
+            onnx.helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+            onnx.helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+        ]
+        body_outputs = [onnx.helper.make_tensor_value_info("c_out", onnx.TensorProto.BOOL, []), out]
+    nodes = [onnx.helper.make_node("Identity", ["w"], ["b"], name="body_id")]
+    if op_type == "Loop":
+        nodes.append(onnx.helper.make_node("Identity", ["c"], ["c_out"], name="cond_id"))
+    body = onnx.helper.make_graph(nodes, "body", body_inputs, body_outputs, [external_tensor("w", "../secret.bin")])
+    if op_type == "If":
+        node = onnx.helper.make_node("If", ["cond"], ["y"], name="if", then_branch=body, else_branch=body)
+        inputs = [onnx.helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])]
+    else:
+        node = onnx.helper.make_node("Loop", ["n", ""], ["y"], name="loop", body=body)
+        inputs = [onnx.helper.make_tensor_value_info("n", onnx.TensorProto.INT64, [])]
+    output = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    return save_in_folder(tmp, onnx.helper.make_graph([node], "g", inputs, [output]))
+
+
+def escaping_sparse_initializer(tmp: Path) -> Path:
+    """Sparse initializers hold two tensors (values, indices); either may name external data."""
+    (tmp / "secret.bin").write_bytes(bytes(16))
+    indices = onnx.numpy_helper.from_array(np.array([0, 3], np.int64), "s_idx")
+    sparse = onnx.helper.make_sparse_tensor(external_tensor("s", "../secret.bin", dims=(2,)), indices, [4])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "s"], ["y"], name="add")],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])],
+        sparse_initializer=[sparse],
+    )
+    return save_in_folder(tmp, graph)
+
+
+def very_long_location(tmp: Path) -> Path:
+    path = save_external(tmp / "model")
+    point_external_data(path, "w" * 5000)
+    return path
+
+
 HOSTILE = {
     "missing": (missing, "no such file"),
     "directory": (directory, "is a directory"),
@@ -354,6 +401,19 @@ HOSTILE = {
     "string_external_data": (string_external_data, "no valid byte size"),
     "negative_dims": (negative_dims, "no valid byte size"),
     "symlink_loop": (symlink_loop, "invalid external data location"),
+    "escaping_from_if_branch": (lambda tmp: escaping_from_subgraph(tmp, "If"), "outside the model's folder"),
+    "escaping_from_loop_body": (lambda tmp: escaping_from_subgraph(tmp, "Loop"), "outside the model's folder"),
+    "escaping_sparse_initializer": (escaping_sparse_initializer, "outside the model's folder"),
+    "very_long_location": (very_long_location, "invalid external data location"),
+}
+
+# every command that reads a model refuses it the same way, before writing or running anything
+COMMANDS = {
+    "lint": ["lint"],
+    "fix": ["fix"],
+    "fix --no-verify": ["fix", "--no-verify"],
+    "fix --fp16": ["fix", "--fp16"],
+    "verify": ["verify"],
 }
 
 
@@ -375,12 +435,13 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return exit_info.value.code, out, err
 
 
+@pytest.mark.parametrize("command", list(COMMANDS))
 @pytest.mark.parametrize("case", list(HOSTILE))
-def test_cli_refuses_with_one_line_and_exit_2(case: str, tmp_path: Path, capsys):
+def test_cli_refuses_with_one_line_and_exit_2(case: str, command: str, tmp_path: Path, capsys):
     build, expected = HOSTILE[case]
     target = build(tmp_path)
     before = snapshot(tmp_path)
-    code, out, err = run_cli(["lint", str(target)], capsys)
+    code, out, err = run_cli([*COMMANDS[command], str(target)], capsys)
     assert code == 2
     assert out == ""
     lines = err.splitlines()

@@ -409,7 +409,7 @@ class Fp16EmulationBackend(Backend):
 
 def _prepare(path: Path, key: tuple) -> _Prepared:
     from graphdoctor.analysis.types import infer_types
-    from graphdoctor.model import load_model
+    from graphdoctor.model import load_model, serialize
 
     loaded = load_model(path)
     infer_types(loaded.model)
@@ -418,7 +418,7 @@ def _prepare(path: Path, key: tuple) -> _Prepared:
     emulation = emulate_fp16(loaded.model)
     if emulation.unknown:
         logger.warning("fp16-emulation: %d tensors of unknown dtype are not rounded", emulation.unknown)
-    proto = ir.serde.serialize_model(loaded.model)
+    proto = serialize(loaded.model)
     return _Prepared(key, proto, folder, emulation)
 
 
