@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test fixtures bench-lint bench-verify bench-fix bench-fp16 clean
+.PHONY: demo test fixtures fuzz bench-lint bench-verify bench-fix bench-fp16 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ test: fixtures
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# make fuzz [FUZZ_CASES=5000] [FUZZ_SEED=0]: mutated models and hostile CLI cases, a table of the promises
+# broken (tests/fuzz/); failing cases in .cache/fuzz/failures-SEED.json, replay with python -m tests.fuzz replay ID
+FUZZ_CASES ?= 5000
+FUZZ_SEED ?= 0
+fuzz: $(VENV)/.test
+	$(BIN)/python -m tests.fuzz run --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
 
 bench-lint: $(VENV)/.test
 	$(PIP) -e '.[bench]'
