@@ -80,6 +80,42 @@ def _break(node):
     return True
 '''
 
+NUDGE_PLUGIN = '''
+"""ACME012 nudge: a "safe" fix that changes one bit of one output, as $ACME_NUDGE says.
+
+What it finds
+    The initializer 'k'.
+Why it matters
+    The gate must catch a change of one ULP, of a zero's sign or of a NaN's payload, in any output.
+How to fix
+    Do not.
+"""
+import os
+
+import numpy as np
+import onnx_ir as ir
+
+from graphdoctor.rule import FixSafety, Message, RuleKind, RuleMeta, Severity
+
+META = RuleMeta(
+    code="ACME012", name="nudge", kind=RuleKind.SUGGESTION, severity=Severity.INFO, fix=FixSafety.SAFE,
+    summary="one bit of k", messages={"nudge": Message("k")},
+)
+
+def check(model, ctx):
+    value = model.graph.initializers.get("k")
+    if value is not None and not value.meta.get("nudged"):
+        yield ctx.report("nudge", values=[value], repair=lambda: _nudge(value))
+
+def _nudge(value):
+    bits = value.const_value.numpy().copy().view(np.uint32)
+    index, change = {"ulp": (0, 1), "zero-sign": (1, 0x80000000), "nan-payload": (2, 1)}[os.environ["ACME_NUDGE"]]
+    bits[index] ^= change
+    value.const_value = ir.Tensor(bits.view(np.float32), name="k")
+    value.meta["nudged"] = True
+    return True
+'''
+
 MODEL = """
 <ir_version: 8, opset_import: ["" : 17]>
 g (float[2,3] x) => (float[2,3] y) {
@@ -97,7 +133,10 @@ def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     site.mkdir()
     (site / "acme_identity.py").write_text(textwrap.dedent(PLUGIN))
     (site / "acme_broken.py").write_text(textwrap.dedent(BROKEN_PLUGIN))
-    (site / "acme_fixes.py").write_text("import acme_identity, acme_broken\nRULES = [acme_identity, acme_broken]\n")
+    (site / "acme_nudge.py").write_text(textwrap.dedent(NUDGE_PLUGIN))
+    (site / "acme_fixes.py").write_text(
+        "import acme_identity, acme_broken, acme_nudge\nRULES = [acme_identity, acme_broken, acme_nudge]\n"
+    )
     info = site / "graphdoctor_acme-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: graphdoctor-acme\nVersion: 1.0\n")
@@ -316,3 +355,24 @@ def test_strip_metadata_drops_provenance_only(plugins: Path, gd):
     assert code == 0 and not stripped.graph.node[0].metadata_props and not stripped.graph.node[0].doc_string
     assert (plugins / "stripped.onnx").stat().st_size < (plugins / "kept.onnx").stat().st_size
     assert np.array_equal(_outputs(plugins / "stripped.onnx"), _outputs(model))
+
+
+NUDGED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[3] x) => (float[3] first, float[3] second) <float[3] k = {1.5, 0.0, nan}, float[3] one = {1, 1, 1}> {
+  first = Relu(x)
+  second = Mul(k, one)
+}
+"""
+
+
+@pytest.mark.parametrize("change", ["ulp", "zero-sign", "nan-payload"])
+def test_the_gate_catches_one_changed_bit_in_any_output(plugins: Path, gd, monkeypatch, change: str):
+    """Safe fixes are judged bit by bit on every output: one ULP, -0.0 for 0.0, another NaN payload in the
+    second output fail the gate, though any tolerance or a check of the first output alone would pass them."""
+    monkeypatch.setenv("ACME_NUDGE", change)
+    model = save(model_from_text(NUDGED), plugins / "k.onnx")
+    code, out, _ = gd("fix", model, "--select", "acme/nudge")
+    assert code == 1 and "verification FAILED" in out, out
+    assert "ok   first[3]" in out and "FAIL second[3]" in out
+    assert not (plugins / "k.fixed.onnx").exists() and _leftovers(plugins) == []

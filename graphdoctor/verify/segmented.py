@@ -45,7 +45,8 @@ class SegmentedOnnxruntimeBackend(Backend):
     """ONNX Runtime CPU, graph optimizations and weight prepacking off, a segment of at most `budget` weight
     bytes at a time."""
 
-    def __init__(self, budget: int = SEGMENT_BYTES) -> None:
+    def __init__(self, budget: int | None = None) -> None:
+        budget = budget or SEGMENT_BYTES
         self.budget = budget
         self.name = "onnxruntime-cpu-unoptimized"
         self.precision = (
