@@ -155,6 +155,8 @@ def _write_verified(model, target: Path, use_external: bool, pipeline: _Pipeline
             if verification is None or verification.passed:
                 size_after = staged.size()
                 staged.commit()
+                if verification is not None:  # the report names where the model is, not where it was staged
+                    verification = dataclasses.replace(verification, candidate=target)
                 return result(pipeline, size_after, True, verification, [], time.perf_counter() - start)
             diverging = (
                 check.first_diverging_node(staged.path, pipeline.kept_fp32()) if pipeline.can_repair(repairs) else None
