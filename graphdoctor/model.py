@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import secrets
 import shutil
@@ -229,7 +230,7 @@ def _keep_sparse_initializers(file: Path, proto: onnx.ModelProto, model: ir.Mode
     for sparse in proto.graph.sparse_initializer:
         for part in (sparse.values, sparse.indices):
             if part.data_location == onnx.TensorProto.EXTERNAL:
-                location = next((e.value for e in part.external_data if e.key == "location"), "")
+                location, _, _ = _sparse_external(file, part)
                 _refuse_escaping(file, part.name or sparse.values.name, location, base_dir)
     if not proto.graph.sparse_initializer:
         return
@@ -250,14 +251,31 @@ def _subgraph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield from _subgraph_protos(sub)
 
 
+def _sparse_external(file: Path, part: onnx.TensorProto) -> tuple[str, int, int]:
+    """(location, offset, byte length) of a sparse tensor part stored externally, its length computed from its
+    dims and dtype; raise unless what the file states is consistent (the bytes read are exactly these)."""
+    info = {entry.key: entry.value for entry in part.external_data}
+    try:
+        nbytes = ir.DataType(part.data_type).itemsize * math.prod(part.dims)
+        offset, length = int(info.get("offset", 0)), int(info.get("length", nbytes))
+    except (ValueError, TypeError):
+        nbytes, offset, length = -1, -1, -1
+    if nbytes < 0 or offset < 0 or length != nbytes or any(d < 0 for d in part.dims):
+        raise ModelLoadError(
+            f"{file}: sparse tensor part '{part.name}' stores data type {part.data_type} of dims {list(part.dims)}"
+            f" as external data at offset {info.get('offset', 0)}, length {info.get('length', '?')}: inconsistent"
+        )
+    return info.get("location", ""), offset, length
+
+
 def _sparse_external_parts(model: ir.Model) -> Iterator[tuple[Path, int, int]]:
     """(file, offset, length) of every sparse tensor part stored as external data."""
     base_dir, sparse_tensors = model.meta.get(_SPARSE, (None, []))
     for sparse in sparse_tensors:
         for part in (sparse.values, sparse.indices):
             if part.data_location == onnx.TensorProto.EXTERNAL:
-                info = {e.key: e.value for e in part.external_data}
-                yield base_dir / info.get("location", ""), int(info.get("offset", 0)), int(info.get("length", -1))
+                location, offset, length = _sparse_external(base_dir, part)
+                yield base_dir / location, offset, length
 
 
 def serialize(model: ir.Model) -> onnx.ModelProto:
@@ -273,22 +291,21 @@ def serialize(model: ir.Model) -> onnx.ModelProto:
 
 
 def _inline_external(part: onnx.TensorProto, base_dir: Path) -> None:
-    """Read a tensor's external bytes into raw_data (its location was checked at load)."""
+    """Read a tensor's external bytes into raw_data (its location and length were checked at load)."""
     if part.data_location != onnx.TensorProto.EXTERNAL:
         return
-    info = {e.key: e.value for e in part.external_data}
-    offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
-    path = base_dir / info.get("location", "")
+    location, offset, length = _sparse_external(base_dir, part)
+    path = base_dir / location
     if not path.is_file():  # a FIFO would block the read forever
         raise GraphDoctorError(f"sparse tensor '{part.name}': its external data {path.name} is not a regular file")
     try:
         with open(path, "rb") as file:
             file.seek(offset)
-            data = file.read(length) if length >= 0 else file.read()
+            data = file.read(length)
     except OSError as error:
         reason = error.strerror
         raise GraphDoctorError(f"sparse tensor '{part.name}': its external data cannot be read: {reason}") from None
-    if length >= 0 and len(data) != length:
+    if len(data) != length:
         raise GraphDoctorError(f"sparse tensor '{part.name}': its external data ends {length - len(data)} bytes early")
     del part.external_data[:]
     part.data_location = onnx.TensorProto.DEFAULT
