@@ -8,28 +8,54 @@ meaningless (NaN from log of negatives, token ids past the vocabulary, an all-ze
 - bool inputs: True.
 Dynamic dims take values from `--shape name:1x3x640x640`, else from a symbolic name seen before, else 1
 for batch-like leading dims, 128 for sequence-like dims, 224 for spatial dims (stated in the report).
+
+Sizes are checked before anything is allocated: all inputs of a run together, generated or loaded, may take
+`INPUTS_BUDGET` bytes, and a file's headers (an .npy header, a zip member's size, a TensorProto's dims) must
+agree with the bytes it holds. Object arrays are refused, never unpickled; input_N.pb tensors that point at
+external data are refused (they would read files outside the folder); paths that are not regular files
+(a FIFO blocks the first read forever) are refused before they are opened.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import re
+import secrets
+import stat
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import onnx_ir as ir
 
-from graphdoctor.errors import GraphDoctorError
+from graphdoctor.errors import GraphDoctorError, first_line
 
-__all__ = ["InputSpec", "bind_inputs", "generate_inputs", "input_specs", "load_inputs", "parse_shape", "save_inputs"]
+__all__ = [
+    "INPUTS_BUDGET",
+    "InputSpec",
+    "bind_inputs",
+    "generate_inputs",
+    "input_specs",
+    "load_inputs",
+    "parse_shape",
+    "save_inputs",
+]
 
 _DEFAULT_DIM = {"batch": 1, "sequence": 128, "spatial": 224, "other": 1}
 _MASK = re.compile(r"mask", re.IGNORECASE)
 _TOKEN_TYPE = re.compile(r"token_type|segment", re.IGNORECASE)
 _UNNAMED = re.compile(r"|input_\d+|arr_\d+")  # .npy, input_N.pb without names, np.savez(*arrays)
+
+INPUTS_BUDGET = 2 * 2**30  # bytes of all inputs of one run together, generated or loaded
+_PB_BUDGET = INPUTS_BUDGET // 8  # bytes of input_N.pb files: parsing expands packed varints up to 8 times
+_MAX_RANK = 64  # numpy's limit
+_CHUNK = 2**20  # elements drawn at a time
 
 
 @dataclass(frozen=True)
@@ -59,8 +85,10 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
         shape = tuple(int(d) for d in dims.lower().split("x")) if sep else ()
     except ValueError:
         shape = ()
-    if not name or not shape or any(d < 0 for d in shape):
+    if not name or not shape:
         raise GraphDoctorError(f"--shape '{text}': expected NAME:DIMS such as images:1x3x640x640")
+    if any(d < 1 for d in shape):  # a zero-size input verifies nothing
+        raise GraphDoctorError(f"--shape '{text}': every dim must be at least 1")
     return name, shape
 
 
@@ -73,13 +101,69 @@ def generate_inputs(
     unknown = sorted(set(shapes) - {s.name for s in specs})
     if unknown:
         raise GraphDoctorError(f"--shape names unknown input(s) {unknown}; inputs: {[s.name for s in specs]}")
+    for spec in specs:
+        _check_declared(spec)
     rng = np.random.default_rng(seed)
     symbols = _given_symbols(specs, shapes)
-    inputs = {}
-    for spec in specs:
-        shape = _concrete_shape(spec, shapes.get(spec.name), symbols)
-        inputs[spec.name] = _values(spec, shape, rng, int_high)
-    return inputs
+    shaped = [(spec, _concrete_shape(spec, shapes.get(spec.name), symbols)) for spec in specs]
+    budget = _Budget("")
+    for spec, shape in shaped:  # every size is checked before the first array is allocated
+        dynamic = any(not isinstance(dim, int) for dim in spec.dims)
+        advice = "give smaller dims with --shape NAME:DIMS, or pass --inputs FILE" if dynamic else "pass --inputs FILE"
+        budget.take(spec.name, shape, _numpy_dtype(spec), advice)
+    return {spec.name: _values(spec, shape, rng, int_high) for spec, shape in shaped}
+
+
+def _check_declared(spec: InputSpec) -> None:
+    """What no array can be: a negative static dim, more dims than numpy holds, an element type without values."""
+    negative = [(axis, dim) for axis, dim in enumerate(spec.dims) if isinstance(dim, int) and dim < 0]
+    if negative:
+        axis, dim = negative[0]
+        raise GraphDoctorError(
+            f"input '{spec.name}' declares dim {dim} at axis {axis}, which no tensor has; pass --inputs FILE"
+        )
+    if len(spec.dims) > _MAX_RANK:
+        raise GraphDoctorError(
+            f"input '{spec.name}' has rank {len(spec.dims)}; numpy arrays hold at most {_MAX_RANK} dims"
+        )
+    _numpy_dtype(spec)
+
+
+def _numpy_dtype(spec: InputSpec) -> np.dtype:
+    try:
+        return np.dtype(spec.dtype.numpy())
+    except TypeError:  # UNDEFINED and the types numpy has no counterpart for
+        raise GraphDoctorError(
+            f"input '{spec.name}' has element type {spec.dtype.name}, which has no values to generate;"
+            " pass --inputs FILE"
+        ) from None
+
+
+class _Budget:
+    """Bytes of the inputs of one run, checked against INPUTS_BUDGET before each array is allocated."""
+
+    def __init__(self, where: str) -> None:
+        self.where, self.used = where, 0  # `where`: a prefix naming the file, if any
+
+    def take(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype, advice: str = "refused before loading it"
+    ) -> None:
+        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: 10^12 dims do not overflow
+        if self.used + nbytes > INPUTS_BUDGET:
+            before = f" after {_mib(self.used)} for the inputs before it" if self.used else ""
+            raise GraphDoctorError(
+                f"{self.where}input '{name}' {_typed(dtype, shape)} needs {nbytes:,} bytes ({_mib(nbytes)}){before};"
+                f" the inputs of a run are limited to {_mib(INPUTS_BUDGET)} together: {advice}"
+            )
+        self.used += nbytes
+
+
+def _typed(dtype: np.dtype, shape: tuple[int, ...]) -> str:
+    return f"{dtype}[{','.join(map(str, shape))}]"
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.1f} MiB"
 
 
 def _given_symbols(specs: list[InputSpec], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
@@ -138,54 +222,161 @@ def _role(spec: InputSpec, index: int, dim: str | None) -> str:
 
 
 def _values(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, int_high: int) -> np.ndarray:
-    dtype = np.dtype(spec.dtype.numpy())
+    dtype = _numpy_dtype(spec)
     if spec.dtype == ir.DataType.BOOL:
         return np.ones(shape, dtype=bool)
     if spec.dtype.is_floating_point():
         image_like = len(shape) == 4
-        values = rng.random(shape) if image_like else rng.standard_normal(shape)
-        return values.astype(dtype)
+        return _drawn(shape, dtype, rng.random if image_like else rng.standard_normal)
     if _MASK.search(spec.name):
         return np.ones(shape, dtype=dtype)
     if _TOKEN_TYPE.search(spec.name):
         return np.zeros(shape, dtype=dtype)
-    return rng.integers(0, int_high, size=shape).astype(dtype)
+    return _drawn(shape, dtype, lambda size: rng.integers(0, int_high, size=size))
+
+
+def _drawn(shape: tuple[int, ...], dtype: np.dtype, draw) -> np.ndarray:
+    """`draw(n)` cast into an array of `dtype`, a chunk at a time: the generator's float64/int64 values never
+    exist all at once (a 1 GiB float32 input would cost 2 GiB more), and the values are the ones a single
+    draw of the whole shape gives, so a seed keeps its inputs."""
+    values = np.empty(shape, dtype=dtype)
+    flat = values.reshape(-1)  # a view: `values` is C-contiguous
+    for start in range(0, flat.size, _CHUNK):
+        flat[start : start + _CHUNK] = draw(min(_CHUNK, flat.size - start))
+    return values
 
 
 def load_inputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Inputs from an .npz (names as keys), a single .npy (the one input), or an ONNX test-data folder of
-    input_N.pb files (names from the TensorProtos)."""
+    input_N.pb files (names from the TensorProtos). Every size is checked against the file and the budget
+    before an array is allocated."""
     source = Path(path)
+    budget = _Budget(f"{source}: ")
     try:
         if source.is_dir():
-            return _load_pb_folder(source)
+            return _load_pb_folder(source, budget)
         if source.suffix == ".npz":
-            with np.load(source, allow_pickle=False) as archive:
-                return {name: archive[name] for name in archive.files}
+            return _load_npz(source, budget)
         if source.suffix == ".npy":
-            return {"": np.load(source, allow_pickle=False)}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise GraphDoctorError(f"{source}: cannot read inputs: {error}") from None
+            size = _regular_size(source)
+            with source.open("rb") as file:
+                return {"": _read_npy(file, size, "", budget)}
+    except OSError as error:
+        raise GraphDoctorError(f"{source}: cannot read inputs: {error.strerror or first_line(error)}") from None
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError) as error:  # RuntimeError: encrypted
+        raise GraphDoctorError(f"{source}: cannot read inputs: {first_line(error)}") from None
     raise GraphDoctorError(f"{source}: inputs must be an .npz, an .npy, or a folder of input_N.pb files")
 
 
-def _load_pb_folder(folder: Path) -> dict[str, np.ndarray]:
-    import onnx
-    import onnx.numpy_helper
-    from google.protobuf.message import DecodeError
+def _regular_size(path: Path) -> int:
+    """The size of `path`, refused unless it is a regular file: a FIFO blocks the first read or write forever,
+    a device never ends. Checked with stat, before anything opens it."""
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):
+        kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file (a pipe, socket or device)"
+        raise GraphDoctorError(f"{path}: is {kind}; refused")
+    return status.st_size
 
+
+def _load_npz(source: Path, budget: _Budget) -> dict[str, np.ndarray]:
+    """Each member's header is checked (dtype, dims against the member's size, the budget) before any is read."""
+    _regular_size(source)
+    with zipfile.ZipFile(source) as archive:
+        members = archive.infolist()
+        for info in members:
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"member '{info.filename}' is not an .npy array")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):  # as np.savez(_compressed)
+                raise ValueError(f"member '{info.filename}' uses zip compression method {info.compress_type}")
+            with archive.open(info) as member:
+                _check_npy_header(member, info.file_size, info.filename[: -len(".npy")], budget)
+        arrays = {}
+        for info in members:
+            with archive.open(info) as member:
+                arrays[info.filename[: -len(".npy")]] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
+
+
+def _read_npy(file: IO[bytes], size: int, name: str, budget: _Budget) -> np.ndarray:
+    _check_npy_header(file, size, name, budget)
+    file.seek(0)
+    return np.lib.format.read_array(file, allow_pickle=False)
+
+
+def _check_npy_header(file: IO[bytes], size: int, name: str, budget: _Budget) -> None:
+    """Refuse an .npy whose header asks for Python objects (only unpickling reads them), for more bytes than
+    follow it (truncated, or lying to make numpy allocate terabytes), or for more than the budget."""
+    label = f"array '{name}'" if name else "the array"  # a lone .npy has no name
+    version = np.lib.format.read_magic(file)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+    else:
+        raise ValueError(f"{label}: unsupported .npy format version {version[0]}.{version[1]}")
+    if dtype.hasobject:
+        raise ValueError(f"{label} holds Python objects (dtype {dtype}), readable only by unpickling; refused")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{label}: its header declares negative dims {list(shape)}")
+    needed, held = math.prod(shape) * dtype.itemsize, size - file.tell()
+    if needed > held:
+        raise ValueError(
+            f"{label}: its header declares {_typed(dtype, shape)} ({needed:,} bytes),"
+            f" but {held:,} bytes follow it (truncated?)"
+        )
+    budget.take(name, shape, dtype)
+
+
+def _load_pb_folder(folder: Path, budget: _Budget) -> dict[str, np.ndarray]:
     files = sorted(folder.glob("input_*.pb"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
     if not files:
         raise GraphDoctorError(f"{folder}: no input_N.pb files")
+    held = sum(_regular_size(file) for file in files)
+    if held > _PB_BUDGET:
+        raise GraphDoctorError(
+            f"{folder}: its input_N.pb files hold {held:,} bytes ({_mib(held)}); .pb inputs are limited to"
+            f" {_mib(_PB_BUDGET)} (parsing can expand them 8 times): save the inputs as .npz"
+        )
     inputs = {}
     for file in files:
-        tensor = onnx.TensorProto()
-        try:
-            tensor.ParseFromString(file.read_bytes())
-            inputs[tensor.name or file.stem] = onnx.numpy_helper.to_array(tensor)
-        except DecodeError as error:  # OSError and ValueError are caught by load_inputs
-            raise GraphDoctorError(f"{file}: not a serialized ONNX TensorProto: {error}") from None
+        tensor = _parse_tensor(file)
+        name = tensor.name or file.stem
+        inputs[name] = _tensor_values(file, tensor, name, budget)
     return inputs
+
+
+def _parse_tensor(file: Path):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    tensor = onnx.TensorProto()
+    try:
+        tensor.ParseFromString(file.read_bytes())
+    except DecodeError as error:  # OSError is caught by load_inputs
+        raise GraphDoctorError(f"{file}: not a serialized ONNX TensorProto: {error}") from None
+    return tensor
+
+
+def _tensor_values(file: Path, tensor, name: str, budget: _Budget) -> np.ndarray:
+    """A TensorProto's values, once its dtype, dims and budget are checked; never from external data, which
+    would read a file named by the tensor, wherever it is."""
+    import onnx
+    import onnx.numpy_helper
+
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        raise GraphDoctorError(f"{file}: tensor '{name}' keeps its values in external data; refused")
+    dims = tuple(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise GraphDoctorError(f"{file}: tensor '{name}' declares negative dims {list(dims)}")
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    except (KeyError, TypeError, ValueError):
+        raise GraphDoctorError(f"{file}: tensor '{name}' has no valid element type ({tensor.data_type})") from None
+    budget.take(name, dims, dtype)
+    try:
+        return onnx.numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as error:  # values that do not fill the dims, segments
+        raise GraphDoctorError(f"{file}: tensor '{name}' cannot be read: {first_line(error)}") from None
 
 
 def bind_inputs(model: ir.Model, loaded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -200,9 +391,35 @@ def bind_inputs(model: ir.Model, loaded: Mapping[str, np.ndarray]) -> dict[str, 
 
 
 def save_inputs(inputs: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> Path:
-    """Write the inputs used, as .npz, so that a run can be replayed with --inputs."""
+    """Write the inputs used, as .npz, so that a run can be replayed with --inputs. Written to a temporary file
+    beside the target and renamed into place: an interrupt or a full disk leaves no half-written file."""
     target = Path(path)
+    if not target.name:  # '', '.', '/'
+        raise GraphDoctorError(f"cannot write inputs to '{path}': it names no file")
     if target.suffix != ".npz":
         target = target.with_suffix(".npz")
-    np.savez(target, **inputs)
+    if target.exists():
+        _regular_size(target)  # a FIFO or a folder: refused, not replaced
+    temp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        with open(temp, "xb") as file:
+            _write_npz(file, inputs)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, target)
+    except OSError as error:
+        reason = error.strerror or first_line(error)
+        raise GraphDoctorError(f"cannot write inputs to {target}: {reason}; nothing was written") from None
+    finally:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
     return target
+
+
+def _write_npz(file: IO[bytes], inputs: Mapping[str, np.ndarray]) -> None:
+    """What np.savez writes, without passing names as keyword arguments: inputs named 'file' or
+    'allow_pickle' are inputs too."""
+    with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in inputs.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)

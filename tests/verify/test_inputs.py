@@ -14,6 +14,7 @@ from fixtures.handmade import model_from_text, save
 from graphdoctor import api
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.model import load_model
+from graphdoctor.verify import inputs
 from graphdoctor.verify.inputs import bind_inputs, generate_inputs, load_inputs, parse_shape, save_inputs
 from tests.verify.builders import linear
 
@@ -106,10 +107,55 @@ def test_parse_shape(text, parsed):
     assert parse_shape(text) == parsed
 
 
-@pytest.mark.parametrize("text", ["images", "images:", ":1x3", "images:1xq", "images:1x-3", "images:1,3"])
+@pytest.mark.parametrize("text", ["images", "images:", ":1x3", "images:1xq", "images:1,3"])
 def test_parse_shape_rejects(text):
     with pytest.raises(GraphDoctorError, match="expected NAME:DIMS"):
         parse_shape(text)
+
+
+@pytest.mark.parametrize("text", ["images:1x-3", "images:0x3"])
+def test_parse_shape_rejects_empty_and_negative_dims(text):
+    with pytest.raises(GraphDoctorError, match="every dim must be at least 1"):
+        parse_shape(text)
+
+
+def test_generated_values_are_those_of_one_draw(tmp_path: Path):
+    """Inputs are drawn a chunk at a time (no float64 copy of a whole input), with the values a single
+    draw gives: a seed keeps its inputs across versions."""
+    feeds = generate_inputs(ir_model(ROLES, tmp_path), seed=9, shapes={"images": (2, 3, 512, 600)})
+    rng = np.random.default_rng(9)
+    assert np.array_equal(feeds["images"], rng.random((2, 3, 512, 600)).astype(np.float32))  # 1.8M: two chunks
+    assert np.array_equal(feeds["features"], rng.standard_normal((2, 16)).astype(np.float32))
+    assert np.array_equal(feeds["input_ids"], rng.integers(0, 100, size=(1, 128)))
+
+
+def test_the_budget_is_checked_before_allocating(tmp_path: Path, monkeypatch):
+    model = ir_model(MASK_FIRST, tmp_path)  # two int64[batch,sequence] inputs
+    monkeypatch.setattr(inputs, "INPUTS_BUDGET", 2 * 8 * 2 * 16)
+    assert len(generate_inputs(model, shapes={"input_ids": (2, 16)})) == 2  # exactly the budget
+    with pytest.raises(GraphDoctorError) as error:
+        generate_inputs(model, shapes={"input_ids": (2, 17)})
+    assert str(error.value) == (
+        "input 'input_ids' int64[2,17] needs 272 bytes (0.0 MiB) after 0.0 MiB for the inputs before it; the inputs"
+        " of a run are limited to 0.0 MiB together: give smaller dims with --shape NAME:DIMS, or pass --inputs FILE"
+    )
+    np.savez(tmp_path / "feeds.npz", input_ids=np.ones((2, 17), np.int64), attention_mask=np.ones((2, 17), np.int64))
+    with pytest.raises(GraphDoctorError, match="refused before loading it"):
+        load_inputs(tmp_path / "feeds.npz")
+
+
+def test_saved_inputs_keep_names_numpy_takes_as_options(tmp_path: Path):
+    feeds = {"file": np.ones(2, np.float32), "allow_pickle": np.zeros(3, np.int64)}
+    loaded = load_inputs(save_inputs(feeds, tmp_path / "named.npz"))
+    assert sorted(loaded) == ["allow_pickle", "file"] and np.array_equal(loaded["allow_pickle"], feeds["allow_pickle"])
+
+
+def test_a_failed_save_leaves_nothing(tmp_path: Path):
+    previous = save_inputs({"x": np.ones(2)}, tmp_path / "used.npz").read_bytes()
+    with pytest.raises(ValueError, match="allow_pickle=False"):  # the second array fails halfway through
+        save_inputs({"x": np.zeros(2), "y": np.array([{}], dtype=object)}, tmp_path / "used.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["used.npz"]  # no temporary file left
+    assert (tmp_path / "used.npz").read_bytes() == previous  # the old file untouched
 
 
 def test_load_npz_npy_and_pb_folder(tmp_path: Path):
