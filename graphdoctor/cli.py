@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import signal
+import stat
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -25,6 +27,48 @@ __all__ = ["cli", "main"]
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 SEVERITIES = ("error", "warning", "info")
 FORMATS = ("text", "json")
+
+
+class _FilePath(click.Path):
+    """The type of every path option: checked with stat before anything opens it, because opening a FIFO
+    blocks forever and a device never ends. Only regular files pass (and folders, where `dir_okay`); an
+    output's folder must exist. A missing input is left to its reader, which says what it wanted."""
+
+    def __init__(self, *, dir_okay: bool = False, output: bool = False) -> None:
+        super().__init__(dir_okay=dir_okay, path_type=Path)
+        self.output = output
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":  # Path("") is the current folder
+            self.fail("an empty path", param, ctx)
+        path = super().convert(value, param, ctx)
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            if self.output and not path.parent.is_dir():
+                self.fail(f"'{path.parent}' is not an existing folder", param, ctx)
+            return path
+        except OSError as error:
+            self.fail(f"'{path}': {error.strerror}", param, ctx)
+        if stat.S_ISDIR(mode) and not self.dir_okay:
+            self.fail(f"'{path}' is a directory", param, ctx)
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            self.fail(f"'{path}' is not a regular file (a pipe, socket or device); refused", param, ctx)
+        return path
+
+
+class _FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses NaN (it passes every range comparison) and infinities."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
+SEED = click.IntRange(0, 2**32 - 1)  # what numpy's default_rng takes, stated in --help
+TOLERANCE = _FiniteFloat(min=0)
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -68,7 +112,7 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--config",
         "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=_FilePath(),
         help="A pyproject.toml or .graphdoctor.toml (default: the nearest one above the model).",
     )
     @functools.wraps(command)
@@ -94,11 +138,17 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--inputs",
     "inputs_path",
-    type=click.Path(path_type=Path),
+    type=_FilePath(dir_okay=True),
     help="Sample inputs (.npz, .npy, input_N.pb folder): rules also check activations (GD007).",
 )
-@click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help="Generate sample inputs of this shape.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated sample inputs.")
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME:DIMS",
+    help="Generate sample inputs of this shape (one per input, dims ≥ 1; not with --inputs).",
+)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of generated sample inputs.")
 @click.pass_context
 def lint(ctx: click.Context, models: tuple[Path, ...], **options: Any) -> None:
     """Check MODELS for what breaks between a PyTorch export and a TensorRT engine.
@@ -121,7 +171,7 @@ def lint(ctx: click.Context, models: tuple[Path, ...], **options: Any) -> None:
             rule_options=config.rule_options,
             deep=options["deep"],
             inputs=options["inputs_path"],
-            shapes=_parse_shapes(options["shapes"]),
+            shapes=_parse_shapes(options["shapes"], options["inputs_path"]),
             seed=options["seed"],
         )
         for model in models
@@ -160,10 +210,19 @@ def _use_color() -> bool:
     return sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
 
 
-def _parse_shapes(values: Iterable[str]) -> dict[str, tuple[int, ...]]:
+def _parse_shapes(values: Iterable[str], inputs_path: Path | None) -> dict[str, tuple[int, ...]]:
+    """--shape values by input name; two different shapes for one input, or shapes for loaded inputs, are errors
+    rather than one of them silently winning."""
     from graphdoctor.verify.inputs import parse_shape
 
-    return dict(parse_shape(value) for value in _split_shapes(values))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, shape in map(parse_shape, _split_shapes(values)):
+        if shapes.setdefault(name, shape) != shape:
+            given = " and ".join("x".join(map(str, dims)) for dims in (shapes[name], shape))
+            raise GraphDoctorError(f"--shape {name} is given twice, as {given}")
+    if shapes and inputs_path is not None:
+        raise GraphDoctorError("--shape sizes generated inputs: it does nothing with --inputs FILE")
+    return shapes
 
 
 def _split_shapes(values: Iterable[str]) -> list[str]:
@@ -173,9 +232,7 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write (default: NAME.fixed.onnx)."
-)
+@click.option("-o", "--output", type=_FilePath(output=True), help="Where to write (default: NAME.fixed.onnx).")
 @click.option("--in-place", is_flag=True, help="Overwrite MODEL (atomically, after verification).")
 @selection_options
 @output_options
@@ -210,9 +267,9 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
     is_flag=True,
     help="With --fp16: clamp constants FP16 cannot hold (reported) instead of keeping their readers in FP32.",
 )
-@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help="Verification inputs (.npz, .npy, .pb).")
+@click.option("--inputs", "inputs_path", type=_FilePath(dir_okay=True), help="Verification inputs (.npz, .npy, .pb).")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help="Dynamic dims of the verification inputs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated verification inputs.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of generated verification inputs.")
 @click.pass_context
 def fix(ctx: click.Context, model: Path, **options: Any) -> None:
     """Repair MODEL (and with --fp16 convert it) and write the result beside it, verified against the original.
@@ -248,7 +305,7 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
         external_data=options["external_data"],
         verify=not options["no_verify"],
         inputs=options["inputs_path"],
-        shapes=_parse_shapes(options["shapes"]),
+        shapes=_parse_shapes(options["shapes"], options["inputs_path"]),
         seed=options["seed"],
         fp16=_fp16_options(options),
         strip_metadata=options["strip_metadata"],
@@ -272,8 +329,18 @@ def _fp16_options(options: dict[str, Any]):
     from graphdoctor.fp16 import Fp16Options
 
     return Fp16Options(
-        keep_io_types=not options["fp16_io"], keep_fp32=tuple(_split(options["keep_fp32"])), clamp=options["fp16_clamp"]
+        keep_io_types=not options["fp16_io"], keep_fp32=_keep_fp32(options["keep_fp32"]), clamp=options["fp16_clamp"]
     )
+
+
+def _keep_fp32(values: Iterable[str]) -> tuple[str, ...]:
+    """--keep-fp32 patterns; an empty one (`--keep-fp32 ''`, a stray comma) would keep nothing, silently."""
+    for value in values:
+        if any(not part.strip() for part in value.split(",")):
+            raise GraphDoctorError(
+                f"--keep-fp32 {value!r}: empty pattern; give op types (Softmax) or node-name globs, comma-separated"
+            )
+    return tuple(_split(values))
 
 
 def _as_list(value: Any) -> list[str]:
@@ -298,17 +365,17 @@ def _as_list(value: Any) -> list[str]:
     show_default=True,
     help="Tolerances; auto is fp16 when a model holds FP16 or a backend computes in FP16, else fp32.",
 )
-@click.option("--atol", type=float, help="Override the preset's absolute tolerance.")
-@click.option("--rtol", type=float, help="Override the preset's relative tolerance.")
-@click.option("--min-cosine", type=float, help="Override the preset's minimum cosine similarity.")
-@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help=".npz, .npy or a folder of input_N.pb.")
+@click.option("--atol", type=TOLERANCE, help="Override the preset's absolute tolerance.")
+@click.option("--rtol", type=TOLERANCE, help="Override the preset's relative tolerance.")
+@click.option("--min-cosine", type=_FiniteFloat(-1, 1), help="Override the preset's minimum cosine similarity.")
+@click.option("--inputs", "inputs_path", type=_FilePath(dir_okay=True), help=".npz, .npy or a folder of input_N.pb.")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help="Dynamic dims, e.g. images:1x3x640x640.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated inputs.")
-@click.option("--save-inputs", type=click.Path(path_type=Path), help="Write the inputs used (.npz) for replay.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the generated inputs.")
+@click.option("--save-inputs", type=_FilePath(output=True), help="Write the inputs used (.npz) for replay.")
 @click.option(
     "--torch",
     "torch_program",
-    type=click.Path(path_type=Path),
+    type=_FilePath(),
     help="A torch.export program (.pt2) that REFERENCE was exported from: it becomes the reference, and "
     "REFERENCE runs on each backend (no CANDIDATE). Needs graphdoctor[torch].",
 )
@@ -332,6 +399,10 @@ def verify(ctx: click.Context, reference: Path, candidate: Path | None, **option
     The reference runs on ONNX Runtime CPU; the candidate (default: the reference itself, to compare
     backends) runs on each --backend. Every verdict names the backend and the precision it computed in.
     Exit 0 when every backend that ran agrees within tolerance, 1 when one differs, 2 on errors.
+
+    Inputs are generated from each input's declared dims (--shape sets dynamic ones, once per input, each
+    dim at least 1) with --seed, or loaded with --inputs; together they may take 2 GiB, checked before
+    anything is allocated or read. Object arrays in .npy/.npz files are refused, never unpickled.
     """
     from graphdoctor import api
 
@@ -344,7 +415,7 @@ def verify(ctx: click.Context, reference: Path, candidate: Path | None, **option
         rtol=options["rtol"],
         min_cosine=options["min_cosine"],
         inputs=options["inputs_path"],
-        shapes=_parse_shapes(options["shapes"]),
+        shapes=_parse_shapes(options["shapes"], options["inputs_path"]),
         seed=options["seed"],
         save_inputs=options["save_inputs"],
         torch_program=options["torch_program"],
@@ -389,8 +460,9 @@ def explain(rule: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI, turning every error into one line on stderr and exit code 2 (SIGTERM as SIGINT)."""
-    signal.signal(signal.SIGTERM, _terminate)
+    """Run the CLI, turning every error into one line on stderr and exit code 2, SIGINT and SIGTERM too."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         code = cli.main(args=argv, prog_name="graphdoctor", standalone_mode=False)
     except GraphDoctorError as error:
@@ -410,8 +482,9 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code or 0)
 
 
-def _terminate(_signum, _frame) -> None:
-    raise KeyboardInterrupt
+def _interrupt(_signum, _frame) -> None:
+    """Not KeyboardInterrupt: click turns that into Abort and prints a blank line first."""
+    raise Interrupted("interrupted")
 
 
 def _fail(message: str, code: int) -> None:
