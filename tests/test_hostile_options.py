@@ -209,6 +209,20 @@ def test_hostile_input_files(gd: Run, model: Path, tmp_path: Path, command, make
     assert_one_line(gd(command, model, "--inputs", make(tmp_path)), message)
 
 
+@pytest.mark.parametrize(
+    ("array", "held"),
+    [
+        (np.ones((2, 5), np.float32), "float32[2,5]"),
+        (np.ones((2, 4), np.int64), "int64[2,4]"),
+        (np.float32(1), "float32[]"),
+    ],
+)
+def test_loaded_arrays_must_fit_the_declared_input(gd: Run, model: Path, tmp_path: Path, array, held):
+    np.savez(tmp_path / "feeds.npz", x=array)
+    result = gd("verify", model, "--inputs", tmp_path / "feeds.npz")
+    assert_one_line(result, f"input 'x': the inputs hold {held}, but the model declares float32[N,4]")
+
+
 def test_a_fifo_among_the_pb_files_is_refused(gd: Run, model: Path, tmp_path: Path):
     (tmp_path / "feeds").mkdir()
     os.mkfifo(tmp_path / "feeds" / "input_0.pb")

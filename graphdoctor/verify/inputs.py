@@ -381,13 +381,34 @@ def _tensor_values(file: Path, tensor, name: str, budget: _Budget) -> np.ndarray
 
 def bind_inputs(model: ir.Model, loaded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Match loaded arrays to the model's inputs: by name, or by position for unnamed ('' or input_N)."""
-    names = [spec.name for spec in input_specs(model)]
+    specs = input_specs(model)
+    names = [spec.name for spec in specs]
     if set(loaded) == set(names):
-        return dict(loaded)
+        bound = dict(loaded)
     # only unnamed arrays bind by position: named ones that differ would be bound to the wrong inputs silently
-    if len(loaded) == len(names) and all(_UNNAMED.fullmatch(key) for key in loaded):
-        return dict(zip(names, loaded.values(), strict=True))
-    raise GraphDoctorError(f"inputs hold {sorted(loaded)}; the model needs {names}")
+    elif len(loaded) == len(names) and all(_UNNAMED.fullmatch(key) for key in loaded):
+        bound = dict(zip(names, loaded.values(), strict=True))
+    else:
+        raise GraphDoctorError(f"inputs hold {sorted(loaded)}; the model needs {names}")
+    for spec in specs:
+        _check_fits(spec, bound[spec.name])
+    return bound
+
+
+def _check_fits(spec: InputSpec, array: np.ndarray) -> None:
+    """The array must have the input's element type, rank and static dims: ONNX Runtime refuses it otherwise,
+    in a message that names neither the array nor the declaration."""
+    try:
+        dtype = _numpy_dtype(spec)
+    except GraphDoctorError:  # no numpy counterpart: the runtime judges
+        return
+    static = all(not isinstance(dim, int) or dim == size for dim, size in zip(spec.dims, array.shape, strict=False))
+    if array.dtype != dtype or array.ndim != len(spec.dims) or not static:
+        declared = ",".join("?" if dim is None else str(dim) for dim in spec.dims)
+        raise GraphDoctorError(
+            f"input '{spec.name}': the inputs hold {_typed(array.dtype, array.shape)},"
+            f" but the model declares {dtype}[{declared}]"
+        )
 
 
 def save_inputs(inputs: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> Path:
