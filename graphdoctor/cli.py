@@ -402,7 +402,7 @@ def verify(ctx: click.Context, reference: Path, candidate: Path | None, **option
 
     Inputs are generated from each input's declared dims (--shape sets dynamic ones, once per input, each
     dim at least 1) with --seed, or loaded with --inputs; together they may take 2 GiB, checked before
-    anything is allocated or read. Object arrays in .npy/.npz files are refused, never unpickled.
+    any array is allocated. Object arrays in .npy/.npz files are refused, never unpickled.
     """
     from graphdoctor import api
 
