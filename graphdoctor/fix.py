@@ -330,6 +330,8 @@ def _fix_target(source: Path, output: str | os.PathLike[str] | None, in_place: b
         raise GraphDoctorError(f"{target} is the input model: pass --in-place to overwrite it")
     if not target.parent.is_dir():
         raise GraphDoctorError(f"cannot write {target}: folder {target.parent} does not exist")
+    if target.exists() and not target.is_file():  # a rename would replace a FIFO or device unasked
+        raise GraphDoctorError(f"cannot write {target}: it exists and is not a regular file")
     return target
 
 

@@ -51,7 +51,7 @@ from graphdoctor.analysis.graph import holds_fp16, holds_tensor, iter_graph_site
 from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_OVERFLOW, iter_slices
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.errors import GraphDoctorError, first_line
-from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend, as_declared
+from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend, as_declared, quiet_session_options
 
 __all__ = [
     "DISABLED_OPTIMIZERS",
@@ -350,8 +350,7 @@ def session_options():
     """Session options that keep the Cast pairs: basic level, cast-chain elimination off."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = quiet_session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     for key, value in _SESSION_CONFIG.items():
         options.add_session_config_entry(key, value)
@@ -433,8 +432,7 @@ def _ask_onnxruntime_for_dtypes(model: ir.Model, folder: Path) -> None:
     proto = ir.serde.serialize_model(model)
     del proto.graph.output[:]
     proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in unknown)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = quiet_session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(folder))
     try:

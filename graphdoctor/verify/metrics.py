@@ -100,14 +100,22 @@ def _failed_shape(name: str, ref: np.ndarray, cand: np.ndarray) -> TensorCompari
 
 
 def _compare_exact(name: str, ref: np.ndarray, cand: np.ndarray, tolerance: Tolerance) -> TensorComparison:
-    """Bit-level equality (NaN equals NaN), with the float metrics kept for the report."""
-    same = ref.dtype == cand.dtype and ref.tobytes() == cand.tobytes()
-    if np.issubdtype(ref.dtype, np.inexact):
+    """Bit-level equality (NaN equals NaN), with the float metrics kept for the report. Strings (object arrays,
+    whose bytes are pointers) are equal element by element; their distance is 0 or inf."""
+    textual = ref.dtype.kind in "OUS" or cand.dtype.kind in "OUS"
+    if textual:
+        same = ref.dtype.kind == cand.dtype.kind and bool(np.array_equal(ref, cand))
+    else:
+        same = ref.dtype == cand.dtype and ref.tobytes() == cand.tobytes()
+    if np.issubdtype(ref.dtype, np.inexact) and not textual:
         metrics = _compare_float(name, ref.astype(np.float64), cand.astype(np.float64), tolerance)
     else:
         differ = ref != cand
+        distance = (
+            (0.0 if same else float("inf")) if textual else float(np.abs(ref.astype(np.float64) - cand).max(initial=0))
+        )
         metrics = TensorComparison(
-            name, tuple(ref.shape), True, float(np.abs(ref.astype(np.float64) - cand).max(initial=0)), 0.0, 1.0,
+            name, tuple(ref.shape), True, distance, 0.0, 1.0,
             float(differ.mean()) if differ.size else 0.0, 0, 0, _worst(differ.astype(np.float64)),
         )  # fmt: skip
     reason = "" if same else (metrics.reason or f"not bit-identical: {metrics.mismatch:.2%} of elements differ")

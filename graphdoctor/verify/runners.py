@@ -31,6 +31,7 @@ __all__ = [
     "as_written",
     "check_loads",
     "get_backend",
+    "quiet_session_options",
     "session_model",
     "weights_outside",
 ]
@@ -99,8 +100,7 @@ class OnnxruntimeBackend(Backend):
     ) -> dict[str, np.ndarray]:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options = quiet_session_options()
         if not self.optimize:
             as_written(options)
         source = session_model(model, outputs, options)
@@ -113,13 +113,23 @@ class OnnxruntimeBackend(Backend):
         return dict(zip(names, results, strict=True))
 
 
+def quiet_session_options():
+    """Session options whose logger, and ONNX Runtime's default one, keep to fatal errors: a failed run is
+    raised to us and becomes one line; ORT's own coloured log line would be a second one on stderr."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    return options
+
+
 def check_loads(model: Path) -> None:
     """Raise unless ONNX Runtime CPU builds a session from `model`: the graph checks and every weight is
     found and read; nothing is run."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = quiet_session_options()
     as_written(options)
     try:
         ort.InferenceSession(os.fspath(model), options, providers=["CPUExecutionProvider"])

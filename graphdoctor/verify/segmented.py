@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from graphdoctor.errors import GraphDoctorError, first_line
-from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend, as_written
+from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend, as_written, quiet_session_options
 
 __all__ = ["SEGMENT_BYTES", "SegmentedOnnxruntimeBackend"]
 
@@ -140,8 +140,7 @@ def _run_segment(
     feeds = {name: env[name] for name in segment.reads if name in env and name not in segment.weights}
     outputs = sorted(name for name in segment.produces if last_reader.get(name, -1) > index)
     piece = _segment_model(proto, segment, feeds, outputs)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = quiet_session_options()
     as_written(options)
     options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(model.resolve().parent))
     try:
