@@ -156,3 +156,37 @@ def test_verify_imports_neither_torch_nor_tensorrt(models):
     )
     out = subprocess.run([sys.executable, "-c", code, str(models["reference"])], capture_output=True, text=True)
     assert "HEAVY []" in out.stdout
+
+
+def test_string_outputs_are_compared_element_by_element(gd: Run, tmp_path: Path):
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"], name="id")],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.STRING, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.STRING, [2])],
+    )
+    model = save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "s.onnx")
+    code, out, err = gd("verify", model, "--preset", "exact")
+    assert (code, err) == (0, "") and "ok   y[2]" in out
+
+
+def test_a_failed_run_is_one_line_without_onnxruntimes_own_log(tmp_path: Path):
+    """ONNX Runtime logs a failed kernel in colour on stderr before raising; only our line may be there."""
+    demo = Path(__file__).resolve().parents[2] / "examples" / "yolo_demo.onnx"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from graphdoctor.cli import main; main()",
+            "verify",
+            str(demo),
+            "--shape",
+            "images:1x3x64x65",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("graphdoctor: error: ONNX Runtime CPU cannot run yolo_demo.onnx")
+    assert len(completed.stderr.splitlines()) == 1, completed.stderr
