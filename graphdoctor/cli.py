@@ -461,8 +461,7 @@ def explain(rule: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI, turning every error into one line on stderr and exit code 2, SIGINT and SIGTERM too."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupt)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = cli.main(args=argv, prog_name="graphdoctor", standalone_mode=False)
     except GraphDoctorError as error:
@@ -479,6 +478,9 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("GRAPHDOCTOR_DEBUG"):
             raise
         _fail(f"internal error: {type(error).__name__}: {error} (set GRAPHDOCTOR_DEBUG=1 for a traceback)", 2)
+    finally:  # callers in the same process (tests, scripts) get their handlers back
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     sys.exit(code or 0)
 
 
