@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import onnx_ir as ir
 
 from graphdoctor.engine import RuleFixes, select_rules
-from graphdoctor.errors import GraphDoctorError
+from graphdoctor.errors import GraphDoctorError, first_line
 from graphdoctor.model import disk_size, input_files, load_model, refuse_overwriting, stage_model, writing
 from graphdoctor.rule import load_rules
 from graphdoctor.verify import sample_inputs
@@ -142,15 +142,18 @@ def fix(
         return result(pipeline, None, False, None, [], time.perf_counter() - start)
     check = _Gate(source, feeds, input_source, size_before) if gate else None
     with writing(target):
-        return _write_verified(loaded.model, target, use_external, pipeline, check, fp16_repairs, result, start)
+        return _write_verified(loaded.model, source, target, use_external, pipeline, check, fp16_repairs, result, start)
 
 
-def _write_verified(model, target: Path, use_external: bool, pipeline: _Pipeline, check, repairs: int, result, start):
+def _write_verified(
+    model, source: Path, target: Path, use_external: bool, pipeline: _Pipeline, check, repairs: int, result, start
+):
     """Stage, verify, commit; after a failed FP16 verification, keep the diverging node FP32 and try again."""
     while True:
         staged = None
         try:
             staged = stage_model(model, target, use_external)
+            _check_valid(staged.path, source)
             verification = check.run(staged.path, pipeline) if check is not None else _check_loads(staged)
             if verification is None or verification.passed:
                 size_after = staged.size()
@@ -306,6 +309,24 @@ _EXTERNAL_PROBLEMS = {
     "size_mismatch": "declares a length that does not match the tensor",
     "hard_link": "is a hard link (refused: it may be a file outside the model's folder)",
 }
+
+
+def _check_valid(written: Path, source: Path) -> None:
+    """What is written passes ONNX's checker whenever the input does (a rewrite must not make a valid model
+    invalid; an input the checker already rejects is not ours to refuse)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(os.fspath(written))
+    except onnx.checker.ValidationError as error:
+        try:
+            onnx.checker.check_model(os.fspath(source))
+        except onnx.checker.ValidationError:
+            return
+        raise GraphDoctorError(
+            f"the model as written fails ONNX's checker, though the input passes it: {first_line(error)};"
+            " nothing was written"
+        ) from None
 
 
 def _check_loads(staged) -> None:
