@@ -58,19 +58,28 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(cases: int, seed: int, workers: int, start: int) -> int:
     began = time.perf_counter()
+    report = CACHE / f"failures-{seed}.json"
+    partial = report.with_suffix(".partial.jsonl")  # failures as they come, for a look during a long run
+    report.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("")
+    failing = 0
 
-    def progress(done: int, total: int, failing: int) -> None:
+    def on_result(result: CaseResult, done: int, total: int) -> None:
+        nonlocal failing
+        if result.violations:
+            failing += 1
+            with partial.open("a") as file:
+                file.write(json.dumps(result.to_json()) + "\n")
         if done % 100 == 0 or done == total:
             elapsed = time.perf_counter() - began
             print(f"  {done}/{total} cases, {failing} failing, {elapsed:.0f} s", file=sys.stderr, flush=True)
 
     indices = list(range(start, start + cases))
-    results = run_cases(seed, indices, CACHE / "work", CACHE / "cases", workers, progress)
+    results = run_cases(seed, indices, CACHE / "work", CACHE / "cases", workers, on_result)
     print(render_table(results, time.perf_counter() - began))
     failures = [r for r in results if r.violations]
-    report = CACHE / f"failures-{seed}.json"
-    report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps([r.to_json() for r in failures], indent=1))
+    partial.unlink()
     print(f"\n{len(failures)} of {len(results)} cases broke an invariant; details: {report}")
     if failures:
         print(f"replay one: python -m tests.fuzz replay {failures[0].id}")
@@ -105,6 +114,9 @@ def render_table(results: list[CaseResult], seconds: float) -> str:
         slow, slow_case = max(commands, key=lambda item: item[0].seconds)
         lines.append(f"peak memory: {peak.rss_mb:.0f} MiB ({peak_case.id}: graphdoctor {' '.join(peak.argv[:1])})")
         lines.append(f"slowest command: {slow.seconds:.1f} s ({slow_case.id}: graphdoctor {' '.join(slow.argv)[:120]})")
+        slowest = max(results, key=lambda r: sum(c.seconds for c in r.commands))
+        total_seconds = sum(c.seconds for c in slowest.commands)
+        lines.append(f"slowest case: {total_seconds:.1f} s for {len(slowest.commands)} commands ({slowest.id})")
     lines.append(f"{len(results)} cases, {len(commands)} commands in {seconds:.0f} s")
     return "\n".join(lines)
 

@@ -364,7 +364,9 @@ def huge_shape_constant(rng: random.Random, model: onnx.ModelProto, mutated: Mut
 
 def slice_axes_dims(rng: random.Random, model: onnx.ModelProto, mutated: Mutated) -> str:
     """An INT64 initializer (Slice axes in the `shapes` seed) whose dims say 2^40 over a one-element payload."""
-    tensor = _pick(rng, [t for t in all_tensors(model) if t.data_type == TensorProto.INT64])
+    int64 = [t for t in all_tensors(model) if t.data_type == TensorProto.INT64]
+    axes = [t for t in int64 if t.name == "axes"]
+    tensor = _pick(rng, axes if axes and rng.random() < 0.6 else int64)
     if tensor is None:
         raise NotApplicable("no INT64 tensor")
     del tensor.dims[:]

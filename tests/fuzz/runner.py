@@ -76,28 +76,27 @@ WRITING_FOLDERS = ("m", "out", "out16")  # where a case's model and outputs live
 
 def warm_up() -> None:
     """Import everything a command may import, once, in the parent: each forked child then starts at once,
-    and no child writes bytecode (RLIMIT_FSIZE would kill it)."""
-    import numpy  # noqa: F401
-    import onnx
+    no child writes bytecode (RLIMIT_FSIZE would kill it), and a run keeps one version of graphdoctor's code
+    even while the checkout changes under it (a module imported lazily in a child would be read afresh)."""
+    import importlib
+    import pkgutil
+
+    import graphdoctor.rules
     import onnx.checker
     import onnx.reference  # noqa: F401
-    import onnx_ir  # noqa: F401
     import onnxruntime  # noqa: F401
     import sympy  # noqa: F401
 
-    import graphdoctor.api
-    import graphdoctor.cli
-    import graphdoctor.config
-    import graphdoctor.engine
-    import graphdoctor.fp16
-    import graphdoctor.report.json
-    import graphdoctor.report.text
-    import graphdoctor.verify.inputs
+    import graphdoctor
     from graphdoctor.rule import load_rules
 
+    for package in (graphdoctor, graphdoctor.rules):
+        for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if module.name.endswith("__main__"):  # running it is the CLI itself
+                continue
+            with contextlib.suppress(Exception):  # optional backends (torch, TensorRT) may be missing
+                importlib.import_module(module.name)
     load_rules()
-    with contextlib.suppress(ImportError):
-        import graphdoctor.simplify  # noqa: F401
 
 
 # --- one forked command -----------------------------------------------------------------------------------
@@ -494,11 +493,11 @@ def run_cases(
     work: Path,
     keep: Path,
     workers: int = 2,
-    progress: Callable[[int, int, int], None] | None = None,
+    on_result: Callable[[CaseResult, int, int], None] | None = None,
 ) -> list[CaseResult]:
     """Run cases `indices` of run `seed` in `workers` forked workers (each a fork server of its own);
-    return their results in index order. Case folders live under `work` while they run; failing cases are
-    saved under `keep/<case id>`."""
+    return their results in index order, calling `on_result(result, done, total)` as each arrives. Case
+    folders live under `work` while they run; failing cases are saved under `keep/<case id>`."""
     warm_up()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -518,7 +517,6 @@ def run_cases(
     selector = selectors.DefaultSelector()
     for fd in readers:
         selector.register(fd, selectors.EVENT_READ)
-    failing = 0
     while selector.get_map():
         for key, _ in selector.select():
             chunk = os.read(key.fd, 1 << 16)
@@ -531,9 +529,8 @@ def run_cases(
             for line in lines:
                 result = _result_from_json(json.loads(line))
                 results[result.id] = result
-                failing += bool(result.violations)
-                if progress is not None:
-                    progress(len(results), len(indices), failing)
+                if on_result is not None:
+                    on_result(result, len(results), len(indices))
     for pid in readers.values():
         os.waitpid(pid, 0)
     shutil.rmtree(work, ignore_errors=True)
