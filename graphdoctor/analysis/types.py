@@ -10,12 +10,15 @@ know", never as a match.
 
 Data propagation (shape values computed through Shape/Gather/Concat) is on, except where a constant asks for
 a huge tensor: ONNX's propagation materializes ConstantOfShape/Expand/Tile/Range results, and a shape of
-3·10⁹ elements took 24 GB before it finished. Those models are inferred without it.
+3·10⁹ elements took 24 GB before it finished. Nor where a declared type is huge: propagating through a Slice
+whose starts (or data) are declared [2^40] grows without bound (3.6 GB and counting; [2^24] takes 4 s), as
+a value_info of 10^12 elements may. Those models are inferred without it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import onnx
@@ -42,7 +45,8 @@ def infer_types(model: ir.Model) -> bool:
     if untyped <= model.meta.get(_UNTYPED, frozenset()):
         return True
     try:
-        inferred = _inferred_proto(model, data_prop=not _asks_for_huge_tensors(model))
+        data_prop = not (_asks_for_huge_tensors(model) or _declares_huge_tensors(model))
+        inferred = _inferred_proto(model, data_prop=data_prop)
     except Exception as error:  # inference is a help, never a reason to stop linting
         logger.warning("shape inference failed: %s", error)
         return False
@@ -139,6 +143,25 @@ def _asks_for_huge_tensors(model: ir.Model) -> bool:
                 array = const_array(value) if value is not None and value.dtype != ir.DataType.STRING else None
                 if array is not None and array.size and _too_big(node.op_type, array):
                     return True
+    return False
+
+
+_HUGE_VECTOR = 1 << 20  # elements of a rank-0/1 value: data propagation treats each as a dim
+_HUGE_DECLARED = 1 << 31  # elements of any declared value
+
+
+def _declares_huge_tensors(model: ir.Model) -> bool:
+    """Whether a declared input, initializer or value_info type (what inference starts from) is so large that
+    data propagation through it would not end: a vector of 2^20 elements, or any tensor of 2^31."""
+    for graph, _ in iter_graph_sites(model):
+        values = [*graph.inputs, *(v for node in graph for v in node.outputs)]
+        if isinstance(graph, ir.Graph):
+            values += [v.const_value for v in graph.initializers.values() if v.const_value is not None]
+        for value in values:
+            dims = [d for d in value.shape or () if isinstance(d, int)]
+            elements = math.prod(dims)
+            if elements >= _HUGE_DECLARED or (len(dims) <= 1 and elements >= _HUGE_VECTOR):
+                return True
     return False
 
 
