@@ -30,9 +30,9 @@ How to fix
       whose saved batch mean or variance (outputs 4 and 5) is read is left alone: eval mode has no value
       for them.
     - Dropout is removed, its readers reading its input (inference Dropout is an identity). A mask that is
-      read becomes a constant all-true tensor when the input's shape is static; otherwise the Dropout stays
-      with its `training_mode` input dropped (False). A Dropout of opset 6 or earlier whose mask is read is
-      left alone: that mask is not defined in inference mode.
+      read becomes a constant all-true tensor when the input's shape is static (and at most 2^24 elements);
+      otherwise the Dropout stays with its `training_mode` input dropped (False). A Dropout of opset 6 or
+      earlier whose mask is read is left alone: that mask is not defined in inference mode.
     A `training_mode` fed by a graph input stops mattering: the input stays, so callers do not break.
 
 Options
@@ -41,6 +41,7 @@ Options
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ from graphdoctor.rule import Finding, FixSafety, Message, RuleKind, RuleMeta, Se
 
 __all__ = ["META", "check"]
 
+_MAX_MASK_ELEMENTS = 1 << 24  # 16 MiB of bools; larger read masks keep the Dropout, in inference mode
 _EVAL_HELP = "call model.eval() before torch.onnx.export, or pass training=torch.onnx.TrainingMode.EVAL"
 _FIX = "; `graphdoctor fix --unsafe-fixes` "
 _RUNNING_STATS = "(readers of the updated running mean and variance read the running statistics inputs, as eval does)"
@@ -285,7 +287,7 @@ def _dropout_repair(node: ir.Node) -> Callable[[], bool]:
             return False
         mask = node.outputs[1] if len(node.outputs) > 1 and _is_read(node.outputs[1]) else None
         data = node.inputs[0]
-        if mask is not None and not (data.shape is not None and data.shape.is_static()):
+        if mask is not None and not _is_storable(data.shape):
             node.resize_inputs(2 if node.inputs[1] is not None else 1)
             return True
         if mask is not None:
@@ -295,6 +297,12 @@ def _dropout_repair(node: ir.Node) -> Callable[[], bool]:
         return True
 
     return repair
+
+
+def _is_storable(shape: ir.Shape | None) -> bool:
+    """Whether an all-true mask of this shape can be stored as a Constant: static, and no larger than
+    `_MAX_MASK_ELEMENTS` (declared dims may say 10^12: trusting them would allocate a terabyte)."""
+    return shape is not None and shape.is_static() and math.prod(shape.numpy()) <= _MAX_MASK_ELEMENTS
 
 
 def _all_true(node: ir.Node, mask: ir.Value, shape: ir.Shape) -> ir.Value:
