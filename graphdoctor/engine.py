@@ -1,5 +1,10 @@
 """Runs rules over a model: selection, per-rule options, strict checking of what rules report, and their
-fixes applied to a fixed point."""
+fixes applied to a fixed point.
+
+A rule that raises is a bug, and stops the run loudly, on a well-formed model. On a malformed one (a tensor
+whose payload contradicts its dims, an attribute of the wrong type: `Analysis.defects`, reported by GD016),
+readers skip what is defective, but a rule may still trip over a contradiction nobody foresaw: there its
+exception becomes a finding saying that the rule could not check the model, and the other rules go on."""
 
 from __future__ import annotations
 
@@ -16,8 +21,9 @@ import onnx_ir as ir
 from graphdoctor.analysis import Analysis
 from graphdoctor.analysis.constants import stored_bytes
 from graphdoctor.analysis.graph import iter_graph_sites, node_label
+from graphdoctor.analysis.validity import Defect
 from graphdoctor.errors import GraphDoctorError, first_line
-from graphdoctor.rule import Finding, FixSafety, Rule, resolve_selectors
+from graphdoctor.rule import Finding, FixSafety, Rule, Severity, resolve_selectors
 
 __all__ = [
     "FixPolicy",
@@ -114,11 +120,34 @@ def run_rules(
 ) -> list[Finding]:
     """Every finding of every rule, sorted by code and location."""
     findings: list[Finding] = []
+    defects = analysis.defects  # before any rule: shape inference must not have retyped the model yet
     for rule in rules:
         options = _options_for(rule, (rule_options or {}).get(rule.name))
         context = RuleContext(rule, analysis, options)
-        findings.extend(rule.check(analysis.model, context))
+        try:
+            findings.extend(rule.check(analysis.model, context))  # what it found before raising is kept
+        except GraphDoctorError:
+            raise
+        except Exception as error:
+            if not defects:
+                raise
+            findings.append(_unchecked(rule, error, defects))
     return sorted(findings, key=Finding.sort_key)
+
+
+def _unchecked(rule: Rule, error: Exception, defects: Sequence[Defect]) -> Finding:
+    """What a rule that raised on a malformed model reports: that it could not check it, and why."""
+    more = f" and {len(defects) - 1} more" if len(defects) > 1 else ""
+    return Finding(
+        code=rule.code,
+        name=rule.name,
+        severity=Severity.WARNING,
+        message=f"could not check this model, which is malformed ({defects[0].text}{more}): the rule stopped on"
+        f" {type(error).__name__}: {first_line(error)}",
+        help="repair the defects GD016 malformed-model reports, then lint again",
+        message_id="unchecked",
+        data={"error": first_line(error), "defects": len(defects)},
+    )
 
 
 def _options_for(rule: Rule, overrides: Mapping[str, Any] | None) -> Any:
@@ -192,13 +221,30 @@ def apply_fixes(
         for rule in fixers:
             options = _options_for(rule, (rule_options or {}).get(rule.name))
             context = RuleContext(rule, analysis, options, policy)
-            chosen = [f for f in rule.check(model, context) if policy.allows(f)]
+            chosen = [f for f in _checked(rule, model, context) if policy.allows(f)]
             if chosen and _repair(chosen, model, done[rule.code]):
                 changed = True
                 analysis = Analysis(model, path)
         if not changed:
             return [fixes for fixes in done.values() if fixes.count], True
     return [fixes for fixes in done.values() if fixes.count], False
+
+
+def _checked(rule: Rule, model: ir.Model, context: RuleContext) -> list[Finding]:
+    """The rule's findings when fixing; on a malformed model it raised on, one clear line instead (`fix`
+    refuses malformed models before this; a fix that made one is a bug, and says so)."""
+    defects = context.analysis.defects
+    try:
+        return list(rule.check(model, context))
+    except GraphDoctorError:
+        raise
+    except Exception as error:
+        if not defects:
+            raise
+        raise GraphDoctorError(
+            f"{rule.code} could not check the model, which is malformed: {defects[0].text} ({first_line(error)});"
+            " nothing was written"
+        ) from error
 
 
 def _repair(findings: list[Finding], model: ir.Model, fixes: RuleFixes) -> bool:

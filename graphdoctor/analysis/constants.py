@@ -12,6 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphdoctor.analysis.graph import is_constant_node, iter_graph_sites
+from graphdoctor.analysis.tensor_data import tensor_defect
 
 __all__ = ["const_array", "const_tensor", "iter_constant_values", "stored_bytes"]
 
@@ -29,7 +30,7 @@ def const_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
 def const_array(value: ir.Value | None) -> np.ndarray | None:
     """The numpy value of a constant, or None when it is not constant or its data cannot be read."""
     tensor = const_tensor(value)
-    if tensor is None:
+    if tensor is None or tensor_defect(tensor):  # a payload contradicting its dims: GD016 reports it
         return None
     try:
         return tensor.numpy()

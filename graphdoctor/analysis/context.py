@@ -17,6 +17,7 @@ from graphdoctor.analysis.external import (
 )
 from graphdoctor.analysis.graph import GraphSite, iter_graph_sites
 from graphdoctor.analysis.types import infer_types
+from graphdoctor.analysis.validity import Defect, find_defects
 
 __all__ = ["Analysis"]
 
@@ -76,8 +77,21 @@ class Analysis:
     def _unreadable(self) -> frozenset[str]:
         return unreadable_tensor_names(self.external_data_problems)
 
+    @cached_property
+    def defects(self) -> list[Defect]:
+        """What makes the model malformed (GD016 reports them). The engine asks before any rule runs, so they
+        describe the model as read, before shape inference adds types."""
+        return find_defects(self.model)
+
+    @cached_property
+    def _defective(self) -> frozenset[int]:
+        return frozenset(id(defect.tensor) for defect in self.defects if defect.tensor is not None)
+
     def is_readable(self, tensor: ir.TensorProtocol) -> bool:
-        """False for external data that is missing, truncated or refused (GD014 reports those)."""
+        """False for external data that is missing, truncated or refused (GD014 reports those), and for
+        tensors whose payload contradicts their dims or dtype (GD016)."""
+        if id(tensor) in self._defective:
+            return False
         return not (isinstance(tensor, ir.ExternalTensor) and tensor.name in self._unreadable)
 
     def const_array(self, value: ir.Value | None) -> np.ndarray | None:
