@@ -116,6 +116,7 @@ def verify(
         raise GraphDoctorError("--layerwise compares the tensors of two ONNX models: it does not combine with --torch")
     ref = load_model(reference)
     cand = load_model(candidate) if candidate is not None else ref
+    _refuse_malformed(ref, cand)
     chosen = [get_backend(name) for name in backends]
     if inputs is not None:
         feeds = verify_inputs.bind_inputs(ref.model, verify_inputs.load_inputs(inputs))
@@ -133,6 +134,18 @@ def verify(
     del ref, cand  # the parsed graphs hold the weights; the runs read the files themselves
     gc.collect()  # graphs are reference cycles: freed only by the collector
     return verify_models(*paths, chosen, feeds, source, tolerance, layerwise=layers)
+
+
+def _refuse_malformed(*models) -> None:
+    """A model whose tensors or attributes contradict themselves gives no verdict worth having (ONNX Runtime
+    may read what the file does not hold); lint names every defect (GD016)."""
+    from graphdoctor.analysis.validity import first_defect
+    from graphdoctor.errors import GraphDoctorError
+
+    for loaded in dict.fromkeys(models):
+        defect = first_defect(loaded.model)
+        if defect is not None:
+            raise GraphDoctorError(f"{loaded.path}: {defect}")
 
 
 def _tolerance_per_backend(preset: str, models_hold_fp16: bool, atol, rtol, min_cosine):

@@ -291,7 +291,11 @@ def _refuse_unreadable(loaded) -> None:
     """A model `fix` cannot read whole cannot be written whole: external data that is missing, short, not a
     file or hard-linked (GD014 in lint), or a malformed model (GD016)."""
     from graphdoctor.analysis.external import find_external_data_problems
+    from graphdoctor.analysis.validity import first_defect
 
+    defect = first_defect(loaded.model)
+    if defect is not None:
+        raise GraphDoctorError(f"{loaded.path}: {defect}; nothing was written")
     problems = find_external_data_problems(loaded.model)
     if problems:
         first = problems[0]

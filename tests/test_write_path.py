@@ -305,3 +305,24 @@ def run_demo(path: Path) -> np.ndarray:
     session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     image = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     return session.run(None, {"images": image})[0]
+
+
+@pytest.mark.parametrize("command", [["fix"], ["fix", "--no-verify"], ["fix", "--fp16"], ["verify"]])
+def test_a_malformed_model_is_refused_by_fix_and_verify(tmp_path, gd, command):
+    """lint reports it (GD016); what rewrites or runs the model refuses it with the first defect, in one line."""
+    weight = onnx.TensorProto(
+        name="W", data_type=onnx.TensorProto.FLOAT, dims=[2], raw_data=np.zeros(6, np.float32).tobytes()
+    )
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "W"], ["y"], name="add")],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+        [weight],
+    )
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    before = snapshot(tmp_path)
+    code, out, err = gd(*command, tmp_path / "m.onnx")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "initializer 'W' holds 6 float32 values but its dims [2] need 2" in err
+    assert snapshot(tmp_path) == before
