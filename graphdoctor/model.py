@@ -72,6 +72,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:  # the IR rejects inconsistent graphs the protobuf parser accepted
         raise ModelLoadError(f"{file}: not a valid ONNX model: {first_line(error)}") from None
+    _refuse_undecodable_names(file, model)
     base_dir = file.resolve().parent
     for tensor in iter_external_tensors(model):
         tensor.base_dir = base_dir  # set here, not by ir's set_base_dir, which skips function bodies
@@ -79,6 +80,30 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         _refuse_escaping(file, tensor.name, os.fspath(tensor.location), base_dir)
     _keep_sparse_initializers(file, proto, model, base_dir)
     return LoadedModel(model=model, path=file, file_size=size)
+
+
+def _refuse_undecodable_names(file: Path, model: ir.Model) -> None:
+    """ONNX strings are UTF-8; protobuf hands a name that is not back as bytes, which nothing downstream can
+    write or compare (serializing fails), so such a file is refused here, naming what holds the name."""
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.graph.subgraphs()]
+    for function in model.functions.values():
+        graphs += [function, *function.subgraphs()]
+    for graph in graphs:
+        values = [*graph.inputs, *graph.outputs]
+        if isinstance(graph, ir.Graph):
+            values += list(graph.initializers.values())
+        for node in graph:
+            texts = [("node name", node.name), ("op type", node.op_type), ("domain", node.domain)]
+            texts += [("value name", v.name) for v in (*node.inputs, *node.outputs) if v is not None]
+            _refuse_bytes(file, texts, node.name)
+        _refuse_bytes(file, [("value name", v.name) for v in values], None)
+
+
+def _refuse_bytes(file: Path, texts: list[tuple[str, object]], node: object) -> None:
+    for what, text in texts:
+        if isinstance(text, bytes):
+            where = f" in node {node!r}" if node is not None and not isinstance(node, bytes) else ""
+            raise ModelLoadError(f"{file}: not a valid ONNX model: a {what}{where} is not UTF-8 text: {text[:40]!r}")
 
 
 def input_files(loaded: LoadedModel) -> frozenset[Path]:

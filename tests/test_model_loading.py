@@ -373,6 +373,18 @@ def very_long_location(tmp: Path) -> Path:
     return path
 
 
+def non_utf8_name(tmp: Path) -> Path:
+    """Protobuf does not check that strings are UTF-8; such a name comes back as bytes."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["QQQQ"], name="r"), onnx.helper.make_node("Relu", ["QQQQ"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])],
+    )
+    data = onnx.helper.make_model(graph).SerializeToString().replace(b"QQQQ", b"\xff\xfe\xfd\xfc")
+    return write(tmp, data)
+
+
 HOSTILE = {
     "missing": (missing, "no such file"),
     "directory": (directory, "is a directory"),
@@ -405,6 +417,7 @@ HOSTILE = {
     "escaping_from_loop_body": (lambda tmp: escaping_from_subgraph(tmp, "Loop"), "outside the model's folder"),
     "escaping_sparse_initializer": (escaping_sparse_initializer, "outside the model's folder"),
     "very_long_location": (very_long_location, "invalid external data location"),
+    "non_utf8_name": (non_utf8_name, "is not UTF-8 text"),
 }
 
 # every command that reads a model refuses it the same way, before writing or running anything
