@@ -20,7 +20,7 @@ from graphdoctor.analysis import Analysis
 from graphdoctor.analysis.graph import holds_fp16
 from graphdoctor.engine import run_rules, select_rules
 from graphdoctor.fix import FixResult, fix
-from graphdoctor.model import load_model
+from graphdoctor.model import input_files, load_model, refuse_overwriting
 from graphdoctor.rule import Finding, Rule, Severity, load_rules
 from graphdoctor.verify import sample_inputs
 
@@ -125,6 +125,7 @@ def verify(
         feeds = verify_inputs.generate_inputs(ref.model, seed=seed, shapes=shapes)
         source = f"generated (seed {seed})"
     if save_inputs is not None:
+        refuse_overwriting([Path(save_inputs)], input_files(ref) | input_files(cand))  # a slip for the model's name
         verify_inputs.save_inputs(feeds, save_inputs)
     tolerance = _tolerance_per_backend(preset, holds_fp16(ref.model) or holds_fp16(cand.model), atol, rtol, min_cosine)
     if torch_program is not None:

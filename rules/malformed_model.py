@@ -13,7 +13,8 @@ What it finds
     - nodes with more or fewer inputs or outputs than their schema allows, and element types the schema's
       type constraints rule out (a Constant of strings read by an Add; an Identity from string to float32);
     - declared types no tensor has: element type 0, negative dims, more elements than int64 counts;
-    - an ai.onnx opset of 0, or one beyond the newest the installed onnx defines (nothing can be checked).
+    - an ai.onnx opset of 0, or one beyond the newest the installed onnx defines (nothing can be checked);
+    - nodes of a domain the model imports no opset of.
 
 Why it matters
     ONNX Runtime and TensorRT refuse these models, often with a message that names no tensor ("Deserialize
@@ -65,6 +66,10 @@ META = RuleMeta(
         "opset": Message(
             "{defect}: no operator of the model can be checked or run",
             help="export at an opset between 1 and the newest your runtime supports",
+        ),
+        "domain": Message(
+            "{defect}: without an opset version the node has no meaning, and runtimes refuse the model",
+            help="add the domain to the model's opset_import (re-export, or onnx.helper.make_opsetid)",
         ),
         "sparse": Message(
             "{defect}: runtimes refuse the sparse tensor",

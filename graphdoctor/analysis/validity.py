@@ -57,7 +57,7 @@ _SCHEMA_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview.training")
 class Defect:
     """One contradiction: `subject` (what, by name) `problem` (why it cannot be, with numbers)."""
 
-    kind: str  # 'tensor' | 'attribute' | 'signature' | 'type' | 'opset' | 'sparse'
+    kind: str  # 'tensor' | 'attribute' | 'signature' | 'type' | 'opset' | 'domain' | 'sparse'
     subject: str  # "initializer 'W'", "Cast 'cast'"
     problem: str  # "holds 6 float32 values but its dims [2] need 2"
     graph: str = ""  # path of the (sub)graph or function, '' for the main graph
@@ -131,8 +131,14 @@ def _graph_defects(
         for value in graph.initializers.values():
             yield from _initializer_defects(value)
         yield from _declared_type_defects(graph)
+    imported = {_domain(domain) for domain in opsets}
     for node in graph:
         yield from _attribute_tensor_defects(node)
+        if _domain(node.domain) not in imported:  # no version: nothing can say what the op means
+            domain = node.domain or "ai.onnx"
+            problem = f"is of domain '{domain}', of which the model imports no opset"
+            yield Defect("domain", f"{node.op_type} '{node.name}'", problem, node=node)
+            continue
         if (node.domain, node.op_type, node.overload) in local_functions:
             continue  # a call of the model's own function: its body is checked as a graph of its own
         schema = _schema(node.op_type, _domain(node.domain), opsets.get(_domain(node.domain)) or 0)

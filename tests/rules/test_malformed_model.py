@@ -89,6 +89,13 @@ def _relu(**kwargs) -> onnx.ModelProto:
     return _model([h.make_node("Relu", ["x"], ["y"], name="relu")], **kwargs)
 
 
+def _not_importing_ai_onnx() -> onnx.ModelProto:
+    model = _relu()
+    del model.opset_import[:]
+    model.opset_import.append(h.make_opsetid("com.other", 1))
+    return model
+
+
 SIX_FLOATS = np.arange(6, dtype=np.float32).tobytes()
 # (model, message id, words the message must hold: the name and the numbers of the contradiction)
 INVALID = {
@@ -147,6 +154,7 @@ INVALID = {
     "opset_0": (_relu(opset=0), "opset", ["is 0", "start at 1"]),
     "opset_2_62": (_relu(opset=2**62), "opset", [str(2**62), "beyond", onnx.__version__]),
     "subgraph_initializer": (_subgraph_initializer(), "tensor", ["'W2'", "5 float32"]),
+    "domain_not_imported": (_not_importing_ai_onnx(), "domain", ["Relu 'relu'", "'ai.onnx'", "imports no opset"]),
 }
 
 
