@@ -161,7 +161,27 @@ def _options_for(rule: Rule, overrides: Mapping[str, Any] | None) -> Any:
     unknown = sorted(keys.keys() - known)
     if unknown:
         raise GraphDoctorError(f"rule {rule.name}: unknown option(s) {unknown}; known: {sorted(known)}")
+    for key, value in keys.items():
+        _check_option_type(rule, key, value, getattr(defaults, key))
     return dataclasses.replace(defaults, **keys)
+
+
+def _check_option_type(rule: Rule, key: str, value: Any, default: Any) -> None:
+    """An option takes its default's type (an int where a float is meant; never a bool for a number): a
+    `min-bytes = "big"` in a config file must be one line, not an error deep inside the rule."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, int if isinstance(default, int) else (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    else:
+        ok = default is None or isinstance(value, type(default))
+    if not ok:
+        raise GraphDoctorError(
+            f"rule {rule.name}: option {key.replace('_', '-')} takes {type(default).__name__} values"
+            f" (default {default!r}), got {type(value).__name__} {value!r}"
+        )
 
 
 @dataclass

@@ -68,6 +68,20 @@ def test_rule_options_are_validated(project: Path):
     assert lint(project / "models" / "m.onnx") == 2  # float64 takes no options
 
 
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [('"big"', False), ("true", False), ("1.5", False), ("[1]", False), ("4096", True)],
+)
+def test_rule_option_values_take_their_defaults_type(project: Path, gd, value: str, accepted: bool):
+    (project / "pyproject.toml").write_text(f"[tool.graphdoctor.rules.duplicate-initializers]\nmin-bytes = {value}\n")
+    code, _, err = gd("lint", project / "models" / "m.onnx", "--exit-zero")
+    if accepted:
+        assert (code, err) == (0, "")
+    else:
+        assert_one_line((code, "", err), "")
+        assert "option min-bytes takes int values" in err
+
+
 def test_broken_toml_is_one_line_exit_two(project: Path):
     (project / "pyproject.toml").write_text("[tool.graphdoctor\n")
     assert lint(project / "models" / "m.onnx") == 2
