@@ -71,7 +71,8 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:  # the IR rejects inconsistent graphs the protobuf parser accepted
-        raise ModelLoadError(f"{file}: not a valid ONNX model: {first_line(error)}") from None
+        reason = _unknown_data_type(proto) or first_line(error)
+        raise ModelLoadError(f"{file}: not a valid ONNX model: {reason}") from None
     _refuse_undecodable_names(file, model)
     base_dir = file.resolve().parent
     for tensor in iter_external_tensors(model):
@@ -80,6 +81,19 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         _refuse_escaping(file, tensor.name, os.fspath(tensor.location), base_dir)
     _keep_sparse_initializers(file, proto, model, base_dir)
     return LoadedModel(model=model, path=file, file_size=size)
+
+
+def _unknown_data_type(proto: onnx.ModelProto) -> str:
+    """The IR cannot represent a tensor of a data type ONNX does not define, and says only which graph failed:
+    name the tensor instead."""
+    known = set(onnx.TensorProto.DataType.values())
+    for graph in (proto.graph, *_subgraph_protos(proto.graph)):
+        tensors = [*graph.initializer]
+        tensors += [a.t for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+        bad = next((t for t in tensors if t.data_type not in known), None)
+        if bad is not None:
+            return f"tensor '{bad.name}' has data type {bad.data_type}, which ONNX does not define"
+    return ""
 
 
 def _refuse_undecodable_names(file: Path, model: ir.Model) -> None:

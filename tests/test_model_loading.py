@@ -385,6 +385,18 @@ def non_utf8_name(tmp: Path) -> Path:
     return write(tmp, data)
 
 
+def undefined_data_type(tmp: Path) -> Path:
+    weight = onnx.TensorProto(name="W", data_type=99, dims=[4], raw_data=bytes(16))
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "W"], ["y"], name="add")],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])],
+        [weight],
+    )
+    return save_in_folder(tmp, graph)
+
+
 HOSTILE = {
     "missing": (missing, "no such file"),
     "directory": (directory, "is a directory"),
@@ -418,6 +430,7 @@ HOSTILE = {
     "escaping_sparse_initializer": (escaping_sparse_initializer, "outside the model's folder"),
     "very_long_location": (very_long_location, "invalid external data location"),
     "non_utf8_name": (non_utf8_name, "is not UTF-8 text"),
+    "undefined_data_type": (undefined_data_type, "tensor 'W' has data type 99, which ONNX does not define"),
 }
 
 # every command that reads a model refuses it the same way, before writing or running anything
