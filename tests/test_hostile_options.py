@@ -76,19 +76,37 @@ def identity(tmp_path: Path, dims: list, elem_type: int = TensorProto.FLOAT) -> 
 @pytest.mark.parametrize(
     ("dims", "elem_type", "message"),
     [
-        ([-1, 4], TensorProto.FLOAT, "input 'x' declares dim -1 at axis 0, which no tensor has"),
+        # a declaration no tensor has is a malformed model (GD016), refused before inputs are generated
+        ([-1, 4], TensorProto.FLOAT, "malformed model: graph input 'x' is declared with negative dims [-1,4]"),
         (
             [10**12],
             TensorProto.FLOAT,
             "input 'x' float32[1000000000000] needs 4,000,000,000,000 bytes (3,814,697.3 MiB); the inputs of a run"
             " are limited to 2,048.0 MiB together: pass --inputs FILE",
         ),
-        ([1, 4], TensorProto.UNDEFINED, "input 'x' has element type UNDEFINED, which has no values to generate"),
+        ([1, 4], TensorProto.UNDEFINED, "malformed model: graph input 'x' is declared with element type 0"),
         ([f"d{i}" for i in range(1000)], TensorProto.FLOAT, "input 'x' has rank 1000; numpy arrays hold at most 64"),
     ],
 )
 def test_declared_inputs_no_array_can_hold(gd: Run, tmp_path: Path, command, dims, elem_type, message):
     assert_one_line(gd(command, identity(tmp_path, dims, elem_type)), message)
+
+
+@pytest.mark.parametrize(
+    ("dims", "elem_type", "message"),
+    [
+        ([-1, 4], TensorProto.FLOAT, "input 'x' declares dim -1 at axis 0, which no tensor has"),
+        ([1, 4], TensorProto.UNDEFINED, "input 'x' has element type UNDEFINED, which has no values to generate"),
+    ],
+)
+def test_inputs_are_not_generated_for_declarations_no_tensor_has(tmp_path: Path, dims, elem_type, message):
+    """Through the API, past the malformed-model check the CLI commands make first."""
+    from graphdoctor.errors import GraphDoctorError
+    from graphdoctor.model import load_model
+    from graphdoctor.verify.inputs import generate_inputs
+
+    with pytest.raises(GraphDoctorError, match=message):
+        generate_inputs(load_model(identity(tmp_path, dims, elem_type)).model)
 
 
 @pytest.mark.parametrize(
