@@ -17,7 +17,7 @@ from pathlib import Path
 from tests.fuzz.runner import REPO
 
 SEED = 0
-CASES = 200  # about 90 s on the 2-core development machine, two workers
+CASES = 500  # 50 s on the idle 2-core development machine (two workers), about 100 s while others work
 
 SLICE = """
 import json, sys
