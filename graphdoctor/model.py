@@ -83,6 +83,15 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     return LoadedModel(model=model, path=file, file_size=size)
 
 
+def _all_graphs(model: ir.Model) -> list[ir.Graph | ir.Function]:
+    """The main graph, its subgraphs, and every function body with its subgraphs (analysis has the same walk
+    with graph paths; this module is below analysis)."""
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.graph.subgraphs()]
+    for function in model.functions.values():
+        graphs += [function, *function.subgraphs()]
+    return graphs
+
+
 def _unknown_data_type(proto: onnx.ModelProto) -> str:
     """The IR cannot represent a tensor of a data type ONNX does not define, and says only which graph failed:
     name the tensor instead."""
@@ -99,10 +108,7 @@ def _unknown_data_type(proto: onnx.ModelProto) -> str:
 def _refuse_undecodable_names(file: Path, model: ir.Model) -> None:
     """ONNX strings are UTF-8; protobuf hands a name that is not back as bytes, which nothing downstream can
     write or compare (serializing fails), so such a file is refused here, naming what holds the name."""
-    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.graph.subgraphs()]
-    for function in model.functions.values():
-        graphs += [function, *function.subgraphs()]
-    for graph in graphs:
+    for graph in _all_graphs(model):
         values = [*graph.inputs, *graph.outputs]
         if isinstance(graph, ir.Graph):
             values += list(graph.initializers.values())
@@ -153,10 +159,7 @@ def _identity(path: Path) -> tuple[int, int]:
 def iter_external_tensors(model: ir.Model) -> Iterator[ir.ExternalTensor]:
     """Yield every tensor stored as external data: initializers and tensor attributes of the main graph,
     its subgraphs and every function body. One missed here would escape the containment check below."""
-    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.graph.subgraphs()]
-    for function in model.functions.values():
-        graphs += [function, *function.subgraphs()]
-    for graph in graphs:
+    for graph in _all_graphs(model):
         if isinstance(graph, ir.Graph):
             for value in graph.initializers.values():
                 if isinstance(value.const_value, ir.ExternalTensor):
@@ -531,10 +534,7 @@ def _append(tensor: ir.TensorProtocol, data, data_name: str, folder: Path) -> ir
 
 def _tensor_sites(model: ir.Model) -> Iterator[tuple[ir.TensorProtocol, Callable[[ir.TensorProtocol], None]]]:
     """Every stored tensor with a function that replaces it where it is stored."""
-    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.graph.subgraphs()]
-    for function in model.functions.values():
-        graphs += [function, *function.subgraphs()]
-    for graph in graphs:
+    for graph in _all_graphs(model):
         if isinstance(graph, ir.Graph):
             for value in graph.initializers.values():
                 if value.const_value is not None:
