@@ -23,6 +23,7 @@ import secrets
 import shutil
 import signal
 import stat
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +69,13 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     size = _check_is_model_file(file)
     proto = _parse_model_proto(file)
     _check_is_onnx(file, proto)
+    _refuse_unknown_data_types(file, proto)
     try:
-        model = ir.serde.deserialize_model(proto)
+        with warnings.catch_warnings():  # onnx-ir warns on stderr about keys it ignores; one line is ours to print
+            warnings.simplefilter("ignore")
+            model = ir.serde.deserialize_model(proto)
     except Exception as error:  # the IR rejects inconsistent graphs the protobuf parser accepted
-        reason = _unknown_data_type(proto) or first_line(error)
-        raise ModelLoadError(f"{file}: not a valid ONNX model: {reason}") from None
+        raise ModelLoadError(f"{file}: not a valid ONNX model: {first_line(error)}") from None
     _refuse_undecodable_names(file, model)
     base_dir = file.resolve().parent
     for tensor in iter_external_tensors(model):
@@ -92,17 +95,23 @@ def _all_graphs(model: ir.Model) -> list[ir.Graph | ir.Function]:
     return graphs
 
 
-def _unknown_data_type(proto: onnx.ModelProto) -> str:
-    """The IR cannot represent a tensor of a data type ONNX does not define, and says only which graph failed:
-    name the tensor instead."""
+def _refuse_unknown_data_types(file: Path, proto: onnx.ModelProto) -> None:
+    """A tensor of a data type ONNX does not define (99, 2^31-1) cannot even be represented in the IR (it fails
+    with ValueError deep inside the first reader), so it is refused here, by name. UNDEFINED (0) can be, and
+    GD016 reports it."""
     known = set(onnx.TensorProto.DataType.values())
-    for graph in (proto.graph, *_subgraph_protos(proto.graph)):
-        tensors = [*graph.initializer]
-        tensors += [a.t for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+    bodies = [onnx.GraphProto(node=function.node) for function in proto.functions]
+    for graph in [proto.graph, *_subgraph_protos(proto.graph), *(g for b in bodies for g in (b, *_subgraph_protos(b)))]:
+        tensors = [*graph.initializer, *(t for s in graph.sparse_initializer for t in (s.values, s.indices))]
+        for node in graph.node:
+            for attr in node.attribute:
+                tensors += [attr.t] if attr.type == onnx.AttributeProto.TENSOR else list(attr.tensors)
         bad = next((t for t in tensors if t.data_type not in known), None)
         if bad is not None:
-            return f"tensor '{bad.name}' has data type {bad.data_type}, which ONNX does not define"
-    return ""
+            raise ModelLoadError(
+                f"{file}: not a valid ONNX model: tensor '{bad.name}' has data type {bad.data_type},"
+                " which ONNX does not define" + (" (0: UNDEFINED)" if bad.data_type == 0 else "")
+            )
 
 
 def _refuse_undecodable_names(file: Path, model: ir.Model) -> None:
@@ -234,6 +243,8 @@ def _refuse_unsized(file: Path, tensor: ir.ExternalTensor) -> None:
 
 def _refuse_escaping(file: Path, name: str | None, location: str, base_dir: Path) -> Path:
     """The resolved path of external data at `location`; raise unless it lies inside the model's folder."""
+    if isinstance(location, bytes):  # protobuf's answer for a string that is not UTF-8
+        raise ModelLoadError(f"{file}: tensor '{name}' has an external data location that is not UTF-8 text")
     shown = location if len(location) <= 200 else f"{location[:200]}… ({len(location):,} characters)"
     if os.path.isabs(location):
         raise ModelLoadError(

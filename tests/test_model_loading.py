@@ -385,6 +385,13 @@ def non_utf8_name(tmp: Path) -> Path:
     return write(tmp, data)
 
 
+def non_utf8_location(tmp: Path) -> Path:
+    path = save_external(tmp / "model")
+    point_external_data(path, "QQQQ")
+    path.write_bytes(path.read_bytes().replace(b"QQQQ", b"\xff\xfe\xfd\xfc"))
+    return path
+
+
 def undefined_data_type(tmp: Path) -> Path:
     weight = onnx.TensorProto(name="W", data_type=99, dims=[4], raw_data=bytes(16))
     graph = onnx.helper.make_graph(
@@ -430,6 +437,7 @@ HOSTILE = {
     "escaping_sparse_initializer": (escaping_sparse_initializer, "outside the model's folder"),
     "very_long_location": (very_long_location, "invalid external data location"),
     "non_utf8_name": (non_utf8_name, "is not UTF-8 text"),
+    "non_utf8_location": (non_utf8_location, "external data location that is not UTF-8 text"),
     "undefined_data_type": (undefined_data_type, "tensor 'W' has data type 99, which ONNX does not define"),
 }
 

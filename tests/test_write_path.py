@@ -326,3 +326,14 @@ def test_a_malformed_model_is_refused_by_fix_and_verify(tmp_path, gd, command):
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert "initializer 'W' holds 6 float32 values but its dims [2] need 2" in err
     assert snapshot(tmp_path) == before
+
+
+def test_what_onnxs_checker_rejects_is_not_written(tmp_path, gd):
+    """IR version 2 with opset imports: ONNX Runtime may load it, ONNX's checker (and tools built on it) does not."""
+    model = external_model(tmp_path / "in")
+    proto = onnx.load(os.fspath(model))
+    proto.ir_version = 2
+    onnx.save(proto, tmp_path / "in" / "old.onnx")
+    code, _, err = gd("fix", tmp_path / "in" / "old.onnx", "-o", tmp_path / "out.onnx", "--no-verify")
+    assert code == 2 and "fails ONNX's checker" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out.onnx").exists() and leftovers(tmp_path) == []

@@ -23,7 +23,7 @@ def const_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
         return None
     try:
         return ir.convenience.get_const_tensor(value)
-    except ValueError:  # malformed Constant node
+    except (ValueError, TypeError):  # a malformed Constant node (an attribute of the wrong type; GD016 names it)
         return None
 
 

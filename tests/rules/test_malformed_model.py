@@ -89,6 +89,13 @@ def _relu(**kwargs) -> onnx.ModelProto:
     return _model([h.make_node("Relu", ["x"], ["y"], name="relu")], **kwargs)
 
 
+def _constant_value_of_wrong_type() -> onnx.ModelProto:
+    """A Constant's `value` given as INTS (the reader of a constant's tensor raised TypeError on it)."""
+    constant = h.make_node("Constant", [], ["c"], name="cv")
+    constant.attribute.append(h.make_attribute("value", [1, 2]))
+    return _model([constant, h.make_node("Add", ["x", "c"], ["y"], name="add")])
+
+
 def _not_importing_ai_onnx() -> onnx.ModelProto:
     model = _relu()
     del model.opset_import[:]
@@ -154,6 +161,7 @@ INVALID = {
     "opset_0": (_relu(opset=0), "opset", ["is 0", "start at 1"]),
     "opset_2_62": (_relu(opset=2**62), "opset", [str(2**62), "beyond", onnx.__version__]),
     "subgraph_initializer": (_subgraph_initializer(), "tensor", ["'W2'", "5 float32"]),
+    "constant_value_ints": (_constant_value_of_wrong_type(), "attribute", ["Constant 'cv'", "'value'", "INTS"]),
     "domain_not_imported": (_not_importing_ai_onnx(), "domain", ["Relu 'relu'", "'ai.onnx'", "imports no opset"]),
 }
 
