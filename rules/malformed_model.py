@@ -14,7 +14,8 @@ What it finds
       type constraints rule out (a Constant of strings read by an Add; an Identity from string to float32);
     - declared types no tensor has: element type 0, negative dims, more elements than int64 counts;
     - an ai.onnx opset of 0, or one beyond the newest the installed onnx defines (nothing can be checked);
-    - nodes of a domain the model imports no opset of.
+    - nodes of a domain the model imports no opset of;
+    - a Loop with neither a trip count nor a condition (the spec's `for (;;)`: every run hangs).
 
 Why it matters
     ONNX Runtime and TensorRT refuse these models, often with a message that names no tensor ("Deserialize

@@ -307,6 +307,9 @@ def _signature_defects(node: ir.Node, schema: onnx.defs.OpSchema) -> Iterator[tu
             problem = _element_type_problem(schema, what, index, value, formal, bound)
             if problem:
                 yield "type", problem
+    if node.op_type == "Loop" and not any(v is not None and v.name for v in inputs[:2]):
+        # the spec's `for (;;)`: without M and cond the body's condition is ignored, and every run hangs
+        yield "signature", "has neither a trip count (M) nor a condition (cond): it loops forever on every input"
 
 
 _SINGLE = onnx.defs.OpSchema.FormalParameterOption.Single

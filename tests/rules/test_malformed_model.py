@@ -96,6 +96,27 @@ def _constant_value_of_wrong_type() -> onnx.ModelProto:
     return _model([constant, h.make_node("Add", ["x", "c"], ["y"], name="add")])
 
 
+def _endless_loop() -> onnx.ModelProto:
+    """Loop('', '', x): the spec's `for (;;)`, whose body's condition is ignored: every run hangs."""
+    body = h.make_graph(
+        [
+            h.make_node("Identity", ["c"], ["c_out"], name="c_id"),
+            h.make_node("Identity", ["v"], ["v_out"], name="v_id"),
+        ],
+        "body",
+        [
+            h.make_tensor_value_info("i", TensorProto.INT64, []),
+            h.make_tensor_value_info("c", TensorProto.BOOL, []),
+            h.make_tensor_value_info("v", TensorProto.FLOAT, [2]),
+        ],
+        [
+            h.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            h.make_tensor_value_info("v_out", TensorProto.FLOAT, [2]),
+        ],
+    )
+    return _model([h.make_node("Loop", ["", "", "x"], ["y"], name="loop", body=body)])
+
+
 def _not_importing_ai_onnx() -> onnx.ModelProto:
     model = _relu()
     del model.opset_import[:]
@@ -162,6 +183,7 @@ INVALID = {
     "opset_2_62": (_relu(opset=2**62), "opset", [str(2**62), "beyond", onnx.__version__]),
     "subgraph_initializer": (_subgraph_initializer(), "tensor", ["'W2'", "5 float32"]),
     "constant_value_ints": (_constant_value_of_wrong_type(), "attribute", ["Constant 'cv'", "'value'", "INTS"]),
+    "endless_loop": (_endless_loop(), "signature", ["Loop 'loop'", "neither a trip count", "loops forever"]),
     "domain_not_imported": (_not_importing_ai_onnx(), "domain", ["Relu 'relu'", "'ai.onnx'", "imports no opset"]),
 }
 
