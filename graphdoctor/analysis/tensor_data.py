@@ -104,6 +104,9 @@ def payload_problem(proto: onnx.TensorProto, dtype: ir.DataType, dims: list[int]
     stray = next((f for f in _FIELDS if f != expected and len(getattr(proto, f))), None)
     if stray is not None:
         return f"stores {stray} in a {name} tensor (its values belong in raw_data or {expected})"
+    if dtype == ir.DataType.STRING:  # no bit width: one string_data entry per element
+        held = len(proto.string_data)
+        return "" if held == count else f"holds {held} strings but its dims {dims} need {count}"
     bits = dtype.bitwidth
     if bits < 8 and bits not in _PACKED_BITS:
         return ""  # float6 and other packings onnx does not pin down for every field: not judged

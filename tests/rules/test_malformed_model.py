@@ -346,3 +346,14 @@ def test_huge_dropout_mask_is_not_materialised(tmp_path: Path):
     written = onnx.load(tmp_path / "out.onnx")
     assert [n.op_type for n in written.graph.node] == ["Dropout", "Cast", "Add"]
     assert len(written.graph.node[0].input) == 2  # training_mode dropped
+
+
+def test_sparse_string_values_short_of_their_indices(lint_proto):
+    """Sparse tensors are checked from their protos (onnx-ir drops them); strings have no bit width."""
+    values = _tensor("S", TensorProto.STRING, [3], string_data=[b"a", b"b"])
+    indices = onnx.numpy_helper.from_array(np.array([0, 1, 2], np.int64), "S_idx")
+    model = _model([h.make_node("Identity", ["x"], ["y"], name="id")])
+    model.graph.sparse_initializer.append(h.make_sparse_tensor(values, indices, [4]))
+    findings = lint_proto(model, "GD016")
+    assert [f.message_id for f in findings] == ["sparse"]
+    assert "'S'" in findings[0].message and "2 strings" in findings[0].message
