@@ -479,9 +479,20 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _fail(f"internal error: {type(error).__name__}: {error} (set GRAPHDOCTOR_DEBUG=1 for a traceback)", 2)
     finally:  # callers in the same process (tests, scripts) get their handlers back
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _restore_handlers(previous)
     sys.exit(code or 0)
+
+
+def _restore_handlers(previous: dict) -> None:
+    """Put the caller's handlers back. An interrupt landing here comes after the outcome was decided (and
+    printed): it must not become a traceback from inside signal.signal, so it is let go."""
+    while True:
+        try:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            return
+        except Interrupted:
+            continue
 
 
 def _interrupt(_signum, _frame) -> None:
