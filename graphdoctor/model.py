@@ -100,18 +100,12 @@ def _refuse_unknown_data_types(file: Path, proto: onnx.ModelProto) -> None:
     with ValueError deep inside the first reader), so it is refused here, by name. UNDEFINED (0) can be, and
     GD016 reports it."""
     known = set(onnx.TensorProto.DataType.values())
-    bodies = [onnx.GraphProto(node=function.node) for function in proto.functions]
-    for graph in [proto.graph, *_subgraph_protos(proto.graph), *(g for b in bodies for g in (b, *_subgraph_protos(b)))]:
-        tensors = [*graph.initializer, *(t for s in graph.sparse_initializer for t in (s.values, s.indices))]
-        for node in graph.node:
-            for attr in node.attribute:
-                tensors += [attr.t] if attr.type == onnx.AttributeProto.TENSOR else list(attr.tensors)
-        bad = next((t for t in tensors if t.data_type not in known), None)
-        if bad is not None:
-            raise ModelLoadError(
-                f"{file}: not a valid ONNX model: tensor '{bad.name}' has data type {bad.data_type},"
-                " which ONNX does not define" + (" (0: UNDEFINED)" if bad.data_type == 0 else "")
-            )
+    bad = next((t for t in _tensor_protos(proto) if t.data_type not in known), None)
+    if bad is not None:
+        raise ModelLoadError(
+            f"{file}: not a valid ONNX model: tensor '{bad.name}' has data type {bad.data_type},"
+            " which ONNX does not define"
+        )
 
 
 def _refuse_undecodable_names(file: Path, model: ir.Model) -> None:
@@ -440,7 +434,7 @@ def check_references(path: Path, data_name: str | None) -> None:
     the file: what `fix` writes must load wherever it is moved with its data, and read nothing else."""
     proto = onnx.load_model(os.fspath(path), load_external_data=False)
     size = (path.parent / data_name).stat().st_size if data_name is not None else 0
-    for tensor in _external_tensor_protos(proto):
+    for tensor in (t for t in _tensor_protos(proto) if t.data_location == onnx.TensorProto.EXTERNAL):
         info = {entry.key: entry.value for entry in tensor.external_data}
         end = int(info.get("offset", 0)) + int(info.get("length", -1))
         if info.get("location") != data_name or end > size or "length" not in info:
@@ -450,17 +444,19 @@ def check_references(path: Path, data_name: str | None) -> None:
             )
 
 
-def _external_tensor_protos(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+def _tensor_protos(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a file states: initializers, sparse tensors' parts and tensor attributes, in the main
+    graph, its subgraphs and every function body with its subgraphs."""
     graphs = [proto.graph, *_subgraph_protos(proto.graph)]
     for function in proto.functions:
         holder = onnx.GraphProto(node=function.node)
         graphs += [holder, *_subgraph_protos(holder)]
     for graph in graphs:
-        tensors = [*graph.initializer, *(t for s in graph.sparse_initializer for t in (s.values, s.indices))]
+        yield from graph.initializer
+        yield from (part for sparse in graph.sparse_initializer for part in (sparse.values, sparse.indices))
         for node in graph.node:
             for attr in node.attribute:
-                tensors += [attr.t] if attr.type == onnx.AttributeProto.TENSOR else list(attr.tensors)
-        yield from (t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL)
+                yield from [attr.t] if attr.type == onnx.AttributeProto.TENSOR else attr.tensors
 
 
 @contextlib.contextmanager
