@@ -14,6 +14,12 @@ Sizes are checked before anything is allocated: all inputs of a run together, ge
 agree with the bytes it holds. Object arrays are refused, never unpickled; input_N.pb tensors that point at
 external data are refused (they would read files outside the folder); paths that are not regular files
 (a FIFO blocks the first read forever) are refused before they are opened.
+
+Calibration (FP16 range analysis) takes several batches: `load_input_batches` reads a folder of .npz files
+(one batch each), a folder of ONNX test-data folders (test_data_set_0, ... of input_N.pb files, as in the ONNX
+model zoo), or any single source `load_inputs` reads (one batch). Batches are loaded one at a time, when asked
+for: 100 batches of 50 MB never sit in memory together, so INPUTS_BUDGET bounds each batch, not their sum.
+Every batch's headers are checked when the folder is opened, so a bad 90th file fails before 89 runs.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ import secrets
 import stat
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, overload
 
 import numpy as np
 import onnx_ir as ir
@@ -38,10 +44,12 @@ from graphdoctor.errors import GraphDoctorError, first_line
 
 __all__ = [
     "INPUTS_BUDGET",
+    "InputBatches",
     "InputSpec",
     "bind_inputs",
     "generate_inputs",
     "input_specs",
+    "load_input_batches",
     "load_inputs",
     "parse_shape",
     "save_inputs",
@@ -51,6 +59,8 @@ _DEFAULT_DIM = {"batch": 1, "sequence": 128, "spatial": 224, "other": 1}
 _MASK = re.compile(r"mask", re.IGNORECASE)
 _TOKEN_TYPE = re.compile(r"token_type|segment", re.IGNORECASE)
 _UNNAMED = re.compile(r"|input_\d+|arr_\d+")  # .npy, input_N.pb without names, np.savez(*arrays)
+_INPUT_PB = re.compile(r"input_\d+\.pb")
+_DIGITS = re.compile(r"(\d+)")
 
 INPUTS_BUDGET = 2 * 2**30  # bytes of all inputs of one run together, generated or loaded
 _PB_BUDGET = INPUTS_BUDGET // 8  # bytes of input_N.pb files: parsing expands packed varints up to 8 times
@@ -249,10 +259,154 @@ def _drawn(shape: tuple[int, ...], dtype: np.dtype, draw) -> np.ndarray:
 def load_inputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Inputs from an .npz (names as keys), a single .npy (the one input), or an ONNX test-data folder of
     input_N.pb files (names from the TensorProtos). Every size is checked against the file and the budget
-    before an array is allocated."""
+    before an array is allocated. A folder of several batches is refused, not cut to its first: a command
+    that runs one batch would otherwise check one sample and say nothing of the rest."""
+    batches = load_input_batches(path)
+    if len(batches) > 1:
+        raise GraphDoctorError(
+            f"{path}: holds {len(batches)} batches of inputs ({batches.sources[0].name}, ...); this command runs"
+            f" one: pass one of them (e.g. {batches.sources[0]}); `graphdoctor fix --fp16` calibrates over all"
+        )
+    return batches[0]
+
+
+def load_input_batches(path: str | os.PathLike[str]) -> InputBatches:
+    """The batches of inputs at `path`: one per .npz file of a folder, one per test-data folder of a folder
+    (test_data_set_N of input_N.pb files), else the one batch `path` holds (an .npz, an .npy, a folder of
+    input_N.pb files). Batches are in natural name order (batch_2 before batch_10). Other files (output_N.pb,
+    a model.onnx beside its test data, hidden files) are ignored; a folder holding no batch, or batches of two
+    kinds, is refused. Headers and sizes are checked now; arrays are read when a batch is asked for."""
     source = Path(path)
-    budget = _Budget(f"{source}: ")
+    sources = _batch_sources(source) if source.is_dir() else [source]
+    batches = InputBatches(tuple(sources))
+    batches.check()
+    return batches
+
+
+class InputBatches(Sequence[dict[str, np.ndarray]]):
+    """Batches of sample inputs, each read from its source when indexed (or iterated): at most one is held
+    here at a time. `bound_to(model)` gives the same batches bound to the model's inputs, with errors naming
+    the file of the batch that does not fit."""
+
+    def __init__(self, sources: tuple[Path, ...], model: ir.Model | None = None) -> None:
+        self.sources = sources
+        self._model = model
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]: ...
+    @overload
+    def __getitem__(self, index: slice) -> InputBatches: ...
+    def __getitem__(self, index: int | slice) -> dict[str, np.ndarray] | InputBatches:
+        if isinstance(index, slice):
+            return InputBatches(self.sources[index], self._model)
+        source = self.sources[index]
+        loaded = _load_source(source)
+        if self._model is None:
+            return loaded
+        try:
+            return bind_inputs(self._model, loaded)
+        except GraphDoctorError as error:
+            if len(self.sources) == 1:
+                raise
+            raise GraphDoctorError(f"{source}: {error}") from None
+
+    def bound_to(self, model: ir.Model) -> InputBatches:
+        return InputBatches(self.sources, model)
+
+    def check(self) -> None:
+        """Check every batch's headers against its bytes and the budget, and that .npz batches hold the same
+        input names, without reading any array."""
+        first: tuple[Path, list[str]] | None = None
+        for source in self.sources:
+            with _reading(source):
+                names = _check_source(source)
+            if names is None:
+                continue
+            if first is None:
+                first = (source, names)
+            elif sorted(names) != sorted(first[1]):
+                raise GraphDoctorError(
+                    f"{source}: holds inputs {sorted(names)}, but {first[0].name} holds {sorted(first[1])};"
+                    " every batch must hold the same inputs"
+                )
+
+
+def _batch_sources(folder: Path) -> list[Path]:
+    """The batches a folder holds, by the kind of its entries (see load_input_batches)."""
+    kinds: dict[str, list[Path]] = {}
+    with _reading(folder):
+        for entry in sorted(folder.iterdir(), key=_natural_key):
+            kind = _entry_kind(entry)
+            if kind is not None:
+                kinds.setdefault(kind, []).append(entry)
+    if not kinds:
+        raise GraphDoctorError(
+            f"{folder}: holds no inputs: expected .npz files (a batch each), input_N.pb files (one batch),"
+            " or test-data folders of input_N.pb files (a batch each)"
+        )
+    if len(kinds) > 1:
+        found = " and ".join(f"{kind} ({paths[0].name})" for kind, paths in kinds.items())
+        raise GraphDoctorError(f"{folder}: mixes {found}; a folder of inputs holds one kind")
+    kind, paths = next(iter(kinds.items()))
+    if kind == ".npy files":
+        raise GraphDoctorError(
+            f"{folder}: holds .npy files ({paths[0].name}), which name no input: save each batch as an .npz"
+            " of its inputs by name (one file per batch)"
+        )
+    return [folder] if kind == "input_N.pb files" else paths
+
+
+def _entry_kind(entry: Path) -> str | None:
+    if entry.name.startswith("."):
+        return None
+    if entry.is_dir():
+        return "test-data folders" if any(_INPUT_PB.fullmatch(p.name) for p in entry.iterdir()) else None
+    if _INPUT_PB.fullmatch(entry.name):
+        return "input_N.pb files"
+    return {".npz": ".npz files", ".npy": ".npy files"}.get(entry.suffix)
+
+
+def _natural_key(path: Path) -> list[int | str]:
+    """batch_2 before batch_10: digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in _DIGITS.split(path.name)]
+
+
+@contextlib.contextmanager
+def _reading(source: Path) -> Iterator[None]:
+    """What reading `source` raises, as one line naming it."""
     try:
+        yield
+    except OSError as error:
+        raise GraphDoctorError(f"{source}: cannot read inputs: {error.strerror or first_line(error)}") from None
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError) as error:  # RuntimeError: encrypted
+        raise GraphDoctorError(f"{source}: cannot read inputs: {first_line(error)}") from None
+
+
+def _check_source(source: Path) -> list[str] | None:
+    """Check one batch's source without reading its arrays; the input names of an .npz (None otherwise)."""
+    budget = _Budget(f"{source}: ")
+    if source.is_dir():
+        _pb_files(source)
+        return None
+    if source.suffix == ".npz":
+        _regular_size(source)
+        with zipfile.ZipFile(source) as archive:
+            return [name for _, name in _npz_members(archive, budget)]
+    if source.suffix == ".npy":
+        size = _regular_size(source)
+        with source.open("rb") as file:
+            _check_npy_header(file, size, "", budget)
+        return None
+    raise GraphDoctorError(f"{source}: inputs must be an .npz, an .npy, or a folder of input_N.pb files")
+
+
+def _load_source(source: Path) -> dict[str, np.ndarray]:
+    """One batch's arrays, every size checked against the file and the budget before it is allocated."""
+    budget = _Budget(f"{source}: ")
+    with _reading(source):
         if source.is_dir():
             return _load_pb_folder(source, budget)
         if source.suffix == ".npz":
@@ -261,10 +415,6 @@ def load_inputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             size = _regular_size(source)
             with source.open("rb") as file:
                 return {"": _read_npy(file, size, "", budget)}
-    except OSError as error:
-        raise GraphDoctorError(f"{source}: cannot read inputs: {error.strerror or first_line(error)}") from None
-    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError) as error:  # RuntimeError: encrypted
-        raise GraphDoctorError(f"{source}: cannot read inputs: {first_line(error)}") from None
     raise GraphDoctorError(f"{source}: inputs must be an .npz, an .npy, or a folder of input_N.pb files")
 
 
@@ -282,19 +432,26 @@ def _load_npz(source: Path, budget: _Budget) -> dict[str, np.ndarray]:
     """Each member's header is checked (dtype, dims against the member's size, the budget) before any is read."""
     _regular_size(source)
     with zipfile.ZipFile(source) as archive:
-        members = archive.infolist()
-        for info in members:
-            if not info.filename.endswith(".npy"):
-                raise ValueError(f"member '{info.filename}' is not an .npy array")
-            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):  # as np.savez(_compressed)
-                raise ValueError(f"member '{info.filename}' uses zip compression method {info.compress_type}")
-            with archive.open(info) as member:
-                _check_npy_header(member, info.file_size, info.filename[: -len(".npy")], budget)
         arrays = {}
-        for info in members:
+        for info, name in _npz_members(archive, budget):
             with archive.open(info) as member:
-                arrays[info.filename[: -len(".npy")]] = np.lib.format.read_array(member, allow_pickle=False)
+                arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
     return arrays
+
+
+def _npz_members(archive: zipfile.ZipFile, budget: _Budget) -> list[tuple[zipfile.ZipInfo, str]]:
+    """The archive's members with their input names, once every header is checked."""
+    members = []
+    for info in archive.infolist():
+        if not info.filename.endswith(".npy"):
+            raise ValueError(f"member '{info.filename}' is not an .npy array")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):  # as np.savez(_compressed)
+            raise ValueError(f"member '{info.filename}' uses zip compression method {info.compress_type}")
+        name = info.filename[: -len(".npy")]
+        with archive.open(info) as member:
+            _check_npy_header(member, info.file_size, name, budget)
+        members.append((info, name))
+    return members
 
 
 def _read_npy(file: IO[bytes], size: int, name: str, budget: _Budget) -> np.ndarray:
@@ -328,7 +485,17 @@ def _check_npy_header(file: IO[bytes], size: int, name: str, budget: _Budget) ->
 
 
 def _load_pb_folder(folder: Path, budget: _Budget) -> dict[str, np.ndarray]:
-    files = sorted(folder.glob("input_*.pb"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    inputs = {}
+    for file in _pb_files(folder):
+        tensor = _parse_tensor(file)
+        name = tensor.name or file.stem
+        inputs[name] = _tensor_values(file, tensor, name, budget)
+    return inputs
+
+
+def _pb_files(folder: Path) -> list[Path]:
+    """The folder's input_N.pb files in input order, refused unless regular files within the .pb budget."""
+    files = sorted((p for p in folder.iterdir() if _INPUT_PB.fullmatch(p.name)), key=_natural_key)
     if not files:
         raise GraphDoctorError(f"{folder}: no input_N.pb files")
     held = sum(_regular_size(file) for file in files)
@@ -337,12 +504,7 @@ def _load_pb_folder(folder: Path, budget: _Budget) -> dict[str, np.ndarray]:
             f"{folder}: its input_N.pb files hold {held:,} bytes ({_mib(held)}); .pb inputs are limited to"
             f" {_mib(_PB_BUDGET)} (parsing can expand them 8 times): save the inputs as .npz"
         )
-    inputs = {}
-    for file in files:
-        tensor = _parse_tensor(file)
-        name = tensor.name or file.stem
-        inputs[name] = _tensor_values(file, tensor, name, budget)
-    return inputs
+    return files
 
 
 def _parse_tensor(file: Path):
@@ -352,7 +514,7 @@ def _parse_tensor(file: Path):
     tensor = onnx.TensorProto()
     try:
         tensor.ParseFromString(file.read_bytes())
-    except DecodeError as error:  # OSError is caught by load_inputs
+    except DecodeError as error:  # OSError is caught by _reading
         raise GraphDoctorError(f"{file}: not a serialized ONNX TensorProto: {error}") from None
     return tensor
 

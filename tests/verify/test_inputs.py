@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,14 @@ from graphdoctor import api
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.model import load_model
 from graphdoctor.verify import inputs
-from graphdoctor.verify.inputs import bind_inputs, generate_inputs, load_inputs, parse_shape, save_inputs
+from graphdoctor.verify.inputs import (
+    bind_inputs,
+    generate_inputs,
+    load_input_batches,
+    load_inputs,
+    parse_shape,
+    save_inputs,
+)
 from tests.verify.builders import linear
 
 ROLES = model_from_text("""<ir_version: 8, opset_import: ["" : 17]>
@@ -207,7 +215,7 @@ def test_unreadable_input_files_are_one_clear_error(tmp_path: Path, name, conten
 
 
 def test_unreadable_pb_folder(tmp_path: Path):
-    with pytest.raises(GraphDoctorError, match=r"no input_N\.pb files"):
+    with pytest.raises(GraphDoctorError, match=r"holds no inputs: expected \.npz files"):
         load_inputs(tmp_path)
     (tmp_path / "input_0.pb").write_bytes(b"\xff\xff\xff not a protobuf")
     with pytest.raises(GraphDoctorError, match="not a serialized ONNX TensorProto"):
@@ -231,3 +239,108 @@ def test_replaying_saved_inputs_gives_identical_results(tmp_path: Path):
     assert replay.input_source == str(tmp_path / "used.npz")
     assert [c.as_dict() for c in first.verdicts[0].outputs] == [c.as_dict() for c in replay.verdicts[0].outputs]
     assert first.verdicts[0].outputs[0].max_abs > 0  # the replay compared something that differs
+
+
+# --- several batches ----------------------------------------------------------------------------------------
+
+
+def write_pb_folder(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
+    folder.mkdir(parents=True)
+    for index, (name, array) in enumerate(arrays.items()):
+        (folder / f"input_{index}.pb").write_bytes(onnx.numpy_helper.from_array(array, name).SerializeToString())
+    (folder / "output_0.pb").write_bytes(b"expected outputs: not an input")
+    return folder
+
+
+def test_a_folder_of_npz_is_one_batch_per_file_in_natural_order(tmp_path: Path):
+    for index in (10, 2, 1):
+        save_inputs({"x": np.full(3, index, np.float32)}, tmp_path / f"batch_{index}.npz")
+    (tmp_path / "notes.txt").write_text("ignored")
+    batches = load_input_batches(tmp_path)
+    assert [p.name for p in batches.sources] == ["batch_1.npz", "batch_2.npz", "batch_10.npz"]
+    assert [float(batch["x"][0]) for batch in batches] == [1.0, 2.0, 10.0]
+    assert [p.name for p in batches[1:].sources] == ["batch_2.npz", "batch_10.npz"]
+
+
+def test_test_data_sets_are_one_batch_each_and_a_pb_folder_is_one(tmp_path: Path):
+    """The ONNX model zoo layout: model.onnx beside test_data_set_N folders of input_N.pb and output_N.pb."""
+    for index in (0, 1):
+        write_pb_folder(tmp_path / f"test_data_set_{index}", {"x": np.full(2, index, np.float32)})
+    (tmp_path / "model.onnx").write_bytes(b"a model, not an input")
+    batches = load_input_batches(tmp_path)
+    assert [float(batch["x"][0]) for batch in batches] == [0.0, 1.0]
+    single = load_input_batches(tmp_path / "test_data_set_1")
+    assert len(single) == 1 and list(single[0]) == ["x"]
+
+
+def test_a_single_file_is_one_batch(tmp_path: Path):
+    saved = save_inputs({"x": np.ones(2, np.float32)}, tmp_path / "one.npz")
+    batches = load_input_batches(saved)
+    assert batches.sources == (saved,) and np.array_equal(batches[0]["x"], np.ones(2, np.float32))
+
+
+def test_load_inputs_refuses_several_batches_and_names_the_command_that_takes_them(tmp_path: Path):
+    for index in range(3):
+        save_inputs({"x": np.ones(2, np.float32)}, tmp_path / f"b{index}.npz")
+    with pytest.raises(GraphDoctorError) as error:
+        load_inputs(tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path}: holds 3 batches of inputs (b0.npz, ...); this command runs one: pass one of them"
+        f" (e.g. {tmp_path / 'b0.npz'}); `graphdoctor fix --fp16` calibrates over all"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: write_pb_folder(d / "test_data_set_0", {"x": np.ones(1)}), "mixes .npz files (a.npz) and test-data"),
+        (lambda d: (d / "input_0.pb").write_bytes(b""), "mixes .npz files (a.npz) and input_N.pb files (input_0.pb)"),
+    ],
+)
+def test_a_folder_of_mixed_kinds_is_refused(tmp_path: Path, make, message):
+    save_inputs({"x": np.ones(2, np.float32)}, tmp_path / "a.npz")
+    make(tmp_path)
+    with pytest.raises(GraphDoctorError, match=re.escape(message)):
+        load_input_batches(tmp_path)
+
+
+def test_a_folder_of_npy_files_is_refused(tmp_path: Path):
+    np.save(tmp_path / "x.npy", np.ones(2))
+    with pytest.raises(GraphDoctorError, match=r"holds \.npy files \(x\.npy\), which name no input"):
+        load_input_batches(tmp_path)
+
+
+def test_every_batch_is_checked_before_any_is_read(tmp_path: Path):
+    """A bad last batch fails when the folder is opened, not after the runs on the others."""
+    save_inputs({"x": np.ones(2, np.float32)}, tmp_path / "b0.npz")
+    (tmp_path / "b1.npz").write_bytes(b"PK\x03\x04 not a zip archive")
+    with pytest.raises(GraphDoctorError, match=r"b1\.npz: cannot read inputs"):
+        load_input_batches(tmp_path)
+    save_inputs({"y": np.ones(2, np.float32)}, tmp_path / "b1.npz")
+    with pytest.raises(GraphDoctorError, match=r"b1\.npz: holds inputs \['y'\], but b0\.npz holds \['x'\]"):
+        load_input_batches(tmp_path)
+
+
+def test_the_budget_bounds_each_batch_not_their_sum(tmp_path: Path, monkeypatch):
+    """Batches are read one at a time: three batches of 80 bytes fit a 100-byte budget, one of 120 does not."""
+    monkeypatch.setattr(inputs, "INPUTS_BUDGET", 100)
+    for index in range(3):
+        save_inputs({"x": np.ones(10, np.float64)}, tmp_path / f"b{index}.npz")
+    batches = load_input_batches(tmp_path)
+    assert sum(batch["x"].nbytes for batch in batches) == 240
+    save_inputs({"x": np.ones(15, np.float64)}, tmp_path / "b3.npz")
+    with pytest.raises(GraphDoctorError, match=r"b3\.npz: input 'x' float64\[15\] needs 120 bytes"):
+        load_input_batches(tmp_path)
+
+
+def test_bound_batches_name_the_file_that_does_not_fit(tmp_path: Path):
+    model = ir_model(MASK_FIRST, tmp_path)
+    good = {"input_ids": np.ones((1, 4), np.int64), "attention_mask": np.ones((1, 4), np.int64)}
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    save_inputs(good, folder / "b0.npz")
+    save_inputs({**good, "input_ids": np.ones((1, 4), np.int32)}, folder / "b1.npz")
+    batches = load_input_batches(folder).bound_to(model)
+    assert batches[0]["input_ids"].dtype == np.int64
+    with pytest.raises(GraphDoctorError, match=r"b1\.npz: input 'input_ids': the inputs hold int32\[1,4\]"):
+        batches[1]
