@@ -15,12 +15,15 @@ from graphdoctor.analysis.ranges import (
     FP16_OVERFLOW,
     float_tensor_names,
     is_mask_saturation,
+    merge_ranges,
     range_of,
     sample_ranges,
     value_ranges,
+    value_ranges_over,
 )
 from graphdoctor.analysis.types import infer_types
 from graphdoctor.model import load_model
+from graphdoctor.verify.inputs import load_input_batches, save_inputs
 from graphdoctor.verify.runners import OnnxruntimeBackend
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
@@ -96,15 +99,17 @@ def load_model_from(proto):
     return model
 
 
+_ADDS = [f"t{i} = Add(t{i - 1}, one)" for i in range(1, 41)]
+CHAIN = model_from_text(f"""{HEADER}
+g (float[128,128] t0) => (float[128,128] t40) <float one = {{1.0}}> {{
+    {chr(10).join(_ADDS)}
+}}""")
+
+
 def test_slices_stay_within_the_budget(tmp_path: Path):
     """40 tensors of 64 KiB with a 256 KiB budget: several runs, none holding much more than the budget,
     and the same ranges as one run fetching everything."""
-    lines = [f"t{i} = Add(t{i - 1}, one)" for i in range(1, 41)]
-    model = model_from_text(f"""{HEADER}
-g (float[128,128] t0) => (float[128,128] t40) <float one = {{1.0}}> {{
-    {chr(10).join(lines)}
-}}""")
-    path = _path(tmp_path, model)
+    path = _path(tmp_path, CHAIN)
     inputs = {"t0": np.zeros((128, 128), F32)}
     backend = OnnxruntimeBackend("onnxruntime-cpu")
     fetched: list[int] = []
@@ -132,6 +137,74 @@ def test_sample_ranges_are_measured_once_per_analysis(tmp_path: Path):
     first = sample_ranges(analysis)
     assert first is sample_ranges(analysis)
     assert first["big"].max == 1000.0
+
+
+# --- several batches ----------------------------------------------------------------------------------------
+
+COUNTED = ("size", "min", "max", "max_abs", "worst", "overflow", "overflow_negative", "flushed", "nonzero", "nonfinite")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ([1.0, -70000.0, 1e-30, 0.0], [3e5, np.inf, -2.0, 5.0]),  # the worst is the second's, positive
+        ([np.nan, np.inf], [-1e5, 1e-30]),  # a range without finite values leaves the other's extremes
+        ([-4.0, 2.0], [4.0, np.nan]),  # equal magnitudes: the first's worst is kept
+    ],
+)
+def test_merged_ranges_are_the_range_of_both(first, second):
+    a, b = np.array(first, F32), np.array(second, F32)
+    merged = merge_ranges(range_of("t", a), range_of("t", b.reshape(2, 2) if b.size == 4 else b))
+    whole = range_of("t", np.concatenate([a, b]))
+    assert {k: getattr(merged, k) for k in COUNTED} == {k: getattr(whole, k) for k in COUNTED}
+    assert merged.shape == a.shape and merged.batches == 2
+
+
+def test_ranges_over_batches_merge_per_tensor(tmp_path: Path):
+    """Two batches whose maxima differ: the merged max is the larger, overflow counts add up; read from a
+    folder of .npz files, one per batch."""
+    path = _path(tmp_path, SCALED)
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    save_inputs({"x": np.array([[100.0, 2.0, 3.0, 4.0]], F32)}, folder / "b0.npz")
+    save_inputs({"x": np.array([[-70.0, 200.0, 1.0, 1e-30], [1.0, 1.0, 1.0, 1.0]], F32)}, folder / "b1.npz")
+    loaded = load_model(path)
+    infer_types(loaded.model)
+    batches = load_input_batches(folder).bound_to(loaded.model)
+    merged = value_ranges_over(path, batches, model=loaded.model)
+    one, two = value_ranges(path, batches[0]), value_ranges(path, batches[1])
+    big = merged["big"]
+    assert (one["big"].max, two["big"].max, big.max, big.min) == (100000.0, 200000.0, 200000.0, -70000.0)
+    assert (one["big"].overflow, two["big"].overflow, big.overflow, big.overflow_negative) == (1, 2, 3, 1)
+    assert (big.size, big.shape, big.batches, big.flushed) == (12, (1, 4), 2, 1)
+    assert list(merged) == list(one) and merged["r"].overflow == 2
+
+
+def test_batches_are_measured_one_at_a_time(tmp_path: Path):
+    """Every run on a batch happens before the next batch is drawn: one batch is held at a time."""
+    path = _path(tmp_path, CHAIN)
+    backend = OnnxruntimeBackend("onnxruntime-cpu")
+    events: list[str] = []
+
+    def batches():
+        for index in range(3):
+            events.append(f"draw {index}")
+            yield {"t0": np.full((128, 128), index, F32)}
+
+    def recording_run(feeds, names):
+        events.append(f"run {int(feeds['t0'][0, 0])}")
+        return backend.run(path, feeds, outputs=names)
+
+    merged = value_ranges_over(path, batches(), run=recording_run, budget_bytes=256 * 1024)
+    runs_per_batch = len(events) // 3 - 1
+    assert runs_per_batch > 1  # 41 tensors of 64 KiB do not fit one run
+    assert events == [e for i in range(3) for e in [f"draw {i}"] + [f"run {i}"] * runs_per_batch]
+    assert (merged["t40"].min, merged["t40"].max, merged["t40"].batches) == (40.0, 42.0, 3)
+
+
+def test_ranges_over_no_batches_are_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="no batches of inputs"):
+        value_ranges_over(_path(tmp_path, SCALED), [])
 
 
 # --- attention masks ----------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ does: a tensor whose FP32 values reach 65520 becomes inf in FP16, one whose nonz
 becomes 0. Memory stays bounded: tensors are fetched a slice at a time (as extra graph outputs of one run),
 reduced to a few numbers each (`TensorRange`), and dropped before the next slice.
 
+Calibration over several batches (`value_ranges_over`) runs one batch at a time and merges each tensor's
+ranges (`merge_ranges`): memory is that of one batch, time that of one run per batch. A tensor that stays
+below FP16's limit on one sample may reach it on the next: bench/fp16_margin.py measures by how much.
+
 Attention masks saturate on purpose (a fill of -3.4e38, -1e9 or -10000 added to scores before Softmax), and
 are recognised by structure, not by value: large negative values that reach a Softmax through mask-shaped
 ops (Where, Add, Sub, Mul, Expand, Cast, ...) and come from a constant or input holding such values.
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,14 +46,17 @@ __all__ = [
     "MASK_PATH_OPS",
     "SHARED_KEY",
     "SOURCE",
+    "BatchRun",
     "TensorRange",
     "feeds_softmax",
     "float_tensor_names",
     "is_mask_saturation",
     "iter_slices",
+    "merge_ranges",
     "range_of",
     "sample_ranges",
     "value_ranges",
+    "value_ranges_over",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +78,9 @@ MASK_PATH_OPS = frozenset(
 _SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
 _MASK_PATH_DEPTH = 8
 
+# runs the model on one batch of inputs and returns the named tensors' arrays
+BatchRun = Callable[[Mapping[str, np.ndarray], Sequence[str]], Mapping[str, np.ndarray]]
+
 
 @dataclass(frozen=True)
 class TensorRange:
@@ -91,6 +101,7 @@ class TensorRange:
     flushed: int  # nonzero finite values with |x| <= 2^-25: 0 in FP16
     nonzero: int  # nonzero finite values
     nonfinite: int  # inf or NaN already in FP32
+    batches: int = 1  # batches of inputs measured (merged by merge_ranges)
 
     @property
     def flush_fraction(self) -> float:
@@ -117,13 +128,9 @@ def value_ranges(
     Subgraph tensors (If/Loop bodies) cannot be fetched from outside and are not measured.
     """
     if model is None:
-        from graphdoctor.analysis.types import infer_types
-        from graphdoctor.model import load_model
-
-        model = load_model(model_path).model
-        infer_types(model)
+        model = _typed_model(model_path)
     if run is None:
-        run = _onnxruntime_run(Path(model_path), inputs)
+        run = _bound(_onnxruntime_batch_run(Path(model_path)), inputs)
     wanted = list(names) if names is not None else float_tensor_names(model)
     producers = _producers(model)
     ranges: dict[str, TensorRange] = {}
@@ -133,6 +140,85 @@ def value_ranges(
                 node = producers.get(name)
                 ranges[name] = range_of(name, array, node)
     return ranges
+
+
+def value_ranges_over(
+    model_path: str | Path,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    model: ir.Model | None = None,
+    names: Sequence[str] | None = None,
+    budget_bytes: int = DEFAULT_BUDGET,
+    run: BatchRun | None = None,
+) -> dict[str, TensorRange]:
+    """`value_ranges` on each of `batches`, merged per tensor (`merge_ranges`). One batch is held at a time:
+    pass a lazy sequence or a generator (verify.inputs.load_input_batches gives one), not a list of them all.
+
+    `run(feeds, names)` replaces the ONNX Runtime run, as `value_ranges`'s `run` does, for any batch.
+    Raises ValueError on no batches: ranges measured on nothing would say every tensor is safe.
+    """
+    if model is None:
+        model = _typed_model(model_path)
+    if run is None:
+        run = _onnxruntime_batch_run(Path(model_path))
+    wanted = list(names) if names is not None else float_tensor_names(model)
+    merged: dict[str, TensorRange] | None = None
+    for index, feeds in enumerate(batches):
+        logger.info("measuring ranges on batch %d", index + 1)
+        measured = value_ranges(
+            model_path, feeds, model=model, names=wanted, budget_bytes=budget_bytes, run=_bound(run, feeds)
+        )
+        merged = measured if merged is None else _merge_all(merged, measured)
+    if merged is None:
+        raise ValueError("value_ranges_over: no batches of inputs")
+    return merged
+
+
+def merge_ranges(first: TensorRange, second: TensorRange) -> TensorRange:
+    """One tensor's range over the inputs of both: the least min, the greatest max, the worst value of
+    larger magnitude, counts added. Name, producer, dtype and shape are the first's (batches may differ in
+    shape, e.g. sequence length). A range with no finite values (nan min) leaves the other's extremes."""
+    worst = first.worst if _magnitude(first.worst) >= _magnitude(second.worst) else second.worst
+    return TensorRange(
+        name=first.name,
+        node=first.node,
+        op_type=first.op_type,
+        dtype=first.dtype,
+        shape=first.shape,
+        size=first.size + second.size,
+        min=_extreme(min, first.min, second.min),
+        max=_extreme(max, first.max, second.max),
+        max_abs=abs(worst),
+        worst=worst,
+        overflow=first.overflow + second.overflow,
+        overflow_negative=first.overflow_negative + second.overflow_negative,
+        flushed=first.flushed + second.flushed,
+        nonzero=first.nonzero + second.nonzero,
+        nonfinite=first.nonfinite + second.nonfinite,
+        batches=first.batches + second.batches,
+    )
+
+
+def _merge_all(merged: Mapping[str, TensorRange], measured: Mapping[str, TensorRange]) -> dict[str, TensorRange]:
+    """Tensors of both, in the order first seen; one measured on a single side keeps its own range."""
+    result = dict(merged)
+    for name, tensor_range in measured.items():
+        result[name] = merge_ranges(result[name], tensor_range) if name in result else tensor_range
+    return result
+
+
+def _magnitude(value: float) -> float:
+    return -1.0 if math.isnan(value) else abs(value)
+
+
+def _extreme(pick: Callable[[float, float], float], a: float, b: float) -> float:
+    if math.isnan(a):
+        return b
+    return a if math.isnan(b) else pick(a, b)
+
+
+def _bound(run: BatchRun, feeds: Mapping[str, np.ndarray]) -> Callable[[Sequence[str]], Mapping[str, np.ndarray]]:
+    return lambda names: run(feeds, names)
 
 
 def float_tensor_names(model: ir.Model) -> list[str]:
@@ -235,13 +321,20 @@ def _producers(model: ir.Model) -> dict[str, ir.Node]:
     return {value.name: node for node in model.graph for value in node.outputs if value.name}
 
 
-def _onnxruntime_run(
-    model_path: Path, inputs: Mapping[str, np.ndarray]
-) -> Callable[[Sequence[str]], Mapping[str, np.ndarray]]:
+def _typed_model(model_path: str | Path) -> ir.Model:
+    from graphdoctor.analysis.types import infer_types
+    from graphdoctor.model import load_model
+
+    model = load_model(model_path).model
+    infer_types(model)
+    return model
+
+
+def _onnxruntime_batch_run(model_path: Path) -> BatchRun:
     from graphdoctor.verify.runners import OnnxruntimeBackend
 
     backend = OnnxruntimeBackend("onnxruntime-cpu")
-    return lambda names: backend.run(model_path, inputs, outputs=names)
+    return lambda feeds, names: backend.run(model_path, feeds, outputs=names)
 
 
 def sample_ranges(analysis: Analysis) -> dict[str, TensorRange] | None:
