@@ -11,17 +11,24 @@ Presets (stated in every report):
   what matters (an overflow to inf or a collapsed layer drives it far below 0.999).
 Relative error is |d| / (|ref| + 1e-3·rms(ref)): the floor keeps near-zero reference values from turning
 tiny absolute differences into huge relative ones.
+
+Integer, bool and string tensors compare exactly under every preset: an FP16 conversion must never change an
+index, a count or a bucket id, and no cosine can tell that one did. Sequences compare element by element,
+optionals by presence then value, maps by keys then values (`compare_values`): ONNX Runtime returns them as
+lists, None and dicts.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from graphdoctor.errors import GraphDoctorError
 
-__all__ = ["PRESETS", "TensorComparison", "Tolerance", "compare_arrays", "tolerance_for"]
+__all__ = ["PRESETS", "TensorComparison", "Tolerance", "compare_arrays", "compare_values", "kind_of", "tolerance_for"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class TensorComparison:
     top1_agreement: float | None = None  # for classifier-score outputs [N, C]
     top5_overlap: float | None = None  # mean share of each row's 5 best classes found in both
     reason: str = ""  # why it failed, in words
+    kind: str = ""  # 'float tensor' | 'integer tensor' | 'bool tensor' | 'string tensor' | 'sequence' | ...
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -89,19 +97,109 @@ def compare_arrays(name: str, ref: np.ndarray, cand: np.ndarray, tolerance: Tole
         return _failed_shape(name, ref, cand)
     if tolerance.name == "exact" or not np.issubdtype(ref.dtype, np.inexact):
         return _compare_exact(name, ref, cand, tolerance)
-    return _compare_float(name, ref.astype(np.float64), cand.astype(np.float64), tolerance)
+    comparison = _compare_float(name, ref.astype(np.float64), cand.astype(np.float64), tolerance)
+    return TensorComparison(**{**comparison.__dict__, "kind": "float tensor"})
+
+
+def kind_of(value: Any) -> str:
+    """What a value that ONNX Runtime returns is, in words: a tensor by its element kind, else its type."""
+    if value is None:
+        return "empty optional"
+    if isinstance(value, list):
+        return "sequence"
+    if isinstance(value, dict):
+        return "map"
+    kind = np.asarray(value).dtype.kind
+    return {"f": "float", "c": "float", "b": "bool", "O": "string", "U": "string", "S": "string"}.get(
+        kind, "integer"
+    ) + " tensor"
+
+
+def compare_values(name: str, ref: Any, cand: Any, tolerance: Tolerance) -> TensorComparison:
+    """Any value ONNX Runtime returns: a tensor (an array), a sequence (a list), an optional (None when
+    empty) or a map (a dict); sequences and maps element by element, each element as a tensor is."""
+    ref_kind, cand_kind = kind_of(ref), kind_of(cand)
+    containers = ("sequence", "map", "empty optional")
+    if (ref_kind in containers or cand_kind in containers) and ref_kind != cand_kind:
+        return _failed(
+            name, _shape_of(ref), ref_kind, f"the candidate's value is a {cand_kind}, the reference's a {ref_kind}"
+        )
+    if ref_kind == "empty optional":
+        return TensorComparison(name, (), True, 0.0, 0.0, 1.0, 0.0, 0, 0, kind=ref_kind)
+    if ref_kind == "sequence":
+        return _compare_sequence(name, ref, cand, tolerance)
+    if ref_kind == "map":
+        return _compare_map(name, ref, cand, tolerance)
+    return compare_arrays(name, np.asarray(ref), np.asarray(cand), tolerance)
+
+
+def _shape_of(value: Any) -> tuple[int, ...]:
+    """A tensor's shape; a sequence's or map's length; () for an empty optional."""
+    if value is None:
+        return ()
+    if isinstance(value, list | dict):
+        return (len(value),)
+    return tuple(np.asarray(value).shape)
+
+
+def _failed(name: str, shape: tuple[int, ...], kind: str, reason: str) -> TensorComparison:
+    return TensorComparison(name, shape, False, float("inf"), float("inf"), 0.0, 1.0, 0, 0, reason=reason, kind=kind)
+
+
+def _compare_sequence(name: str, ref: list, cand: list, tolerance: Tolerance) -> TensorComparison:
+    if len(ref) != len(cand):
+        return _failed(
+            name, (len(ref),), "sequence", f"a sequence of {len(cand)} elements; the reference's has {len(ref)}"
+        )
+    elements = [compare_values(f"{name}[{i}]", r, c, tolerance) for i, (r, c) in enumerate(zip(ref, cand, strict=True))]
+    return _combine(name, "sequence", elements)
+
+
+def _compare_map(name: str, ref: dict, cand: dict, tolerance: Tolerance) -> TensorComparison:
+    if set(ref) != set(cand):
+        differ = len(set(ref) ^ set(cand))
+        return _failed(name, (len(ref),), "map", f"{differ} keys are in only one of the two maps")
+    keys = sorted(ref, key=repr)
+    elements = [compare_values(f"{name}[{key!r}]", ref[key], cand[key], tolerance) for key in keys]
+    return _combine(name, "map", elements)
+
+
+def _combine(name: str, kind: str, elements: list[TensorComparison]) -> TensorComparison:
+    """One comparison for a sequence or map: the worst numbers of its elements, the mismatch weighted by their
+    sizes, and the first failing element's reason."""
+    sizes = [max(math.prod(e.shape), 1) for e in elements]
+    failed = [e for e in elements if not e.passed]
+    worst = max(range(len(elements)), key=lambda i: elements[i].max_abs, default=None)
+    reason = ""
+    if failed:
+        reason = f"{len(failed)} of {len(elements)} {kind} elements differ; first, {failed[0].name}: {failed[0].reason}"
+    return TensorComparison(
+        name=name,
+        shape=(len(elements),),
+        passed=not failed,
+        max_abs=max((e.max_abs for e in elements), default=0.0),
+        max_rel=max((e.max_rel for e in elements), default=0.0),
+        cosine=min((e.cosine for e in elements), default=1.0),
+        mismatch=sum(e.mismatch * n for e, n in zip(elements, sizes, strict=True)) / sum(sizes) if elements else 0.0,
+        ref_nonfinite=sum(e.ref_nonfinite for e in elements),
+        cand_nonfinite=sum(e.cand_nonfinite for e in elements),
+        worst_index=None if worst is None else (worst, *(elements[worst].worst_index or ())),
+        reason=reason,
+        kind=kind,
+    )
 
 
 def _failed_shape(name: str, ref: np.ndarray, cand: np.ndarray) -> TensorComparison:
-    return TensorComparison(
-        name, tuple(ref.shape), False, float("inf"), float("inf"), 0.0, 1.0, 0, 0,
-        reason=f"shape {list(cand.shape)} differs from the reference's {list(ref.shape)}",
-    )  # fmt: skip
+    return _failed(
+        name, tuple(ref.shape), kind_of(ref), f"shape {list(cand.shape)} differs from the reference's {list(ref.shape)}"
+    )
 
 
 def _compare_exact(name: str, ref: np.ndarray, cand: np.ndarray, tolerance: Tolerance) -> TensorComparison:
     """Bit-level equality (NaN equals NaN), with the float metrics kept for the report. Strings (object arrays,
-    whose bytes are pointers) are equal element by element; their distance is 0 or inf."""
+    whose bytes are pointers) are equal element by element; their distance is 0 or inf. Integer and bool
+    tensors say how many elements differ, and a dtype that differs fails on its own."""
+    kind = kind_of(ref)
     textual = ref.dtype.kind in "OUS" or cand.dtype.kind in "OUS"
     if textual:
         same = ref.dtype.kind == cand.dtype.kind and bool(np.array_equal(ref, cand))
@@ -110,16 +208,41 @@ def _compare_exact(name: str, ref: np.ndarray, cand: np.ndarray, tolerance: Tole
     if np.issubdtype(ref.dtype, np.inexact) and not textual:
         metrics = _compare_float(name, ref.astype(np.float64), cand.astype(np.float64), tolerance)
     else:
-        differ = ref != cand
-        distance = (
-            (0.0 if same else float("inf")) if textual else float(np.abs(ref.astype(np.float64) - cand).max(initial=0))
-        )
+        differ = _differing(ref, cand, textual)
+        distance = _distance(ref, cand, differ, textual)
         metrics = TensorComparison(
             name, tuple(ref.shape), True, distance, 0.0, 1.0,
             float(differ.mean()) if differ.size else 0.0, 0, 0, _worst(differ.astype(np.float64)),
         )  # fmt: skip
-    reason = "" if same else (metrics.reason or f"not bit-identical: {metrics.mismatch:.2%} of elements differ")
-    return TensorComparison(**{**metrics.__dict__, "passed": same, "reason": reason})
+    reason = "" if same else _exact_reason(kind, ref, cand, metrics)
+    return TensorComparison(**{**metrics.__dict__, "passed": same, "reason": reason, "kind": kind})
+
+
+def _differing(ref: np.ndarray, cand: np.ndarray, textual: bool) -> np.ndarray:
+    """Which elements differ, by value (an int32 3 equals an int64 3 here; the dtype is judged apart)."""
+    if textual and ref.dtype.kind != cand.dtype.kind:
+        return np.ones(ref.shape, dtype=bool)
+    return np.asarray(ref != cand, dtype=bool).reshape(ref.shape)
+
+
+def _distance(ref: np.ndarray, cand: np.ndarray, differ: np.ndarray, textual: bool) -> float:
+    if textual:
+        return float("inf") if differ.any() else 0.0
+    if not differ.any():
+        return 0.0
+    return float(np.abs(ref.astype(np.float64) - cand.astype(np.float64)).max(initial=0))
+
+
+def _exact_reason(kind: str, ref: np.ndarray, cand: np.ndarray, metrics: TensorComparison) -> str:
+    if kind == "float tensor":
+        return metrics.reason or f"not bit-identical: {metrics.mismatch:.2%} of elements differ"
+    differing = int(np.count_nonzero(_differing(ref, cand, kind == "string tensor")))
+    counted = f"{differing} of {ref.size} elements differ"
+    if ref.dtype != cand.dtype:
+        return f"{kind}: dtype {cand.dtype} differs from the reference's {ref.dtype}" + (
+            f"; {counted}" if differing else ""
+        )
+    return f"{kind}: {counted} (exact comparison)"
 
 
 def _compare_float(name: str, ref: np.ndarray, cand: np.ndarray, tolerance: Tolerance) -> TensorComparison:
