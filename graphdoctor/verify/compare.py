@@ -3,11 +3,21 @@
 The reference model always runs on ONNX Runtime's CPU provider in its own precision: the oracle. The
 candidate (the reference itself when none is given, to compare backends) runs on every selected backend,
 and each backend gets its own verdict naming the backend and the precision its arithmetic really had.
+
+Every output is compared, whatever it holds: float tensors at the tolerance, integer, bool and string tensors
+exactly, sequences element by element, optionals and maps too (`compare_values`). The integer and bool
+tensors both models compute from float values (indices, counts, bucket ids) are compared exactly as well:
+an FP16 conversion that moves one of them fails, even where the float outputs stay within tolerance.
+
+A verdict is 'failed' only when numbers were compared and were off. A backend that cannot run the candidate,
+or an oracle that cannot run the reference, gives 'error', its reason "<backend> cannot run the candidate
+model: <why>" (or "the reference model"), and `cannot_run` names which of the two it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from graphdoctor.errors import GraphDoctorError
-from graphdoctor.verify.metrics import TensorComparison, Tolerance, compare_arrays
+from graphdoctor.errors import GraphDoctorError, first_line
+from graphdoctor.verify.metrics import TensorComparison, Tolerance, compare_values
 from graphdoctor.verify.runners import Backend, OnnxruntimeBackend
 
 if TYPE_CHECKING:
@@ -35,8 +45,9 @@ class BackendVerdict:
     status: str  # 'passed' | 'failed' | 'skipped' | 'error'
     reason: str = ""
     outputs: list[TensorComparison] = field(default_factory=list)
-    details: dict = field(default_factory=dict)  # extra reports (layer-wise) by name
+    details: dict = field(default_factory=dict)  # extra reports (layer-wise, integer tensors) by name
     tolerance: Tolerance | None = None  # what this backend was judged by (None when it did not run)
+    cannot_run: str = ""  # status 'error' from a run: 'candidate' or 'reference', the model that could not run
 
     @property
     def ran(self) -> bool:
@@ -65,26 +76,16 @@ class VerifyResult:
 def compare_outputs(
     reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], tolerance: Tolerance
 ) -> list[TensorComparison]:
-    """One comparison per reference output; a candidate lacking one fails on it."""
+    """One comparison per reference output (tensors, sequences, optionals, maps); a candidate lacking one fails
+    on it."""
     comparisons = []
     for name, expected in reference.items():
         if name not in candidate:
-            comparisons.append(
-                TensorComparison(
-                    name,
-                    tuple(expected.shape),
-                    False,
-                    float("inf"),
-                    float("inf"),
-                    0.0,
-                    1.0,
-                    0,
-                    0,
-                    reason="the candidate has no output of this name",
-                )
-            )
+            shape = tuple(np.shape(expected)) if isinstance(expected, np.ndarray) else ()
+            missing = TensorComparison(name, shape, False, float("inf"), float("inf"), 0.0, 1.0, 0, 0)
+            comparisons.append(dataclasses.replace(missing, reason="the candidate has no output of this name"))
             continue
-        comparisons.append(compare_arrays(name, expected, np.asarray(candidate[name]), tolerance))
+        comparisons.append(compare_values(name, expected, candidate[name], tolerance))
     return comparisons
 
 
@@ -98,6 +99,7 @@ def verify_models(
     reference_outputs: Mapping[str, np.ndarray] | None = None,
     layerwise: LayerwiseOptions | None = None,
     oracle: Backend | None = None,
+    integers: bool = True,
 ) -> VerifyResult:
     """`tolerance` is one for all backends, or a function choosing one per backend (FP16 backends get the
     fp16 preset under 'auto'); `VerifyResult.tolerance` is the first backend's.
@@ -106,19 +108,34 @@ def verify_models(
     computed them): the candidate is then compared with those on each backend. `oracle` runs the reference
     (default: ONNX Runtime CPU as deployed; `fix`'s gate runs it with graph optimizations and weight prepacking off).
     `layerwise` adds, to each verdict whose backend ran, the comparison of the tensors both ONNX models
-    share (details["layerwise"])."""
+    share (details["layerwise"]). `integers` compares, on each backend that ran, the integer and bool tensors
+    both ONNX models compute from float values, exactly (details["integer_tensors"]); a difference fails.
+
+    A reference the oracle cannot run gives every available backend a verdict 'error', not an exception."""
     start = time.perf_counter()
+    tolerance_of = tolerance if callable(tolerance) else (lambda _backend: tolerance)
+    first = tolerance_of(backends[0])
+    oracle = oracle or OnnxruntimeBackend(ORACLE)
     expected = reference_outputs
     if expected is None:
-        expected = (oracle or OnnxruntimeBackend(ORACLE)).run(reference, inputs)
-    tolerance_of = tolerance if callable(tolerance) else (lambda _backend: tolerance)
+        try:
+            expected = oracle.run(reference, inputs)
+        except GraphDoctorError as error:
+            verdicts = [_without_reference(backend, oracle.name, error) for backend in backends]
+            return VerifyResult(
+                reference, candidate, first, inputs, input_source, verdicts, time.perf_counter() - start
+            )
     verdicts = [_verdict(backend, candidate, inputs, expected, tolerance_of(backend)) for backend in backends]
+    if integers and reference_outputs is None:
+        verdicts = [
+            _with_integer_tensors(verdict, backend, reference, candidate, inputs, oracle)
+            for verdict, backend in zip(verdicts, backends, strict=True)
+        ]
     if layerwise is not None and reference_outputs is None:
         verdicts = [
             _with_layerwise(verdict, backend, reference, candidate, inputs, tolerance_of(backend), layerwise)
             for verdict, backend in zip(verdicts, backends, strict=True)
         ]
-    first = tolerance_of(backends[0])
     return VerifyResult(reference, candidate, first, inputs, input_source, verdicts, time.perf_counter() - start)
 
 
@@ -135,7 +152,7 @@ def _verdict(
     try:
         actual = backend.run(candidate, inputs)
     except GraphDoctorError as error:
-        return BackendVerdict(backend.name, backend.precision, "error", str(error))
+        return _unrunnable(backend, backend.name, "candidate", error)
     outputs = compare_outputs(expected, actual, tolerance)
     failed = [c for c in outputs if not c.passed]
     status = "failed" if failed else "passed"
@@ -143,6 +160,61 @@ def _verdict(
     details = _explain(backend, candidate, inputs, actual) if failed else {}
     reason += "".join(f"; {d['message']}" for d in details.values() if isinstance(d, dict) and "message" in d)
     return BackendVerdict(backend.name, backend.precision, status, reason, outputs, details, tolerance)
+
+
+# a runner's own wording of the same thing ("ONNX Runtime CPU cannot run model.onnx: ..."), taken off the cause
+_CANNOT_RUN = re.compile(r"^.{0,80}? cannot run [^:]{0,200}: ")
+
+
+def _unrunnable(backend: Backend, runner: str, which: str, error: GraphDoctorError) -> BackendVerdict:
+    """The verdict of a backend that did not get to compare: `runner` could not run the `which` model."""
+    cause = _CANNOT_RUN.sub("", first_line(error), count=1)
+    reason = f"{runner} cannot run the {which} model: {cause}"
+    return BackendVerdict(backend.name, backend.precision, "error", reason, cannot_run=which)
+
+
+def _without_reference(backend: Backend, oracle: str, error: GraphDoctorError) -> BackendVerdict:
+    reason = backend.unavailable_reason()
+    if reason:
+        return BackendVerdict(backend.name, backend.precision, "skipped", reason)
+    return _unrunnable(backend, oracle, "reference", error)
+
+
+def _with_integer_tensors(
+    verdict: BackendVerdict,
+    backend: Backend,
+    reference: Path,
+    candidate: Path,
+    inputs: Mapping[str, np.ndarray],
+    oracle: Backend,
+) -> BackendVerdict:
+    """The verdict with the exact comparison of the integer tensors computed from floats that both models
+    share: failed when one differs; a backend that cannot fetch them leaves the verdict as it was, and says so."""
+    if not verdict.ran:
+        return verdict
+    from graphdoctor.verify.layerwise import compare_integer_tensors
+
+    try:
+        records = compare_integer_tensors(reference, candidate, backend, inputs, oracle)
+    except GraphDoctorError as error:
+        return dataclasses.replace(verdict, details={**verdict.details, "integer_tensors": {"error": str(error)}})
+    if not records:
+        return verdict
+    differing = [r for r in records if not r.passed]
+    report = {
+        "compared": len(records),
+        "differing": [{"name": r.name, "node": r.node, "op": r.op, "reason": r.reason} for r in differing],
+    }
+    details = {**verdict.details, "integer_tensors": report}
+    if not differing:
+        return dataclasses.replace(verdict, details=details)
+    first = differing[0]
+    what = (
+        f"{len(differing)} of {len(records)} integer tensors computed from floats differ; first '{first.name}'"
+        f" ({first.op} '{first.node}'): {first.reason}"
+    )
+    reason = f"{verdict.reason}; {what}" if verdict.reason else what
+    return dataclasses.replace(verdict, status="failed", reason=reason, details=details)
 
 
 def _explain(backend: Backend, candidate: Path, inputs: Mapping[str, np.ndarray], actual) -> dict:

@@ -17,6 +17,12 @@ its output does not, i.e. where an error starts, or where the output turns non-f
 node amplifies error (a subtraction of near-equal values, a normalization dividing by a tiny variance). Graph
 inputs are the same arrays for both models, so their error is 0.
 
+Integer and bool tensors are compared too, exactly (an FP16 conversion must not change an index, a count or
+a bucket id; one off by one is a failure however close the floats around it are), by value: an int32 3 equals
+an int64 3, since a fix may narrow an intermediate's dtype. `compare_integer_tensors` compares only those
+computed from float values (the integers a change of float arithmetic can change), for `verify_models`' gate.
+Sequences compare element by element; string tensors are left out.
+
 Only the metrics are kept: a report is plain data (`LayerwiseReport.as_dict`), stored in a verdict's
 `details["layerwise"]` and rendered by `graphdoctor.report.layerwise`.
 """
@@ -42,7 +48,7 @@ import onnx_ir as ir
 from graphdoctor.analysis.format import format_dtype
 from graphdoctor.analysis.graph import is_constant_node
 from graphdoctor.errors import GraphDoctorError
-from graphdoctor.verify.metrics import Tolerance, compare_arrays
+from graphdoctor.verify.metrics import PRESETS, Tolerance, compare_values
 from graphdoctor.verify.runners import Backend, OnnxruntimeBackend, weights_outside
 
 __all__ = [
@@ -52,6 +58,7 @@ __all__ = [
     "LayerwiseOptions",
     "LayerwiseReport",
     "Probe",
+    "compare_integer_tensors",
     "compare_layerwise",
     "fit_count",
     "layerwise_details",
@@ -224,7 +231,7 @@ def compare_layerwise(
     options = options or LayerwiseOptions()
     oracle = oracle or OnnxruntimeBackend("onnxruntime-cpu")
     start = time.perf_counter()
-    planner, skipped = _plan(reference, candidate, inputs)
+    planner, skipped = _plan(reference, candidate, inputs, integers_only=False)
     probes = planner.probes
     logger.info("layer-wise: %d shared tensors to compare", len(probes))
     slices: list[int] = []
@@ -266,15 +273,44 @@ def compare_layerwise(
     )
 
 
+def compare_integer_tensors(
+    reference: Path,
+    candidate: Path,
+    backend: Backend,
+    inputs: Mapping[str, np.ndarray],
+    oracle: Backend | None = None,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> list[LayerRecord]:
+    """The integer and bool tensors both models compute under the same name from float values, compared
+    exactly, in slices that fit `budget_bytes`; none fetched (no run) when there are none."""
+    oracle = oracle or OnnxruntimeBackend("onnxruntime-cpu")
+    planner, _ = _plan(reference, candidate, inputs, integers_only=True)
+    if not planner.probes:
+        return []
+    done = 0
+    with ExitStack() as stack:
+        light_reference = stack.enter_context(weights_outside(reference))
+        light_candidate = light_reference if candidate == reference else stack.enter_context(weights_outside(candidate))
+        exact = PRESETS["exact"]
+        run = _SliceRunner(light_reference, light_candidate, oracle, backend, inputs, exact, planner.graph_inputs)
+        while done < len(planner.probes):
+            chunk = planner.next_slice(done, budget_bytes, None)
+            planner.measured.update(run.compare(chunk))
+            done += len(chunk)
+    return run.records
+
+
 # --- planning -----------------------------------------------------------------------------------------------
 
 
-def _plan(reference: Path, candidate: Path, inputs: Mapping[str, np.ndarray]) -> tuple[_Planner, dict[str, int]]:
+def _plan(
+    reference: Path, candidate: Path, inputs: Mapping[str, np.ndarray], integers_only: bool
+) -> tuple[_Planner, dict[str, int]]:
     """Load both graphs (weights stay unread), infer shapes at the actual inputs, list the probes; the
     models are dropped afterwards so they do not sit in memory during the runs."""
     ref_model = _load_shaped(reference, inputs)
     cand_model = ref_model if candidate == reference else _load_shaped(candidate, inputs)
-    planner, skipped = plan_probes(ref_model, cand_model)
+    planner, skipped = plan_probes(ref_model, cand_model, integers_only)
     del ref_model, cand_model
     gc.collect()  # a graph is a web of reference cycles: without this its weights outlive the function
     return planner, skipped
@@ -294,29 +330,61 @@ def _load_shaped(path: Path, inputs: Mapping[str, np.ndarray]) -> ir.Model:
     return model
 
 
-def plan_probes(reference: ir.Model, candidate: ir.Model) -> tuple[_Planner, dict[str, int]]:
-    """The float tensors computed by the reference's nodes (topological order) that the candidate's nodes
-    also compute under the same name; and how many others were left out, why."""
+def plan_probes(
+    reference: ir.Model, candidate: ir.Model, integers_only: bool = False
+) -> tuple[_Planner, dict[str, int]]:
+    """The float, integer and bool values computed by the reference's nodes (topological order) that the
+    candidate's nodes also compute under the same name; and how many others were left out, why. With
+    `integers_only`, only the integer and bool ones computed from float values."""
     from graphdoctor.analysis.graph import node_label
 
     produced = {v.name: v for node in candidate.graph for v in node.outputs if v.name}
     planner = _Planner(graph_inputs=frozenset(v.name for v in reference.graph.inputs if v.name))
     planner.exact.update((v.name, _nbytes(v)) for v in reference.graph.inputs if v.name)
     skipped: Counter[str] = Counter()
+    from_floats = _computed_from_floats(reference.graph) if integers_only else set()
     for node in reference.graph:
         if is_constant_node(node):
             continue
         activations = tuple(v.name for v in node.inputs if v is not None and v.name and not _is_constant(v))
         for value in (v for v in node.outputs if v.name):
             planner.add_tensor(value.name, node.op_type, activations, _nbytes(value))
-            if value.dtype is not None and not value.dtype.is_floating_point():
-                skipped["not float"] += 1
+            if integers_only and (value.name not in from_floats or not _is_integer(value)):
+                continue
+            if value.dtype == ir.DataType.STRING:
+                skipped["strings"] += 1
             elif value.name not in produced:
                 skipped["not computed by the candidate"] += 1
             else:
                 probe = Probe(value.name, node_label(node), node.op_type, activations)
                 planner.add_probe(probe, _nbytes(produced[value.name]))
     return planner, dict(skipped)
+
+
+_SHAPE_READERS = frozenset({"Shape", "Size"})  # read a tensor's dims, never its values
+
+
+def _computed_from_floats(graph: ir.Graph) -> set[str]:
+    """Names of the values whose computation reads a float value (a float tensor or constant, not through
+    Shape or Size): the only ones whose numbers a change of float precision can change."""
+    reached: set[str] = {v.name for v in graph.inputs if v.name and _is_float(v)}
+    for node in graph:
+        reads = node.op_type not in _SHAPE_READERS and any(
+            v is not None and (v.name in reached or _is_float(v)) for v in node.inputs
+        )
+        if reads:
+            reached.update(v.name for v in node.outputs if v.name)
+    return reached
+
+
+def _is_float(value: ir.Value) -> bool:
+    return value.dtype is not None and value.dtype.is_floating_point()
+
+
+def _is_integer(value: ir.Value) -> bool:
+    """Integer or bool, a tensor or a sequence of them (dtype is the element's)."""
+    dtype = value.dtype
+    return dtype is not None and (dtype.is_integer() or dtype == ir.DataType.BOOL)
 
 
 def _is_constant(value: ir.Value) -> bool:
@@ -433,31 +501,32 @@ class _SliceRunner:
         names = [probe.name for probe in chunk]
         expected = self.oracle.run(self.reference, self.inputs, outputs=names)
         actual = self.backend.run(self.candidate, self.inputs, outputs=names)
-        sizes = {name: int(array.nbytes) for name, array in expected.items()}
-        fetched = sum(sizes.values()) + sum(np.asarray(a).nbytes for a in actual.values())
+        sizes = {name: _value_nbytes(value) for name, value in expected.items()}
+        fetched = sum(sizes.values()) + sum(_value_nbytes(value) for value in actual.values())
         self.max_bytes = max(self.max_bytes, fetched)
         logger.info("layer-wise run: %d tensors, %.1f MiB", len(names), fetched / 2**20)
         for probe in chunk:
-            ref, cand = expected.pop(probe.name, None), actual.pop(probe.name, None)
-            if ref is None or cand is None:
+            if probe.name not in expected or probe.name not in actual:
                 self.skipped["not returned by the backend"] += 1
-            elif not np.issubdtype(ref.dtype, np.floating):
-                self.skipped["not float"] += 1
+                continue
+            ref, cand = expected.pop(probe.name), actual.pop(probe.name)
+            if _is_strings(ref):
+                self.skipped["strings"] += 1
             else:
-                self._keep(probe, ref, np.asarray(cand))
+                self._keep(probe, ref, _as_reference_dtype(cand, ref))
             del ref, cand
         return sizes
 
-    def _keep(self, probe: Probe, ref: np.ndarray, cand: np.ndarray) -> None:
-        comparison = compare_arrays(probe.name, ref, cand, self.tolerance)
-        rel_err, ref_absmax = _error_and_range(ref, cand)
+    def _keep(self, probe: Probe, ref: Any, cand: Any) -> None:
+        comparison = compare_values(probe.name, ref, cand, self.tolerance)
+        rel_err, ref_absmax = _error_and_range(_as_numbers(ref), _as_numbers(cand), comparison.passed)
         self.errors[probe.name] = rel_err
         self.ranges[probe.name] = ref_absmax
         record = LayerRecord(
             name=probe.name,
             node=probe.node,
             op=probe.op,
-            shape=tuple(int(d) for d in ref.shape),
+            shape=comparison.shape,
             passed=comparison.passed,
             max_abs=comparison.max_abs,
             rel_err=rel_err,
@@ -472,9 +541,51 @@ class _SliceRunner:
         self.records.append(record)
 
 
-def _error_and_range(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
+def _value_nbytes(value: Any) -> int:
+    """Bytes of a fetched value: a tensor's, a sequence's elements together, 0 for an empty optional."""
+    if value is None:
+        return 0
+    if isinstance(value, list):
+        return sum(_value_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_value_nbytes(v) for v in value.values())
+    return int(np.asarray(value).nbytes)
+
+
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype.kind in "OUS"
+
+
+def _as_reference_dtype(cand: Any, ref: Any) -> Any:
+    """An integer candidate tensor in the reference's integer dtype when that holds its values exactly (a fix
+    may narrow an intermediate int64 to int32: its values are what is compared, not its dtype)."""
+    if not (isinstance(cand, np.ndarray) and isinstance(ref, np.ndarray)) or cand.dtype == ref.dtype:
+        return cand
+    if cand.dtype.kind not in "iub" or ref.dtype.kind not in "iub":
+        return cand
+    converted = cand.astype(ref.dtype)
+    return converted if np.array_equal(converted, cand) else cand
+
+
+def _as_numbers(value: Any) -> np.ndarray | None:
+    """A value as one numeric array for the error: a tensor as is (bools as 0/1), a sequence's tensors
+    flattened and joined; None for strings, maps, empty optionals and sequences of mixed dtypes."""
+    if isinstance(value, list):
+        parts = [_as_numbers(v) for v in value]
+        if any(p is None for p in parts) or len({p.dtype for p in parts if p is not None}) > 1:
+            return None
+        return np.concatenate([p.ravel() for p in parts if p is not None]) if parts else np.zeros(0, np.float32)
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
+        return None
+    return value.astype(np.int8) if value.dtype.kind == "b" else value
+
+
+def _error_and_range(ref: np.ndarray | None, cand: np.ndarray | None, passed: bool) -> tuple[float, float]:
     """Relative L2 error over the elements finite in both, and max finite |ref|. The error is inf where the
-    shapes differ or the candidate is non-finite where the reference is not: no finite number measures it."""
+    shapes differ or the candidate is non-finite where the reference is not: no finite number measures it.
+    Values with no numbers (strings, maps) have error 0 when they passed, else inf."""
+    if ref is None or cand is None:
+        return (0.0 if passed else math.inf), 0.0
     ref_absmax = _absmax(ref)
     if ref.shape != cand.shape:
         return math.inf, ref_absmax
