@@ -278,11 +278,23 @@ def _forget_inferred_types(model, typed: set[int]) -> None:
 
     for graph, _ in iter_graph_sites(model):
         values = [v for node in graph for v in node.outputs if id(v) not in typed]
-        if isinstance(graph, ir.Graph):
-            values += [v for v in graph.initializers.values() if not v.is_graph_input()]
         for value in values:
             if not value.is_graph_output():
                 value.type, value.shape = None, None
+        for value in graph.initializers.values() if isinstance(graph, ir.Graph) else ():
+            if not value.is_graph_input():
+                _type_as_stored(value)
+
+
+def _type_as_stored(initializer) -> None:
+    """No value_info for an initializer, unless it carries metadata (the dynamo exporter's provenance), which
+    writes one anyway: then it states the tensor's type and shape, never none or a stale one."""
+    keeps_entry = bool(initializer.metadata_props) or bool(initializer.doc_string)
+    tensor = initializer.const_value
+    if keeps_entry and tensor is not None:
+        initializer.type, initializer.shape = ir.TensorType(tensor.dtype), tensor.shape
+    else:
+        initializer.type, initializer.shape = None, None
 
 
 def _refuse_unreadable(loaded) -> None:

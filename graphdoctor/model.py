@@ -77,6 +77,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     except Exception as error:  # the IR rejects inconsistent graphs the protobuf parser accepted
         raise ModelLoadError(f"{file}: not a valid ONNX model: {first_line(error)}") from None
     _refuse_undecodable_names(file, model)
+    _type_initializers_as_stored(model)
     base_dir = file.resolve().parent
     for tensor in iter_external_tensors(model):
         tensor.base_dir = base_dir  # set here, not by ir's set_base_dir, which skips function bodies
@@ -84,6 +85,22 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         _refuse_escaping(file, tensor.name, os.fspath(tensor.location), base_dir)
     _keep_sparse_initializers(file, proto, model, base_dir)
     return LoadedModel(model=model, path=file, file_size=size)
+
+
+def _type_initializers_as_stored(model: ir.Model) -> None:
+    """An initializer's type is its tensor's: torch's dynamo exporter also states it in value_info, and the IR
+    lets that entry win. After a converter retypes the tensor (or drops the entry's type, as a rewrite that
+    keeps the exporter's metadata does), the entry is stale, and every reader believing it (the FP16 emulation,
+    a second conversion) sees a float32 weight that is FLOAT16, or one of no type at all."""
+    for graph in _all_graphs(model):
+        if not isinstance(graph, ir.Graph):
+            continue
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is None or value.is_graph_input():  # an input's declared type is the model's signature
+                continue
+            if value.dtype != tensor.dtype or value.shape != tensor.shape:
+                value.type, value.shape = ir.TensorType(tensor.dtype), tensor.shape
 
 
 def _all_graphs(model: ir.Model) -> list[ir.Graph | ir.Function]:

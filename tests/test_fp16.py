@@ -556,6 +556,19 @@ def test_external_data_is_kept_by_default(gd: Run, tmp_path: Path):
     assert (tmp_path / "mlp.fp16.onnx.data").exists()
 
 
+def test_initializers_stated_in_value_info_are_retyped(gd: Run, tmp_path: Path):
+    """The dynamo exporter's value_info for weights: the converted file states them FLOAT16 (or not at all),
+    and the FP16 emulation, which reads those entries, runs it."""
+    path = saved(fp16_cases.initializers_in_value_info(), tmp_path)
+    out, model = fixed(gd, path)
+    assert "fp16-emulation: PASSED" in out
+    stated = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    weights = {t.name: t.data_type for t in model.graph.initializer}
+    assert set(weights.values()) == {FLOAT16}
+    assert all(stated[name] == dtype for name, dtype in weights.items() if name in stated)
+    assert_close(path, fp16_path(path), {"x": normal(1, 3, 8, 8)})
+
+
 # -- real exports --
 
 REAL_MODELS = {"resnet50": 0.51, "yolo": 0.51, "bert_opset14": 0.53, "bert_opset17": 0.53}
