@@ -1,17 +1,20 @@
-"""The extra models bench/fp16.py needs, beside those of bench/models.py (which it asks for the rest).
+"""The models bench/fp16.py runs on, beyond bench/models.py's (which it asks for resnet50, yolo, bert, large).
 
 - convnext_tiny, vit_b_16: torchvision, weights=None, perturbed (no two tensors equal), TorchScript exporter
   at opset 17, batch 1 at 224×224: two classifiers whose ops (LayerNorm, GELU, Softmax) ResNet-50 lacks.
-- bert_opset14: bench/models.py's BERT-base at opset 14, where LayerNormalization does not exist yet and the
-  exporter decomposes it (ReduceMean, Pow, Sqrt, Div, its 1e-12 epsilon a tensor that FP16 flushes to 0).
+- bert_base_opset14: bench/models.py's BERT-base at opset 14, where LayerNormalization does not exist yet and
+  the exporter decomposes it (ReduceMean, Pow, Sqrt, Div, its 1e-12 epsilon a tensor that FP16 flushes to 0).
 - chain775, chain3100, chain12400: synthetic chains on a [1, 64] tensor, the research's scaling models
   (research/fp16.md §3.7): blocks of ten MatMul(64×64) + Add + Tanh layers closed by a Max (25, 100 and 400
   blocks): graphs dominated by their node count, not their weights, to show how each converter scales.
   onnxconverter-common keeps Max in FP32 by default, so it must place Casts around 400 regions; Tanh keeps
   activations bounded, so FP16 itself never overflows here.
+- any other name of `fixtures.torch_exports.NAMES` (bert_opset14, bert_opset17, mobilenet_v3_large,
+  efficientnet_b0, the dynamo exports, ...): the cached fixture the tests use, built when missing or stale.
 
 Built models are cached under .cache/bench/ (bench/models.py's CACHE) and built in a child process
-(`python bench/fp16_models.py path NAME`), so torch never enters the process that runs the benchmark.
+(`python bench/fp16_models.py NAME`); fixtures are asked of one too (`fixture NAME`, `names`), so torch never
+enters the process that runs the benchmark.
 """
 
 from __future__ import annotations
@@ -27,24 +30,42 @@ from models import CACHE, ModelUnavailable
 CHAIN_BLOCKS = {"chain775": 25, "chain3100": 100, "chain12400": 400}  # 31 nodes a block
 CHAIN_BLOCK_LAYERS = 10
 CHAIN_WIDTH = 64
-OWN_MODELS = ("convnext_tiny", "vit_b_16", "bert_opset14", *CHAIN_BLOCKS)
+OWN_MODELS = ("convnext_tiny", "vit_b_16", "bert_base_opset14", *CHAIN_BLOCKS)
+ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["OWN_MODELS", "model_path"]
+__all__ = ["OWN_MODELS", "fixture_names", "model_path"]
 
 
 def model_path(name: str) -> Path:
-    """bench/models.py's models through its own model_path; ours from the cache, built by a child if missing."""
-    if name not in OWN_MODELS:
+    """Ours from the cache, built by a child if missing; bench/models.py's through its own model_path; any
+    other name is a fixture, asked of a child (which builds it when missing or stale)."""
+    if name in models.KNOWN_MODELS:
         return models.model_path(name)
+    if name not in OWN_MODELS:
+        return Path(_ask_child("fixture", name)[-1])
     path = CACHE / f"{name}.onnx"
     if path.exists():
         return path
     print(f"bench/fp16_models: {name}: building it in a child process ...", file=sys.stderr, flush=True)
-    result = subprocess.run([sys.executable, __file__, name], stdout=subprocess.PIPE, text=True, check=False)
-    if result.returncode != 0 or not path.is_file():
-        tail = result.stdout.strip().splitlines()
-        raise ModelUnavailable(f"could not build '{name}': {tail[-1] if tail else f'exit {result.returncode}'}")
+    _ask_child("build", name)
+    if not path.is_file():
+        raise ModelUnavailable(f"could not build '{name}': the builder wrote no {path}")
     return path
+
+
+def fixture_names() -> list[str]:
+    """`fixtures.torch_exports.NAMES` as it is now (other engineers add fixtures while benchmarks exist)."""
+    return _ask_child("names")
+
+
+def _ask_child(*command: str) -> list[str]:
+    """Run `python bench/fp16_models.py COMMAND...` and return its stdout lines (the answer is the last)."""
+    result = subprocess.run([sys.executable, __file__, *command], stdout=subprocess.PIPE, text=True, check=False)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        reason = lines[-1] if lines else f"exit {result.returncode}"
+        raise ModelUnavailable(f"{' '.join(command)}: {reason}")
+    return lines
 
 
 # --- builders (run in the child process) ---------------------------------------------------------------
@@ -141,21 +162,54 @@ def build_chain(blocks: int, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def main(argv: list[str]) -> int:
-    """`python bench/fp16_models.py NAME` (re)builds one of these models into the cache."""
-    if len(argv) != 1 or argv[0] not in OWN_MODELS:
-        print(f"usage: python bench/fp16_models.py {{{','.join(OWN_MODELS)}}}", file=sys.stderr)
-        return 2
-    name = argv[0]
+def _torch_exports():
+    """The fixtures module; importing it puts the repository root on sys.path."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from fixtures import torch_exports
+
+    return torch_exports
+
+
+def fixture_path(name: str) -> Path:
+    """The fixture's cached file, built now if missing or stale; the reason on one line if it cannot be."""
+    torch_exports = _torch_exports()
+    if name not in torch_exports.NAMES:
+        known = ", ".join(dict.fromkeys((*models.KNOWN_MODELS, *OWN_MODELS, *torch_exports.NAMES)))
+        raise ModelUnavailable(f"unknown model '{name}' (known: {known})")
+    try:
+        return Path(torch_exports.path(name))
+    except Exception as error:  # a fixture that fails to build is a skipped row, not a crashed bench
+        raise ModelUnavailable(f"fixture '{name}' failed: {type(error).__name__}: {error}") from None
+
+
+def build(name: str) -> Path:
     path = CACHE / f"{name}.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     if name in CHAIN_BLOCKS:
         build_chain(CHAIN_BLOCKS[name], path)
-    elif name == "bert_opset14":
+    elif name == "bert_base_opset14":
         build_bert_opset14(path)
     else:
         build_torchvision(name, path)
-    print(path)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    """`build NAME` (re)builds one of our models into the cache; `fixture NAME` prints a fixture's path
+    (building it if needed); `names` prints the fixtures' names. Exit 3: unavailable, the reason printed."""
+    usage = f"usage: python bench/fp16_models.py build {{{','.join(OWN_MODELS)}}} | fixture NAME | names"
+    if argv == ["names"]:
+        print("\n".join(_torch_exports().NAMES))
+        return 0
+    if len(argv) != 2 or argv[0] not in ("build", "fixture") or (argv[0] == "build" and argv[1] not in OWN_MODELS):
+        print(usage, file=sys.stderr)
+        return 2
+    try:
+        print(build(argv[1]) if argv[0] == "build" else fixture_path(argv[1]))
+    except ModelUnavailable as error:
+        print(error)
+        return 3
     return 0
 
 
