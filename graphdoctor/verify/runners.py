@@ -216,7 +216,15 @@ def _fp16_emulation() -> Backend:
     return Fp16EmulationBackend()
 
 
+def _bf16_emulation() -> Backend:
+    """BF16 storage emulated on ONNX Runtime CPU, which has no BF16 Add, MatMul or Conv; loaded when asked for."""
+    from graphdoctor.verify.fp16_emulation import Bf16EmulationBackend
+
+    return Bf16EmulationBackend()
+
+
 BACKENDS["fp16-emulation"] = _fp16_emulation
+BACKENDS["bf16-emulation"] = _bf16_emulation
 
 
 def _tensorrt(fp16: bool) -> Backend:

@@ -34,7 +34,7 @@ def run_emulated(tmp_path: Path, proto: onnx.ModelProto, outputs=None, **inputs:
 def test_registered_and_available():
     backend = get_backend("fp16-emulation")
     assert (backend.name, backend.computes_fp16, backend.precision) == ("fp16-emulation", True, PRECISION)
-    assert backend.unavailable_reason() is None  # the self-test: (x*x)/100 with x=300 gives inf
+    assert backend.unavailable_reason() is None  # the self-test: x*x + 2^-9 with x = 1, 300 gives [1 + 2^-9, inf]
 
 
 def test_x_squared_over_100_overflows_as_on_a_gpu(tmp_path: Path):
