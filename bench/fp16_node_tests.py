@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fp16_node_tests.py                          # all 1,884 node tests, 2 workers
     .venv/bin/python bench/fp16_node_tests.py --pattern 'test_split*' --jobs 1 --timeout 60
+    .venv/bin/python bench/fp16_node_tests.py --root DIR --details outcomes.json   # any folder of node tests
 
 The node tests of the onnx package (one small graph per operator feature, with input_N.pb and the expected
 output_N.pb) are valid models of every op, dtype and value kind (sequences, optionals, maps), so they show
@@ -26,7 +27,9 @@ strings exact); a disagreement that the FP32 original shows too is ONNX Runtime'
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
+import json
 import multiprocessing
 import os
 import re
@@ -259,9 +262,7 @@ def _value_agrees(actual: Any, expected: Any) -> bool:
     if actual.shape != expected.shape:
         return False
     if expected.dtype.kind == "f" and actual.dtype.kind == "f":
-        return bool(
-            np.allclose(actual.astype(np.float64), expected, atol=FP16_ATOL, rtol=FP16_RTOL, equal_nan=True)
-        )
+        return bool(np.allclose(actual.astype(np.float64), expected, atol=FP16_ATOL, rtol=FP16_RTOL, equal_nan=True))
     return bool(np.array_equal(actual, expected))
 
 
@@ -399,8 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pattern", default="*", help="glob on the test's folder name (default: all)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per model (default 120)")
+    parser.add_argument("--root", type=Path, help="a folder of node tests (default: the installed onnx's)")
+    parser.add_argument("--details", type=Path, help="write every outcome to this JSON file")
     args = parser.parse_args(argv)
-    root = node_test_folder()
+    root = args.root or node_test_folder()
     folders = sorted(p for p in root.iterdir() if p.is_dir() and fnmatch.fnmatch(p.name, args.pattern))
     if not folders:
         print(f"no node test matches {args.pattern!r} in {root}", file=sys.stderr)
@@ -412,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{done}/{len(folders)}] {outcome.name}: {outcome.kind} {outcome.sanity}", file=sys.stderr)
     outcomes.sort(key=lambda o: o.name)
     print(render(outcomes, time.perf_counter() - start))
+    if args.details:
+        args.details.write_text(json.dumps([dataclasses.asdict(o) for o in outcomes], indent=1))
     return 1 if any(o.kind == "INTERNAL ERROR" for o in outcomes) else 0
 
 

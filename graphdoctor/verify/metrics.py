@@ -122,7 +122,7 @@ def compare_values(name: str, ref: Any, cand: Any, tolerance: Tolerance) -> Tens
     containers = ("sequence", "map", "empty optional")
     if (ref_kind in containers or cand_kind in containers) and ref_kind != cand_kind:
         return _failed(
-            name, _shape_of(ref), ref_kind, f"the candidate's value is a {cand_kind}, the reference's a {ref_kind}"
+            name, _shape_of(ref), ref_kind, f"the candidate's value is {_a(cand_kind)}, the reference's {_a(ref_kind)}"
         )
     if ref_kind == "empty optional":
         return TensorComparison(name, (), True, 0.0, 0.0, 1.0, 0.0, 0, 0, kind=ref_kind)
@@ -131,6 +131,10 @@ def compare_values(name: str, ref: Any, cand: Any, tolerance: Tolerance) -> Tens
     if ref_kind == "map":
         return _compare_map(name, ref, cand, tolerance)
     return compare_arrays(name, np.asarray(ref), np.asarray(cand), tolerance)
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 def _shape_of(value: Any) -> tuple[int, ...]:

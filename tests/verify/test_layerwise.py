@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from fixtures import divergence
@@ -297,3 +298,110 @@ def test_resnet50_layerwise_peak_rss_stays_under_1_gb():
     numbers = json.loads(run.stdout.splitlines()[-1])
     assert numbers["compared"] > 100 and numbers["beyond"] == 0
     assert numbers["peak"] < 2**30, f"peak RSS {numbers['peak'] / 2**20:.0f} MiB"
+
+
+# --- integer tensors: compared exactly --------------------------------------------------------------------
+
+N_IDS = 16384
+SCALE = 1.0009765625  # 1 + 2^-10: exact in FP16; x * SCALE is not, for x beyond 2048
+
+
+def bucket_model(half: bool, table: np.ndarray) -> onnx.ModelProto:
+    """x int64 -> Cast float -> Mul SCALE -> Floor -> Cast int64 (ids) -> Gather(table, ids) -> y float32: an
+    integer computed in float, as T5's bucket ids are. `half` is the same graph FP16-ized by hand: the
+    float part in float16 under the same tensor names, y cast back to float32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    dtype = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    numpy_dtype = np.float16 if half else np.float32
+    initializers = [
+        numpy_helper.from_array(np.array(SCALE, numpy_dtype), "scale"),
+        numpy_helper.from_array(table.astype(numpy_dtype), "table"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xf"], name="to_float", to=dtype),
+        helper.make_node("Mul", ["xf", "scale"], ["scaled"], name="mul"),
+        helper.make_node("Floor", ["scaled"], ["floored"], name="floor"),
+        helper.make_node("Cast", ["floored"], ["ids"], name="to_ids", to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "ids"], ["y_half" if half else "y"], name="gather"),
+    ]
+    if half:
+        nodes.append(helper.make_node("Cast", ["y_half"], ["y"], name="to_fp32", to=TensorProto.FLOAT))
+    graph = helper.make_graph(
+        nodes,
+        "buckets",
+        [helper.make_tensor_value_info("x", TensorProto.INT64, [N_IDS])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [N_IDS])],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def bucket_pair(folder: Path, table: np.ndarray) -> tuple[Pair, dict[str, np.ndarray], int]:
+    """The FP32 model, its FP16 version, inputs 2048.. where FP16 rounds x, and how many ids FP16 moves."""
+    paths = []
+    for half in (False, True):
+        path = folder / f"buckets{'_fp16' if half else ''}.onnx"
+        onnx.save_model(bucket_model(half, table), path)
+        paths.append(path)
+    x = np.arange(2048, 2048 + N_IDS, dtype=np.int64)
+    exact = np.floor(x * SCALE)
+    rounded = np.floor(x.astype(np.float16) * np.float16(SCALE))
+    return (paths[0], paths[1]), {"x": x}, int(np.count_nonzero(exact != rounded))
+
+
+def fp16_emulation():
+    """The gate's FP16 backend: every FP16 tensor rounded as a GPU stores it. ONNX Runtime CPU is no oracle here:
+    it runs Mul and Floor of the FP16 model in FP32 and rounds only where a tensor is exposed."""
+    from graphdoctor.verify.runners import get_backend
+
+    return get_backend("fp16-emulation")
+
+
+def test_integer_tensor_computed_in_float_is_compared_exactly(tmp_path: Path):
+    table = np.random.default_rng(0).standard_normal(20000).astype(np.float32)
+    pair, inputs, moved = bucket_pair(tmp_path, table)
+    report = compare_layerwise(*pair, fp16_emulation(), inputs, PRESETS["fp16"])
+    by_name = {r.name: r for r in report.records}
+    assert moved > 0
+    assert by_name["floored"].passed  # off by one at ~2000 is within the fp16 tolerance: a float check misses it
+    ids = by_name["ids"]
+    assert not ids.passed and ids.op == "Cast"
+    assert ids.reason == f"integer tensor: {moved} of {N_IDS} elements differ (exact comparison)"
+    assert not by_name["y"].passed  # the gathered floats differ too
+    assert report.first_divergence.record.name == "ids"  # the first tensor beyond tolerance is the integer one
+
+
+def test_integer_tensors_narrowed_to_int32_compare_by_value(tmp_path: Path):
+    """A fix may narrow an intermediate int64 to int32 under the same name: its values are what is compared."""
+    table = np.random.default_rng(0).standard_normal(20000).astype(np.float32)
+    (reference, _), inputs, _ = bucket_pair(tmp_path, table)
+    narrowed = bucket_model(False, table)
+    cast = next(node for node in narrowed.graph.node if node.name == "to_ids")
+    cast.attribute[0].i = onnx.TensorProto.INT32
+    onnx.save_model(narrowed, tmp_path / "narrowed.onnx")
+    backend = OnnxruntimeBackend("onnxruntime-cpu")
+    report = compare_layerwise(reference, tmp_path / "narrowed.onnx", backend, inputs, PRESETS["exact"])
+    ids = next(r for r in report.records if r.name == "ids")
+    assert ids.passed and ids.max_abs == 0.0 and report.first_divergence is None
+
+
+def test_gate_fails_on_a_moved_integer_even_when_the_float_outputs_pass(tmp_path: Path):
+    from graphdoctor.verify.compare import verify_models
+
+    smooth = np.arange(20000, dtype=np.float32)  # table[i] = i: a moved id moves y by 1 in ~2000, within fp16
+    pair, inputs, moved = bucket_pair(tmp_path, smooth)
+    backend = fp16_emulation()
+    result = verify_models(*pair, [backend], inputs, "test", PRESETS["fp16"])
+    (verdict,) = result.verdicts
+    assert all(c.passed for c in verdict.outputs)  # the float output alone would pass
+    assert verdict.status == "failed" and not result.passed
+    integers = verdict.details["integer_tensors"]
+    assert integers["compared"] == 1 and [d["name"] for d in integers["differing"]] == ["ids"]
+    assert verdict.reason == (
+        "1 of 1 integer tensors computed from floats differ; first 'ids' (Cast 'to_ids'):"
+        f" integer tensor: {moved} of {N_IDS} elements differ (exact comparison)"
+    )
+    cpu = OnnxruntimeBackend("onnxruntime-cpu")  # the FP32 model against itself (emulation would round it)
+    same = verify_models(pair[0], pair[0], [cpu], inputs, "test", PRESETS["fp16"]).verdicts[0]
+    assert same.status == "passed" and same.details["integer_tensors"] == {"compared": 1, "differing": []}
