@@ -19,7 +19,7 @@ Calibration (FP16 range analysis) takes several batches: `load_input_batches` re
 (one batch each), a folder of ONNX test-data folders (test_data_set_0, ... of input_N.pb files, as in the ONNX
 model zoo), or any single source `load_inputs` reads (one batch). Batches are loaded one at a time, when asked
 for: 100 batches of 50 MB never sit in memory together, so INPUTS_BUDGET bounds each batch, not their sum.
-Every batch's headers are checked when the folder is opened, so a bad 90th file fails before 89 runs.
+Every batch's .npz headers are checked when the folder is opened, so a bad 90th file fails before 89 runs.
 """
 
 from __future__ import annotations
@@ -275,7 +275,8 @@ def load_input_batches(path: str | os.PathLike[str]) -> InputBatches:
     (test_data_set_N of input_N.pb files), else the one batch `path` holds (an .npz, an .npy, a folder of
     input_N.pb files). Batches are in natural name order (batch_2 before batch_10). Other files (output_N.pb,
     a model.onnx beside its test data, hidden files) are ignored; a folder holding no batch, or batches of two
-    kinds, is refused. Headers and sizes are checked now; arrays are read when a batch is asked for."""
+    kinds, is refused. .npz/.npy headers and .pb file sizes are checked now (a TensorProto's dims only by
+    parsing it, when its batch is read); arrays are read when a batch is asked for."""
     source = Path(path)
     sources = _batch_sources(source) if source.is_dir() else [source]
     batches = InputBatches(tuple(sources))

@@ -277,6 +277,7 @@ def test_a_single_file_is_one_batch(tmp_path: Path):
     saved = save_inputs({"x": np.ones(2, np.float32)}, tmp_path / "one.npz")
     batches = load_input_batches(saved)
     assert batches.sources == (saved,) and np.array_equal(batches[0]["x"], np.ones(2, np.float32))
+    assert np.array_equal(load_inputs(tmp_path)["x"], batches[0]["x"])  # a folder of one batch is that batch
 
 
 def test_load_inputs_refuses_several_batches_and_names_the_command_that_takes_them(tmp_path: Path):
