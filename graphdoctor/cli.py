@@ -263,9 +263,24 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
     help="With --fp16: keep these nodes in FP32 (op types such as Softmax, or node-name globs; comma-separated).",
 )
 @click.option(
+    "--force-fp16",
+    multiple=True,
+    metavar="PATTERN",
+    help="With --fp16: convert these nodes whatever range, fence or integer-math checks say (op types or"
+    " node-name globs; comma-separated).",
+)
+@click.option(
     "--fp16-clamp",
     is_flag=True,
     help="With --fp16: clamp constants FP16 cannot hold (reported) instead of keeping their readers in FP32.",
+)
+@click.option(
+    "--fp16-max",
+    type=_FiniteFloat(min=1.0, max=65504.0),
+    default=None,
+    metavar="VALUE",
+    help="With --fp16: activations measured at or beyond this magnitude on the inputs stay FP32 [default: 32752,"
+    " half of FP16's largest value: the margin other inputs need, bench/results/fp16_margin.md].",
 )
 @click.option("--inputs", "inputs_path", type=_FilePath(dir_okay=True), help="Verification inputs (.npz, .npy, .pb).")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help="Dynamic dims of the verification inputs.")
@@ -323,22 +338,37 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
 
 def _fp16_options(options: dict[str, Any]):
     if not options["fp16"]:
-        if options["fp16_io"] or options["keep_fp32"] or options["fp16_clamp"]:
-            raise GraphDoctorError("--fp16-io, --keep-fp32 and --fp16-clamp go with --fp16")
+        given = [_FP16_ONLY[key] for key in _FP16_ONLY if options[key] not in (None, False, ())]
+        if given:
+            raise GraphDoctorError(f"{', '.join(given)} go with --fp16")
         return None
     from graphdoctor.fp16 import Fp16Options
 
+    limit = {} if options["fp16_max"] is None else {"max_value": options["fp16_max"]}
     return Fp16Options(
-        keep_io_types=not options["fp16_io"], keep_fp32=_keep_fp32(options["keep_fp32"]), clamp=options["fp16_clamp"]
+        keep_io_types=not options["fp16_io"],
+        keep_fp32=_patterns("--keep-fp32", options["keep_fp32"]),
+        force_fp16=_patterns("--force-fp16", options["force_fp16"]),
+        clamp=options["fp16_clamp"],
+        **limit,
     )
 
 
-def _keep_fp32(values: Iterable[str]) -> tuple[str, ...]:
-    """--keep-fp32 patterns; an empty one (`--keep-fp32 ''`, a stray comma) would keep nothing, silently."""
+_FP16_ONLY = {
+    "fp16_io": "--fp16-io",
+    "keep_fp32": "--keep-fp32",
+    "force_fp16": "--force-fp16",
+    "fp16_clamp": "--fp16-clamp",
+    "fp16_max": "--fp16-max",
+}
+
+
+def _patterns(option: str, values: Iterable[str]) -> tuple[str, ...]:
+    """Node patterns; an empty one (`--keep-fp32 ''`, a stray comma) would match nothing, silently."""
     for value in values:
         if any(not part.strip() for part in value.split(",")):
             raise GraphDoctorError(
-                f"--keep-fp32 {value!r}: empty pattern; give op types (Softmax) or node-name globs, comma-separated"
+                f"{option} {value!r}: empty pattern; give op types (Softmax) or node-name globs, comma-separated"
             )
     return tuple(_split(values))
 

@@ -14,7 +14,7 @@ import functools
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,7 @@ class FixResult:
     blamed: list[str]  # codes of the rules whose fixes alone fail verification
     seconds: float
     dry_run: bool = False
+    keep_fp32_hint: list[str] = field(default_factory=list)  # after a failed FP16 verification: what to keep FP32
 
     @property
     def changed(self) -> bool:
@@ -75,6 +76,7 @@ def _fix_result(source, target, size_before, dry_run, pipeline, size_after, writ
         blamed,
         seconds,
         dry_run,
+        list(pipeline.keep_hint),
     )
 
 
@@ -159,12 +161,14 @@ def _write_verified(model, target: Path, use_external: bool, pipeline: _Pipeline
                 if verification is not None:  # the report names where the model is, not where it was staged
                     verification = dataclasses.replace(verification, candidate=target)
                 return result(pipeline, size_after, True, verification, [], time.perf_counter() - start)
-            diverging = (
-                check.first_diverging_node(staged.path, pipeline.kept_fp32()) if pipeline.can_repair(repairs) else None
-            )
-            if diverging is None:
-                blamed = [] if pipeline.fp16 is not None else _blame(check.source, target, pipeline, check)
+            if pipeline.fp16 is None:
+                blamed = _blame(check.source, target, pipeline, check)
                 return result(pipeline, None, False, verification, blamed, time.perf_counter() - start)
+            # FP16 diverged: the rules' fixes are bit-exact on their own; keep the diverging region FP32
+            diverging = None if _could_not_run(verification) else check.first_diverging(staged.path, pipeline)
+            if diverging is None or not pipeline.can_repair(repairs):
+                pipeline.hint(diverging)
+                return result(pipeline, None, False, verification, [], time.perf_counter() - start)
         finally:
             if staged is not None:
                 staged.discard()
@@ -185,6 +189,8 @@ class _Pipeline:
         self.converged = True
         self.fp16: Fp16Report | None = None
         self.repaired: list[tuple[str, str]] = []  # (node kept FP32 after verification, why)
+        self.keep_hint: list[str] = []  # what to keep FP32 when the repairs ran out
+        self.rounds = 0  # repair rounds run
         self.strip_metadata = False
 
     @property
@@ -195,7 +201,8 @@ class _Pipeline:
         from graphdoctor.engine import FixPolicy, apply_fixes, select_rules
 
         typed = _typed_values(model)
-        self.fixes, self.converged = apply_fixes(model, rules or self.rules, self.policy, self.rule_options, path)
+        options = self.rule_options if self.fp16_options is None else _keeping_fences(self.rule_options)
+        self.fixes, self.converged = apply_fixes(model, rules or self.rules, self.policy, options, path)
         if self.fp16_options is not None:
             from graphdoctor.fp16 import convert_to_fp16
 
@@ -212,15 +219,22 @@ class _Pipeline:
         return {kept.node for kept in self.fp16.kept} if self.fp16 is not None else set()
 
     def can_repair(self, bound: int) -> bool:
-        return self.fp16_options is not None and len(self.repaired) < bound
+        return self.fp16_options is not None and self.rounds < bound
 
-    def retry(self, source: Path, diverging: tuple[str, str]):
-        self.repaired.append(diverging)
-        kept = self.fp16_options.keep_nodes | {diverging[0]}
+    def retry(self, source: Path, diverging: _Divergence):
+        """Again from the original, with the diverging region kept FP32."""
+        self.rounds += 1
+        self.repaired += [(node, diverging.why) for node in diverging.region]
+        kept = self.fp16_options.keep_nodes | set(diverging.region)
         self.fp16_options = dataclasses.replace(self.fp16_options, keep_nodes=kept)
         loaded = load_model(source)
         self.run(loaded.model, loaded.path)
         return loaded.model
+
+    def hint(self, diverging: _Divergence | None) -> None:
+        """The --keep-fp32 list to try when repairs ran out: what they kept, and the region still diverging."""
+        if diverging is not None:
+            self.keep_hint = [node for node, _ in self.repaired] + list(diverging.region)
 
     def alone(self, rules, source: Path):
         """The original with only these rules' fixes (to find which fix fails the gate, or to build the
@@ -232,6 +246,13 @@ class _Pipeline:
 
 
 _FP16_CLEANUP = ["GD002", "GD003", "GD009"]  # Cast pairs at region boundaries, copies, constants left unread
+
+
+def _keeping_fences(rule_options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Mapping[str, Any]]:
+    """Before an FP16 conversion, GD002 leaves float32→float32 Casts: they mark what computes in FP32."""
+    merged = dict(rule_options or {})
+    merged["redundant-cast"] = {**merged.get("redundant-cast", {}), "keep_float32_fences": True}
+    return merged
 
 
 def _merged(first: list[RuleFixes], second: list[RuleFixes]) -> list[RuleFixes]:
@@ -449,10 +470,21 @@ class _Gate:
         present = [backend for backend in gpus if backend.unavailable_reason() is None]
         return [get_backend("fp16-emulation"), OnnxruntimeBackend("onnxruntime-cpu"), *present], None
 
-    def first_diverging_node(self, candidate: Path, kept: set[str]) -> tuple[str, str] | None:
-        """Where FP16 emulation first leaves the fp16 tolerance (or first makes inf/NaN): the node to keep FP32.
-        When that node is FP32 already, the error came in through its inputs (x + 1000 rounded in FP16, then
-        `- 1000` in FP32 cancels what is left): the producer of its most diverged input is the one to keep."""
+    def first_diverging(self, candidate: Path, pipeline: _Pipeline) -> _Divergence | None:
+        """The region to keep FP32 next: the first diverging node, and after an inf or NaN the nodes that
+        follow it up to the next normalization (values of that size do not come back into range before)."""
+        diverging = self.first_diverging_node(candidate, pipeline.kept_fp32())
+        if diverging is None:
+            return None
+        node, why, nonfinite = diverging
+        region = [node, *_tail_to_normalization(self.source, node)] if nonfinite else [node]
+        return _Divergence(tuple(region), why)
+
+    def first_diverging_node(self, candidate: Path, kept: set[str]) -> tuple[str, str, bool] | None:
+        """Where FP16 emulation first leaves the fp16 tolerance (or first makes inf/NaN): the node to keep FP32,
+        why, and whether it was an inf or NaN. When that node is FP32 already, the error came in through its
+        inputs (x + 1000 rounded in FP16, then `- 1000` in FP32 cancels what is left): the producer of its most
+        diverged input is the one to keep."""
         from graphdoctor.verify.layerwise import LayerwiseOptions, compare_layerwise
         from graphdoctor.verify.metrics import tolerance_for
         from graphdoctor.verify.runners import get_backend
@@ -474,7 +506,41 @@ class _Gate:
         if node in kept:
             node = _producer_of_worst_input(self.source, divergence.inputs)
             why += ", computed in FP32 from this node's FP16 output"
-        return (node, why) if node is not None and node not in kept else None
+        return (node, why, divergence.kind == "nonfinite") if node is not None and node not in kept else None
+
+
+@dataclass(frozen=True)
+class _Divergence:
+    region: tuple[str, ...]  # node labels to keep FP32
+    why: str
+
+
+_NORMALIZING_OPS = frozenset({"Sqrt", "Div", "Reciprocal", "Softmax", "LogSoftmax", "LayerNormalization"})
+_TAIL_LENGTH = 6
+
+
+def _tail_to_normalization(source: Path, label: str) -> list[str]:
+    """The single-reader chain after `label` up to and including the next normalizing op, within a few nodes
+    (GD007's advice for an overflow); empty when there is none that close."""
+    from graphdoctor.analysis.graph import iter_graph_sites, node_label
+
+    model = load_model(source).model
+    node = next((n for g, _ in iter_graph_sites(model) for n in g if node_label(n) == label), None)
+    tail: list[str] = []
+    while node is not None and len(tail) < _TAIL_LENGTH:
+        readers = [use.node for value in node.outputs for use in value.uses()]
+        if len(readers) != 1:
+            return []
+        node = readers[0]
+        tail.append(node_label(node))
+        if node.op_type in _NORMALIZING_OPS:
+            return tail
+    return []
+
+
+def _could_not_run(verification: VerifyResult) -> bool:
+    """A backend that could not run a model reached no verdict: no repair can fix that."""
+    return any(verdict.status == "error" for verdict in verification.verdicts)
 
 
 def _as_deployed(reference: Path, candidate: Path, feeds, codes: list[str]):

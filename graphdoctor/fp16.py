@@ -48,13 +48,24 @@ from graphdoctor.analysis.graph import (
     node_label,
     opset_version,
 )
+from graphdoctor.analysis.integer_math import integer_valued_regions
+from graphdoctor.analysis.precision_fences import exporter_fences
 from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, TensorRange, feeds_softmax
 from graphdoctor.analysis.ranges import is_mask_saturation as _is_mask_activation
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.analysis.types import infer_types
 from graphdoctor.rewrite import fresh_name, insert_after_producer
 
-__all__ = ["BLOCKED_OPS", "Fp16Options", "Fp16Report", "KeptFp32", "ValueChange", "convert_to_fp16"]
+__all__ = [
+    "BLOCKED_OPS",
+    "DEFAULT_MAX_VALUE",
+    "Fp16Options",
+    "Fp16Report",
+    "Fp32Region",
+    "KeptFp32",
+    "ValueChange",
+    "convert_to_fp16",
+]
 
 _F32, _F16 = ir.DataType.FLOAT, ir.DataType.FLOAT16
 # Ops kept in FP32 by default: their results are rankings or boxes that FP16 ties and rounding reorder, or
@@ -74,6 +85,10 @@ _TAIL_OPS = frozenset({"Sqrt", "Div", "Reciprocal"})
 _NORMALIZATION_TAIL = 3
 _MASK_FILL = -3.0e38  # float32's lowest value (-3.4e38) and its neighbours: the `finfo.min` mask idiom
 _LAZY_FROM = 1024 * 1024  # in-memory weights at least this large are converted lazily, as they are written
+# Activations measured at or beyond this stay FP32. Half of FP16's largest value: an activation that peaked
+# at 33k on the samples reaching 65504 on other inputs of the same distribution is what bench/fp16_margin.py
+# measures (see bench/results/fp16_margin.md).
+DEFAULT_MAX_VALUE = FP16_MAX / 2
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,8 @@ class Fp16Options:
     keep_fp32: tuple[str, ...] = ()  # op types or node-name globs the user keeps in FP32
     keep_nodes: frozenset[str] = frozenset()  # node labels kept FP32 by an earlier, failed verification
     clamp: bool = False  # clamp constants FP16 cannot hold instead of keeping their readers in FP32
+    max_value: float = DEFAULT_MAX_VALUE  # activations measured at or beyond this magnitude stay FP32
+    force_fp16: tuple[str, ...] = ()  # op types or node-name globs converted whatever the heuristics say
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,19 @@ class KeptFp32:
     op_type: str
     graph: str
     reason: str
+    kind: str = ""  # what decided it: 'range', 'integer-math', 'fence', 'eps', 'constant', 'user', 'repair', ...
+
+
+@dataclass(frozen=True)
+class Fp32Region:
+    """Connected nodes kept FP32 because the values they read or compute are beyond the FP16 limit on the
+    samples: from where values leave FP16's range to where they are back in it."""
+
+    graph: str
+    nodes: tuple[str, ...]  # in graph order
+    peak: float  # the largest magnitude measured in the region
+    peak_at: str  # the tensor holding it
+    ends: tuple[str, ...]  # the region's last nodes: their outputs are back in range
 
 
 @dataclass(frozen=True)
@@ -112,6 +142,8 @@ class Fp16Report:
     functions_kept: int = 0  # model-local functions left in FP32
     already_fp16: bool = False  # nothing was FLOAT: a no-op
     ranges_measured: bool = False  # activations were checked on sample inputs
+    max_value: float = DEFAULT_MAX_VALUE  # the activation limit the ranges were judged by
+    regions: list[Fp32Region] = field(default_factory=list)  # the range-kept nodes, grouped
 
 
 @dataclass(frozen=True)
@@ -138,7 +170,7 @@ def convert_to_fp16(
     """Convert `model` to FP16 in place (see the module docstring); `ranges` are activation ranges of the
     FP32 model on sample inputs (`analysis.ranges.value_ranges`), used to keep overflowing nodes in FP32."""
     infer_types(model)
-    report = Fp16Report(ranges_measured=ranges is not None)
+    report = Fp16Report(ranges_measured=ranges is not None, max_value=options.max_value)
     graphs = [graph for graph, _ in iter_graph_sites(model) if isinstance(graph, ir.Graph)]
     report.functions_kept = len(model.functions)
     was_float = {id(v) for graph in graphs for v in _values(graph) if v.dtype == _F32 and holds_tensor(v)}
@@ -152,6 +184,7 @@ def convert_to_fp16(
         converter.retype(graph)
     if not options.keep_io_types:
         converter.retype_main_inputs()
+    report.regions = converter.range_regions()
     for graph in graphs:
         converter.place_casts(graph)
     return report
@@ -193,6 +226,10 @@ class _Converter:
         self.added: set[int] = set()
         self.forced: dict[int, str] = {}  # nodes kept FP32 because of a node before them, with the reason
         self.names = {value.name for value in iter_values(model)}
+        self.integer_math = integer_valued_regions(model)
+        self.fences = exporter_fences(model)
+        self.kinds: dict[int, str] = {}  # nodes kept FP32: what decided it
+        self.paths: dict[int, str] = {}  # every decided node's graph path
 
     # -- 1. deciding --
 
@@ -201,14 +238,30 @@ class _Converter:
         for node in graph:
             if is_constant_node(node) or not self._carries_float(node):
                 continue
-            reason = self.forced.get(id(node)) or self._fp32_reason(node)
-            if reason is not None and reason.startswith(_EPS_REASON):
+            kind, reason = self._decision(node)
+            if kind == "eps":
                 self._force_normalization_tail(node)
+            self.paths[id(node)] = path
             if reason is None:
                 self.fp16.add(id(node))
                 self.report.converted_nodes += 1
             else:
-                self.report.kept.append(KeptFp32(node_label(node), node.op_type, path, reason))
+                self.kinds[id(node)] = kind
+                self.report.kept.append(KeptFp32(node_label(node), node.op_type, path, reason, kind))
+
+    def _decision(self, node: ir.Node) -> tuple[str, str | None]:
+        """(what decided, why the node stays FP32), or ("", None) to convert it. `force_fp16` overrides the
+        judgements (ranges, constants, fences, integer math, blocked ops), never what FP16 cannot express."""
+        impossible = self._impossible_reason(node)
+        if impossible is not None:
+            return impossible
+        if id(node) in self.forced:
+            reason = self.forced[id(node)]
+            return ("eps-tail" if reason.startswith("follows") else "schema"), reason
+        label = node_label(node)
+        if any(_matches(node, label, pattern) for pattern in self.options.force_fp16):
+            return "", None
+        return self._judgement(node, label)
 
     def _protect_fp32_only_inputs(self, graph: ir.Graph) -> None:
         """Inputs that must stay float32 (Resize's scales) may be computed, e.g. from the input's shape: the
@@ -236,27 +289,40 @@ class _Converter:
     def _carries_float(self, node: ir.Node) -> bool:
         return any(v is not None and id(v) in self.was_float for v in (*node.inputs, *node.outputs))
 
-    def _fp32_reason(self, node: ir.Node) -> str | None:
-        """Why the node must stay FP32, or None when FP16 is safe."""
+    def _impossible_reason(self, node: ir.Node) -> tuple[str, str] | None:
+        """What FP16 cannot express for this node, or what the user or a failed verification asked for."""
         label = node_label(node)
         if label in self.options.keep_nodes:
-            return "its output diverged beyond the fp16 tolerance in a verification run"
+            return "repair", "its output diverged beyond the fp16 tolerance in a verification run"
         pattern = next((p for p in self.options.keep_fp32 if _matches(node, label, p)), None)
         if pattern is not None:
-            return f"--keep-fp32 {pattern}"
+            return "user", f"--keep-fp32 {pattern}"
         if node.domain not in ("", "ai.onnx"):
-            return f"op of domain '{node.domain}': its FP16 support is unknown"
+            return "domain", f"op of domain '{node.domain}': its FP16 support is unknown"
         if not all(holds_tensor(v) for v in (*node.inputs, *node.outputs) if v is not None):
-            return "reads or produces a sequence or optional, which no Cast converts"
+            return "sequence", "reads or produces a sequence or optional, which no Cast converts"
         if node.op_type in _SUBGRAPH_OPS:
-            return "holds subgraphs, converted on their own; their inputs and outputs stay FP32"
+            return "subgraph", "holds subgraphs, converted on their own; their inputs and outputs stay FP32"
         if any(v is not None and _is_sparse_initializer(v) for v in node.inputs):
-            return "reads a sparse initializer, which stays as stored (float32)"
-        if node.op_type in BLOCKED_OPS:
-            return BLOCKED_OPS[node.op_type]
+            return "sparse", "reads a sparse initializer, which stays as stored (float32)"
         if node.op_type == "Cast" and not _float_target(node):
-            return "casts to an integer type: FP16 rounding would change the integers (above 2048)"
-        return self._schema_reason(node) or self._constant_reason(node) or self._range_reason(node)
+            return "integer-cast", "casts to an integer type: FP16 rounding would change the integers (above 2048)"
+        reason = self._schema_reason(node)
+        return ("schema", reason) if reason is not None else None
+
+    def _judgement(self, node: ir.Node, label: str) -> tuple[str, str | None]:
+        """Why FP16 would be wrong here although it can be written: the heuristics `force_fp16` overrides."""
+        if node in self.integer_math:
+            return "integer-math", self.integer_math[node]
+        if node.op_type in BLOCKED_OPS:
+            return "blocked", BLOCKED_OPS[node.op_type]
+        if node in self.fences:
+            return "fence", self.fences[node]
+        constant = self._constant_reason(node)
+        if constant is not None:
+            return ("eps" if constant.startswith(_EPS_REASON) else "constant"), constant
+        measured = self._range_reason(node)
+        return ("range", measured) if measured is not None else ("", None)
 
     def _schema_reason(self, node: ir.Node) -> str | None:
         opset = self._opset(node)
@@ -299,12 +365,57 @@ class _Converter:
                 return
 
     def _range_reason(self, node: ir.Node) -> str | None:
+        """An output beyond the limit on the samples would be inf in FP16; so would an input, Cast down to FP16
+        for this node: a node reading such a value stays FP32 too, and the region ends where values are back
+        in range (the Sqrt or Div of a normalization), so one conversion suffices."""
         for value in node.outputs:
-            measured = self.ranges.get(value.name or "")
-            if measured is None or not measured.overflow or _is_mask_activation(value, self.ranges):
-                continue
-            return f"its output reaches {measured.worst:.6g} on the sample inputs, beyond FP16's 65504"
+            measured = self._beyond_limit(value)
+            if measured is not None:
+                return f"its output reaches {measured.worst:.6g} on the sample inputs, {self._limit_text(measured)}"
+        for value in node.inputs:
+            measured = self._beyond_limit(value) if value is not None and id(value) in self.was_float else None
+            if measured is not None:
+                return (
+                    f"reads '{value.name}', which reaches {measured.worst:.6g} on the sample inputs,"
+                    f" {self._limit_text(measured)}"
+                )
         return None
+
+    def _beyond_limit(self, value: ir.Value) -> TensorRange | None:
+        measured = self.ranges.get(value.name or "")
+        if measured is None or not measured.max_abs >= self.options.max_value:  # NaN: nothing finite seen
+            return None
+        return None if _is_mask_activation(value, self.ranges) else measured
+
+    def _limit_text(self, measured: TensorRange) -> str:
+        if measured.max_abs >= FP16_OVERFLOW:
+            return "beyond FP16's 65504"
+        return f"within FP16's 65504 but beyond the margin {self.options.max_value:.6g} other inputs need (--fp16-max)"
+
+    def range_regions(self) -> list[Fp32Region]:
+        """The range-kept nodes, grouped into connected regions (edges between two such nodes)."""
+        kept = {id(n): n for g, _ in iter_graph_sites(self.model) for n in g if self.kinds.get(id(n)) == "range"}
+        seen: set[int] = set()
+        regions = []
+        for start in kept.values():
+            if id(start) in seen:
+                continue
+            members = _connected(start, kept)
+            seen.update(id(n) for n in members)
+            regions.append(self._region(members, kept))
+        return regions
+
+    def _region(self, members: list[ir.Node], kept: dict[int, ir.Node]) -> Fp32Region:
+        values = [v for n in members for v in (*n.inputs, *n.outputs) if v is not None and v.name in self.ranges]
+        peak = max(values, key=lambda v: self.ranges[v.name].max_abs, default=None)
+        ends = [n for n in members if not any(id(u.node) in kept for v in n.outputs for u in v.uses())]
+        return Fp32Region(
+            graph=self.paths.get(id(members[0]), ""),
+            nodes=tuple(node_label(n) for n in members),
+            peak=self.ranges[peak.name].max_abs if peak is not None else float("nan"),
+            peak_at=peak.name if peak is not None else "",
+            ends=tuple(node_label(n) for n in ends),
+        )
 
     def _is_mask_fill(self, value: ir.Value, scan: _Scan) -> bool:
         return scan.overflow == scan.overflow_negative and scan.min_value <= _MASK_FILL and feeds_softmax(value)
@@ -436,6 +547,22 @@ class _Converter:
 
 
 # -- node helpers --
+
+
+def _connected(start: ir.Node, kept: dict[int, ir.Node]) -> list[ir.Node]:
+    """The nodes of `kept` connected to `start` through values one produces and another reads."""
+    found = {id(start): start}
+    stack = [start]
+    while stack:
+        node = stack.pop()
+        neighbours = [u.node for v in node.outputs for u in v.uses()]
+        neighbours += [v.producer() for v in node.inputs if v is not None and v.producer() is not None]
+        for other in neighbours:
+            if id(other) in kept and id(other) not in found:
+                found[id(other)] = other
+                stack.append(other)
+    order = {id(n): i for i, n in enumerate(start.graph)} if start.graph is not None else {}
+    return sorted(found.values(), key=lambda n: order.get(id(n), 0))
 
 
 def _is_used(value: ir.Value) -> bool:

@@ -38,6 +38,9 @@ How to fix
 Options
     fold_shared_max_bytes (1024): fold a Cast of a constant that other nodes also read only when the
     converted copy is at most this many bytes.
+    keep_float32_fences (false): leave float32→float32 Casts in place. `fix --fp16` sets it: before a
+    conversion such a Cast is the exporter's mark that what follows computes in FP32 (T5LayerNorm's
+    `.to(torch.float32)`), and the converter keeps the fenced nodes FP32.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ _FIX_HELP = "`graphdoctor fix` (safe)"
 @dataclass(frozen=True)
 class Options:
     fold_shared_max_bytes: int = 1024  # fold a constant other nodes also read only if the copy is this small
+    keep_float32_fences: bool = False  # leave float32→float32 Casts: an FP16 conversion follows (fix --fp16)
 
 
 META = RuleMeta(
@@ -180,6 +184,7 @@ def _check_cast(node: ir.Node, ctx: RuleContext) -> Finding | None:
     if source is None or target is None or source.dtype is None:
         return None  # unknown types: never guess
     if source.dtype == target:
+        fence = ctx.options.keep_float32_fences and target == _D.FLOAT
         return ctx.report(
             "same_dtype" if target.is_floating_point() else "same_dtype_index",
             node=node,
@@ -187,7 +192,7 @@ def _check_cast(node: ir.Node, ctx: RuleContext) -> Finding | None:
             op=node.op_type,
             cast=node_label(node),
             dtype=format_dtype(target),
-            repair=_remove_cast(node, source),
+            repair=None if fence else _remove_cast(node, source),
         )
     first = source.producer()
     if first is not None and first.op_type in _CAST_OPS and first.domain in ("", "ai.onnx"):

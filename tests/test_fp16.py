@@ -199,7 +199,7 @@ def test_blocked_topk_in_a_branch_gets_its_casts_in_the_branch(gd: Run, tmp_path
 def test_a_constant_fp16_holds_is_not_clamped(gd: Run, tmp_path: Path):
     """20000 is an FP16 number: onnxconverter-common clamps weights to ±1e4 and stores 10000."""
     path = saved(fp16_cases.scaled_by(20000.0), tmp_path)
-    out, model = fixed(gd, path)
+    out, model = fixed(gd, path, "--fp16-max", "65504")  # the product reaches 40000: within FP16, not the margin
     k = initializer(model, "k")
     assert k.dtype == np.float16 and float(k) == 20000.0
     assert "value(s) clamped" not in out and "kept FP32:" not in out
@@ -320,10 +320,47 @@ def test_activation_overflow_on_sample_inputs_keeps_the_node_fp32(gd: Run, tmp_p
     out, model = fixed(gd, path, "--shape", "x:4x8")
     assert "activations measured on the sample inputs" in out
     assert "kept FP32: 'Mul_1' (Mul): its output reaches" in out and "on the sample inputs, beyond FP16's 65504" in out
+    assert "FP32 region of 1 node ('Mul_1')" in out
     assert "fp16-emulation: PASSED" in out
     square = node(model.graph, "Mul_1")
     assert square.output[0] == "y" and producer(model.graph, square.input[0]).op_type == "Cast"
     assert_close(path, fp16_path(path), {"x": normal(4, 8)})
+
+
+def test_an_overflowing_region_is_kept_fp32_up_to_where_values_are_back_in_range(gd: Run, tmp_path: Path):
+    """Three norms of a residual stream of ~300: the square, its mean, the eps Add and the Sqrt reading them
+    stay FP32 (a region per norm, ending at the Sqrt), in one conversion: no repair round."""
+    path = saved(fp16_cases.large_residual_norms(3), tmp_path)
+    code, report = fix_json(gd, path, "--shape", "x:4x64", "-o", tmp_path / "out.onnx")
+    assert code == 0, report
+    fp16 = report["fp16"]
+    assert fp16["kept_after_verification"] == []
+    regions = fp16["fp32_regions"]
+    assert [r["ends"] for r in regions] == [["Sqrt_4"], ["Sqrt_10"], ["Sqrt_16"]], regions
+    assert all(len(r["nodes"]) == 4 and r["peak"] > 65504 for r in regions)
+    kept = {k["node"]: k for k in fp16["kept_fp32"]}
+    assert kept["Sqrt_4"]["kind"] == "range" and "reads 'e0', which reaches" in kept["Sqrt_4"]["reason"]
+    assert "Div_5" not in kept  # the quotient is back in range: FP16
+    assert_close(path, tmp_path / "out.onnx", {"x": normal(4, 64)})
+
+
+def test_the_exporters_float32_casts_keep_what_they_fence_fp32(gd: Run, tmp_path: Path):
+    """`x.to(torch.float32)` in an FP32 export is GD002's no-op Cast, but before --fp16 it says "this
+    computes in FP32": GD002 leaves it for the converter, the variance chain it fences stays FP32 (the Cast,
+    a no-op still, is cleaned up after the conversion), the rest converts."""
+    path = saved(fp16_cases.fenced_rms_norm(), tmp_path)
+    code, report = fix_json(gd, path, "--shape", "x:4x16", "-o", tmp_path / "out.onnx")
+    assert code == 0, report
+    kinds = {k["node"]: k["kind"] for k in report["fp16"]["kept_fp32"]}
+    assert kinds == {name: "fence" for name in ("Cast_0", "Pow_1", "ReduceMean_2", "Add_3", "Sqrt_4", "Reciprocal_5")}
+    fence = [k["reason"] for k in report["fp16"]["kept_fp32"] if k["node"] == "Sqrt_4"]
+    assert fence == ["fenced by the exporter's float32 Cast 'Cast_0' (the model computes this in FP32 on purpose)"]
+    types = elem_types(checked(tmp_path / "out.onnx"))
+    assert [types[name] for name in "pvesr"] == [FLOAT] * 5 and types["n"] == FLOAT16
+    plain_fix = tmp_path / "plain.onnx"
+    assert gd("fix", path, "-o", plain_fix)[0] == 0
+    assert "Cast_0" not in {n.name for n in onnx.load(plain_fix).graph.node}  # without --fp16: clutter, removed
+    assert_close(path, tmp_path / "out.onnx", {"x": normal(4, 16)})
 
 
 def test_no_verify_measures_no_activations_and_says_so(gd: Run, tmp_path: Path):
@@ -374,6 +411,8 @@ def test_repairs_beyond_the_bound_write_nothing(gd: Run, tmp_path: Path):
     repaired = [line for line in out.splitlines() if "kept FP32 after verification" in line]
     assert [line.split("'")[1] for line in repaired] == ["Sub_0", "Sub_1", "Sub_2", "Sub_3"]
     assert "verification FAILED: nothing written" in out
+    assert "Keep FP32 what still diverges: --keep-fp32 'Sub_0,Sub_1,Sub_2,Sub_3,Sub_4'" in out
+    assert "--ignore" not in out  # the rules' fixes are not what failed
     assert not fp16_path(path).exists()
 
 

@@ -122,8 +122,14 @@ def _fp16(result) -> dict[str, Any]:
         "casts_added": report.casts_added,
         "ranges_measured": report.ranges_measured,
         "functions_kept": report.functions_kept,
+        "max_value": report.max_value,
         "kept_fp32": [dict(k.__dict__) for k in report.kept],
+        "fp32_regions": [
+            {"graph": r.graph, "nodes": list(r.nodes), "peak": r.peak, "peak_at": r.peak_at, "ends": list(r.ends)}
+            for r in report.regions
+        ],
         "kept_after_verification": [{"node": node, "reason": why} for node, why in result.fp16_repaired],
+        "keep_fp32_hint": list(result.keep_fp32_hint),
         "changed_values": [dict(c.__dict__) for c in report.changed],
     }
 
@@ -133,8 +139,9 @@ def render_fix(result, stream: TextIO) -> None:
     "converged", "size_before", "size_after" (null when nothing was written), "seconds", "blamed" (rules whose
     fixes alone fail verification), "fixes": [{"code", "name", "repairs": {message_id: count}, "safety",
     "nodes_removed", "bytes_saved"}], "fp16": {"already_fp16", "converted_nodes", "tensors_converted",
-    "casts_added", "ranges_measured", "functions_kept", "kept_fp32": [{"node", "op_type", "graph", "reason"}],
-    "kept_after_verification": [{"node", "reason"}], "changed_values": [{"tensor", "what", "count", "worst"}]}
+    "casts_added", "ranges_measured", "functions_kept", "max_value", "kept_fp32": [{"node", "op_type", "graph",
+    "reason", "kind"}], "fp32_regions": [{"graph", "nodes", "peak", "peak_at", "ends"}], "kept_after_verification":
+    [{"node", "reason"}], "keep_fp32_hint": [node], "changed_values": [{"tensor", "what", "count", "worst"}]}
     | null, "verify": (as in `verify`'s report) | null}}"""
     fixed = {
         "path": str(result.path),

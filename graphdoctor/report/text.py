@@ -237,6 +237,9 @@ def _render_fp16(result, out: _Writer) -> None:
         out.line(_escape(line), plain=line)
     if len(report.kept) > _LISTED_FP16:
         out.line(f"    kept FP32: {len(report.kept) - _LISTED_FP16} more (--format json lists them all)")
+    for region in report.regions[:_LISTED_FP16]:
+        line = f"    {_region_line(region)}"
+        out.line(_escape(line), plain=line)
     for node, why in result.fp16_repaired:
         line = f"    kept FP32 after verification: '{node}': {why}"
         out.line(_escape(line), plain=line)
@@ -248,6 +251,14 @@ def _render_fp16(result, out: _Writer) -> None:
         out.line(f"    {len(report.changed) - _LISTED_FP16} more constants with {more} changed value(s)")
     if report.functions_kept:
         out.line(f"    {report.functions_kept} model-local function(s) left in FP32")
+
+
+def _region_line(region) -> str:
+    """'FP32 region of 4 nodes ('/Pow' … '/Sqrt'): values up to 1.2e+05 at 'x'; back in range after '/Sqrt''."""
+    span = f"'{region.nodes[0]}'" if len(region.nodes) == 1 else f"'{region.nodes[0]}' … '{region.nodes[-1]}'"
+    count = f"{len(region.nodes)} node{'s' if len(region.nodes) != 1 else ''}"
+    ends = ", ".join(f"'{end}'" for end in region.ends)
+    return f"FP32 region of {count} ({span}): values up to {region.peak:.3g} at '{region.peak_at}'; ends at {ends}"
 
 
 def _fix_line(fixes) -> str:
@@ -279,14 +290,35 @@ def _render_fix_outcome(result, out: _Writer) -> None:
             out.line("not verified (--no-verify)")
         return
     if result.verification is not None and not result.verification.passed:
-        blamed = ", ".join(result.blamed) or "no single rule (only their combination)"
-        line = (
-            f"verification FAILED: nothing written; fixes that fail alone: {blamed}."
-            " Skip them with --ignore, or write anyway with --no-verify"
-        )
+        line = _failure_line(result)
         out.line(f"[bold red]{_escape(line)}[/bold red]", plain=line)
         return
     out.line(f"nothing written: the model needs no fix {seconds}")
+
+
+def _failure_line(result) -> str:
+    """Why nothing was written, and the way forward: a backend that could not run a model reached no
+    verdict; an FP16 conversion that still diverges names what to keep FP32 (the rules' fixes are bit-exact
+    on their own and are not what failed); failing fixes are named, to skip."""
+    unrunnable = [v for v in result.verification.verdicts if v.status == "error"]
+    if unrunnable:
+        why = "; ".join(v.reason for v in unrunnable)
+        return (
+            f"verification could not run: {why}. Nothing written: no verdict was reached (a graphdoctor bug"
+            " if the model is valid: please report it); --no-verify writes it without this check"
+        )
+    if result.fp16 is not None:
+        keep = ",".join(result.keep_fp32_hint)
+        advice = f" Keep FP32 what still diverges: --keep-fp32 '{keep}'" if keep else ""
+        return (
+            f"verification FAILED: nothing written; the FP16 conversion exceeds the fp16 tolerance after"
+            f" {len(result.fp16_repaired)} node(s) were kept FP32.{advice}; or write anyway with --no-verify"
+        )
+    blamed = ", ".join(result.blamed) or "no single rule (only their combination)"
+    return (
+        f"verification FAILED: nothing written; fixes that fail alone: {blamed}."
+        " Skip them with --ignore, or write anyway with --no-verify"
+    )
 
 
 def _size_change(before: int, after: int) -> str:
