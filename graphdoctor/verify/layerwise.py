@@ -395,8 +395,9 @@ def _is_constant(value: ir.Value) -> bool:
 
 
 def _nbytes(value: ir.Value) -> int | None:
-    """Bytes of a value whose dims are all known (4 bytes an element when its dtype is not); else None."""
-    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+    """Bytes of a value whose dims are all known (4 bytes an element when its dtype is not); else None (and for
+    strings, whose size their dtype does not tell)."""
+    if value.shape is None or not all(isinstance(d, int) for d in value.shape) or value.dtype == ir.DataType.STRING:
         return None
     itemsize = value.dtype.itemsize if value.dtype is not None else 4
     return math.ceil(math.prod(value.shape) * itemsize)
