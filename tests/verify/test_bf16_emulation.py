@@ -190,6 +190,23 @@ def test_a_converted_bf16_model_runs_only_emulated(tmp_path: Path):
     assert [o.name for o in prepared.proto.graph.output] == ["y"]
 
 
+def test_a_converted_bf16_models_verdict_against_its_fp32_original(tmp_path: Path):
+    """ONNX Runtime CPU gives no verdict on it (an error); the emulation does, and its failure at the fp32
+    preset is rounding: no origin to name, and no attempt to run the BF16 model as is to find one."""
+    reference = model_from_text(f"""{HEADER}
+g (float[N,3] x) => (float[N,3] y) <float[3] w = {{1.0, 0.00390625, 1.0}}> {{
+    y = Add(x, w)
+}}""")
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, x=np.array([[256.0, 1.0, 70000.0]], F32))
+    paths = save(reference, tmp_path / "fp32.onnx"), save(converted_bf16_model(), tmp_path / "bf16.onnx")
+    result = api.verify(*paths, backends=["onnxruntime-cpu", "bf16-emulation"], inputs=inputs, preset="fp32")
+    cpu, emulated = result.verdicts
+    assert cpu.status == "error" and "Could not find an implementation for Add" in cpu.reason
+    assert (emulated.status, emulated.details) == ("failed", {})
+    assert emulated.outputs[0].max_abs == 143.0  # FP32: 70000 + 1; BF16: 70144, and 256 + 1 is 256
+
+
 def test_bf16_inputs_and_outputs_are_float32_holding_bf16_values(tmp_path: Path):
     """Neither numpy nor ONNX Runtime's Python API feeds or fetches bfloat16: the emulated model takes float32
     (rounded to BF16 on entry: 257 → 256) and returns float32 holding BF16 values, under the same names."""
