@@ -405,3 +405,17 @@ def test_gate_fails_on_a_moved_integer_even_when_the_float_outputs_pass(tmp_path
     cpu = OnnxruntimeBackend("onnxruntime-cpu")  # the FP32 model against itself (emulation would round it)
     same = verify_models(pair[0], pair[0], [cpu], inputs, "test", PRESETS["fp16"]).verdicts[0]
     assert same.status == "passed" and same.details["integer_tensors"] == {"compared": 1, "differing": []}
+
+
+def test_string_tensors_are_left_out_and_counted(tmp_path: Path):
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"], name="id")],
+        "strings",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.STRING, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.STRING, [2])],
+    )
+    path = tmp_path / "strings.onnx"
+    onnx.save_model(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    inputs = {"x": np.array(["a", "b"], dtype=object)}
+    report = compare_layerwise(path, path, OnnxruntimeBackend("onnxruntime-cpu"), inputs, PRESETS["exact"])
+    assert report.records == [] and report.skipped == {"strings": 1}
