@@ -425,7 +425,10 @@ def check_loads(model: Model, candidate: Path, limits: Limits) -> dict[str, dict
             results[runtime.version] = {"error": f"no inputs: {model.inputs_error}"}
         else:
             command = [str(runtime.python), __file__, "load", str(candidate), str(model.inputs)]
-            results[runtime.version] = _child_json(command, limits)
+            result = _child_json(command, limits)
+            if not result.get("runs"):  # does a lower optimization level get past it (a workaround to name)?
+                result["extended"] = _child_json([*command, "ORT_ENABLE_EXTENDED"], limits)
+            results[runtime.version] = result
     return results
 
 
@@ -496,15 +499,19 @@ def write_inputs(model: str, target: str, shapes: str) -> int:
     return 0
 
 
-def load_and_run(model: str, inputs: str) -> int:
-    """Print one JSON line: does this ONNX Runtime load `model` with default session options, and run it.
+def load_and_run(model: str, inputs: str, level: str = "") -> int:
+    """Print one JSON line: does this ONNX Runtime load `model` with default session options (or at the
+    graph optimization `level` named, e.g. ORT_ENABLE_EXTENDED), and run it.
 
     Runs in an old runtime's venv too, which has only numpy and onnxruntime: import nothing else here."""
     import numpy as np
     import onnxruntime
 
+    options = onnxruntime.SessionOptions()
+    if level:
+        options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, level)
     try:
-        session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as error:
         print(json.dumps({"loads": False, "runs": False, "error": "load: " + _first_line(error)}))
         return 0
@@ -689,16 +696,31 @@ def _quality_line(row: Row, versions: list[str]) -> str:
 
 
 def _load_cell(result: dict) -> str:
+    """yes, or what failed at default options, and whether ORT_ENABLE_EXTENDED gets past it."""
     if result.get("runs"):
         return "yes" if result.get("finite", True) else "yes (non-finite outputs)"
     if result.get("loads"):
-        return "**runs: no**"
-    if "loads" in result:
-        return "**no**"
-    return "—"
+        failed = "**runs: no**"
+    elif "loads" in result:
+        failed = "**no**"
+    else:
+        return "**crashed**" + _extended(result) if _crashed(result) else "—"
+    return failed + _extended(result)
+
+
+def _extended(result: dict) -> str:
+    extended = result.get("extended")
+    return "" if extended is None else f" (EXTENDED: {'yes' if extended.get('runs') else 'no'})"
+
+
+def _crashed(result: dict) -> bool:
+    """A child killed by a signal (ONNX Runtime segfaulting on a model), not one that answered."""
+    return "killed by" in result.get("error", "")
 
 
 def _accuracy_cells(verdict: dict, row: Row) -> list[str]:
+    if _crashed(row.accuracy):
+        return ["**crashed**", "—"]
     if row.converter == ORIGINAL or "one_minus_cosine" not in verdict:
         return ["—", "—"]
     failed = " ✗" if verdict.get("status") == "failed" else ""
