@@ -107,10 +107,15 @@ class ModelJob:
     label: str
     path: Path
     inputs: tuple[dict[str, object], ...]
+    problem: str | None = None  # why there is no model to run (its conversion failed)
 
 
 class BenchError(Exception):
     """A runtime or model this script cannot use: one line, exit 2."""
+
+
+class ConversionFailed(Exception):
+    """graphdoctor did not write a fixture's FP16 model: its row says why, in every runtime's column."""
 
 
 # --- runtimes -------------------------------------------------------------------------------------------------
@@ -187,22 +192,30 @@ def default_fixture_names() -> list[str]:
     return [*DEFAULT_FIXTURES, *dynamo]
 
 
-def convert_fixture(name: str, out_dir: Path, verify: bool) -> Path:
-    """graphdoctor's FP16 output of a fixture, as `graphdoctor fix FIXTURE --fp16 -o OUT` writes it."""
+def convert_fixture(name: str, out_dir: Path, verify: bool, timeout_s: float) -> Path:
+    """graphdoctor's FP16 output of a fixture: `graphdoctor fix FIXTURE --fp16 -o OUT`, run in a child process
+    (a runtime that crashes inside the fix gate then costs one row, not the run). ConversionFailed when the
+    command writes nothing."""
     from fixtures import torch_exports
-    from graphdoctor import api
-    from graphdoctor.errors import GraphDoctorError
-    from graphdoctor.fp16 import Fp16Options
 
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{name}.fp16.onnx"
-    print(f"ort_versions: converting {name} to FP16 ...", file=sys.stderr, flush=True)
+    output.unlink(missing_ok=True)  # an earlier run's file must not pass for this run's
+    command = [sys.executable, "-m", "graphdoctor", "fix", str(torch_exports.path(name)), "--fp16", "-o", str(output)]
+    print(f"ort_versions: {' '.join(command[2:])}", file=sys.stderr, flush=True)
     try:
-        result = api.fix(torch_exports.path(name), output, fp16=Fp16Options(), verify=verify)
-    except GraphDoctorError as error:
-        raise BenchError(f"{name}: graphdoctor fix --fp16 refused it: {error}") from error
-    if not result.written:
-        raise BenchError(f"{name}: graphdoctor fix --fp16 wrote nothing (its verification failed)")
+        result = subprocess.run(
+            [*command, *([] if verify else ["--no-verify"])],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired as expired:
+        raise ConversionFailed(f"graphdoctor fix --fp16 ran past {timeout_s:.0f} s") from expired
+    if result.returncode != 0 or not output.is_file():
+        raise ConversionFailed(f"graphdoctor fix --fp16 wrote nothing: {_died(result.returncode, result.stderr)}")
     return output
 
 
@@ -212,7 +225,7 @@ def convert_fixture(name: str, out_dir: Path, verify: bool) -> Path:
 def check_models(jobs: Iterable[ModelJob], runtime: Runtime, timeout_s: float = CHILD_TIMEOUT_S) -> dict[Path, Outcome]:
     """Every model on one runtime, in child processes of its Python: one child for all of them, and after a
     child dies (a crash inside the runtime, a timeout) a fresh one for the models it had not reached."""
-    pending = list(jobs)
+    pending = [job for job in jobs if job.problem is None]
     outcomes: dict[Path, Outcome] = {}
     while pending:
         reported, failure = _run_loader(runtime, pending, timeout_s)
@@ -235,7 +248,10 @@ def _run_loader(runtime: Runtime, jobs: list[ModelJob], timeout_s: float) -> tup
             timeout=timeout_s,
             check=False,
         )
-        stdout, failure = child.stdout, None if child.returncode == 0 else _died(child.returncode, child.stderr)
+        failure = (
+            None if child.returncode == 0 else f"the runtime's process died ({_died(child.returncode, child.stderr)})"
+        )
+        stdout = child.stdout
     except subprocess.TimeoutExpired as expired:
         stdout, failure = _text(expired.stdout), f"the runtime ran past {timeout_s:.0f} s"
     reported = {}
@@ -246,9 +262,10 @@ def _run_loader(runtime: Runtime, jobs: list[ModelJob], timeout_s: float) -> tup
 
 
 def _died(returncode: int, stderr: str) -> str:
+    """A child's end in one line: how it ended, and the last line it wrote to stderr."""
     how = f"signal {-returncode}" if returncode < 0 else f"exit {returncode}"
     last = (stderr.strip().splitlines() or [""])[-1]
-    return f"the runtime's process died ({how}){': ' + last if last else ''}"
+    return f"{how}{': ' + last if last else ''}"
 
 
 def _text(output: bytes | str | None) -> str:
@@ -268,7 +285,7 @@ def render_table(jobs: list[ModelJob], runtimes: list[Runtime], outcomes: Mappin
     for job in jobs:
         cells = [job.label]
         for runtime in runtimes:
-            cells.append(_cell(outcomes[(job.path, runtime.python)], notes))
+            cells.append(_cell(job, outcomes.get((job.path, runtime.python)), notes))
         rows.append(cells)
     lines = ["| " + " | ".join(row) + " |" for row in rows]
     if notes:
@@ -277,10 +294,13 @@ def render_table(jobs: list[ModelJob], runtimes: list[Runtime], outcomes: Mappin
     return "\n".join(lines)
 
 
-def _cell(outcome: Outcome, notes: dict[str, int]) -> str:
-    if outcome.runs:
+def _cell(job: ModelJob, outcome: Outcome | None, notes: dict[str, int]) -> str:
+    if outcome is not None and outcome.runs:
         return "runs"
-    number = notes.setdefault(outcome.error or "no error reported", len(notes) + 1)
+    error = job.problem if outcome is None else outcome.error
+    number = notes.setdefault(error or "no error reported", len(notes) + 1)
+    if outcome is None:
+        return f"not converted [{number}]"
     return f"loads; run fails [{number}]" if outcome.loads else f"fails to load [{number}]"
 
 
@@ -352,12 +372,20 @@ def gather_jobs(args: argparse.Namespace) -> list[ModelJob]:
     from fixtures.torch_exports import SAMPLE_DIMS
 
     if args.models:
-        paths = [(path.name, path) for path in args.models]
-    else:
-        paths = [(name, convert_fixture(name, args.out_dir, not args.no_verify)) for name in default_fixture_names()]
-    return [
-        ModelJob(label, path.absolute(), tuple(input_specs(path, args.shapes, SAMPLE_DIMS))) for label, path in paths
-    ]
+        return [_job(path.name, path, args.shapes, SAMPLE_DIMS) for path in args.models]
+    jobs = []
+    for name in default_fixture_names():
+        try:
+            path = convert_fixture(name, args.out_dir, not args.no_verify, args.timeout)
+        except ConversionFailed as failure:
+            jobs.append(ModelJob(name, args.out_dir / f"{name}.fp16.onnx", (), problem=str(failure)))
+            continue
+        jobs.append(_job(name, path, args.shapes, SAMPLE_DIMS))
+    return jobs
+
+
+def _job(label: str, path: Path, shapes: Mapping[str, tuple[int, ...]], sample_dims: Mapping[str, int]) -> ModelJob:
+    return ModelJob(label, path.absolute(), tuple(input_specs(path, shapes, sample_dims)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         for path, outcome in check_models(jobs, runtime, args.timeout).items():
             outcomes[(path, runtime.python)] = outcome
     print(render_table(jobs, runtimes, outcomes))
-    return 0 if all(outcome.runs for outcome in outcomes.values()) else 1
+    everything_ran = all(o.runs for o in outcomes.values()) and not any(job.problem for job in jobs)
+    return 0 if everything_ran else 1
 
 
 if __name__ == "__main__":
