@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graphdoctor.analysis import Analysis
-from graphdoctor.analysis.graph import holds_fp16
+from graphdoctor.analysis.graph import holds_type
 from graphdoctor.engine import run_rules, select_rules
 from graphdoctor.fix import FixResult, fix
 from graphdoctor.model import input_files, load_model, refuse_overwriting
@@ -127,7 +127,7 @@ def verify(
     if save_inputs is not None:
         refuse_overwriting([Path(save_inputs)], input_files(ref) | input_files(cand))  # a slip for the model's name
         verify_inputs.save_inputs(feeds, save_inputs)
-    tolerance = _tolerance_per_backend(preset, holds_fp16(ref.model) or holds_fp16(cand.model), atol, rtol, min_cosine)
+    tolerance = _tolerance_per_backend(preset, _low_precision_held(ref.model, cand.model), atol, rtol, min_cosine)
     if torch_program is not None:
         return _verify_against_torch(ref, Path(torch_program), chosen, feeds, source, tolerance)
     layers = _layerwise_options(layers_per_run) if layerwise else None
@@ -149,14 +149,26 @@ def _refuse_malformed(*models) -> None:
             raise GraphDoctorError(f"{loaded.path}: {defect}")
 
 
-def _tolerance_per_backend(preset: str, models_hold_fp16: bool, atol, rtol, min_cosine):
-    """'auto': fp16 for a backend computing in FP16 or models holding FP16, else fp32; explicit presets as given."""
+def _low_precision_held(*models) -> str | None:
+    """'bf16' when a model holds BFLOAT16, 'fp16' when one holds FLOAT16, else None."""
+    import onnx_ir as ir
+
+    if any(holds_type(model, ir.DataType.BFLOAT16) for model in models):
+        return "bf16"
+    return "fp16" if any(holds_type(model, ir.DataType.FLOAT16) for model in models) else None
+
+
+def _tolerance_per_backend(preset: str, models_hold: str | None, atol, rtol, min_cosine):
+    """'auto': bf16 for BF16 models or BF16 emulation, fp16 for a backend computing in FP16 or models holding
+    FP16, else fp32; explicit presets as given."""
     from graphdoctor.verify.metrics import tolerance_for
 
     def tolerance_of(backend):
         chosen = preset
         if preset == "auto":
-            chosen = "fp16" if models_hold_fp16 or backend.computes_fp16 else "fp32"
+            storage = getattr(backend, "storage", None)  # the emulations say which format they store
+            emulated = storage.key if storage is not None else None
+            chosen = models_hold or emulated or ("fp16" if backend.computes_fp16 else "fp32")
         return tolerance_for(chosen, atol, rtol, min_cosine)
 
     tolerance_for(preset if preset != "auto" else "fp32", atol, rtol, min_cosine)  # bad values fail before any run

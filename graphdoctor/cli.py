@@ -255,6 +255,12 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
 @click.option(
     "--fp16", is_flag=True, help="Also convert to FP16 (written as NAME.fp16.onnx), verified under FP16 emulation."
 )
+@click.option(
+    "--bf16",
+    is_flag=True,
+    help="Convert to BF16 instead (BFLOAT16: FP32's range, 8 significant bits; Ampere and later), written as"
+    " NAME.bf16.onnx, verified under BF16 emulation; the --fp16 options below apply to it.",
+)
 @click.option("--fp16-io", is_flag=True, help="With --fp16: graph inputs and outputs become FP16 too (default: FP32).")
 @click.option(
     "--keep-fp32",
@@ -282,7 +288,13 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
     help="With --fp16: activations measured at or beyond this magnitude on the inputs stay FP32 [default: 32752,"
     " half of FP16's largest value: the margin other inputs need, bench/results/fp16_margin.md].",
 )
-@click.option("--inputs", "inputs_path", type=_FilePath(dir_okay=True), help="Verification inputs (.npz, .npy, .pb).")
+@click.option(
+    "--inputs",
+    "inputs_path",
+    type=_FilePath(dir_okay=True),
+    help="Verification inputs (.npz, .npy, a folder of input_N.pb); with --fp16, also a folder of .npz files or"
+    " test_data_set_N folders: activation ranges over every batch, the gate on the first.",
+)
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help="Dynamic dims of the verification inputs.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of generated verification inputs.")
 @click.pass_context
@@ -337,11 +349,16 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
 
 
 def _fp16_options(options: dict[str, Any]):
-    if not options["fp16"]:
+    if options["fp16"] and options["bf16"]:
+        raise GraphDoctorError("--fp16 and --bf16: choose one")
+    if not (options["fp16"] or options["bf16"]):
         given = [_FP16_ONLY[key] for key in _FP16_ONLY if options[key] not in (None, False, ())]
         if given:
-            raise GraphDoctorError(f"{', '.join(given)} go with --fp16")
+            raise GraphDoctorError(f"{', '.join(given)} go with --fp16 (or --bf16)")
         return None
+    if options["bf16"] and options["fp16_max"] is not None:
+        raise GraphDoctorError("--fp16-max goes with --fp16: BF16 has FP32's range (activations never reach it)")
+    from graphdoctor.analysis.fp16_ops import BF16, FP16
     from graphdoctor.fp16 import Fp16Options
 
     limit = {} if options["fp16_max"] is None else {"max_value": options["fp16_max"]}
@@ -350,6 +367,7 @@ def _fp16_options(options: dict[str, Any]):
         keep_fp32=_patterns("--keep-fp32", options["keep_fp32"]),
         force_fp16=_patterns("--force-fp16", options["force_fp16"]),
         clamp=options["fp16_clamp"],
+        precision=BF16 if options["bf16"] else FP16,
         **limit,
     )
 
@@ -386,14 +404,14 @@ def _as_list(value: Any) -> list[str]:
     multiple=True,
     metavar="NAME",
     help="Run the candidate on these (repeatable): onnxruntime-cpu (default), onnxruntime-cuda, "
-    "onnxruntime-tensorrt, tensorrt, fp16-emulation. Unavailable ones are skipped with the reason.",
+    "onnxruntime-tensorrt, tensorrt, fp16-emulation, bf16-emulation. Unavailable ones are skipped with the reason.",
 )
 @click.option(
     "--preset",
-    type=click.Choice(["auto", "exact", "fp32", "fp16"]),
+    type=click.Choice(["auto", "exact", "fp32", "fp16", "bf16"]),
     default="auto",
     show_default=True,
-    help="Tolerances; auto is fp16 when a model holds FP16 or a backend computes in FP16, else fp32.",
+    help="Tolerances; auto is bf16 or fp16 when a model holds BF16 or FP16 or a backend computes in it, else fp32.",
 )
 @click.option("--atol", type=TOLERANCE, help="Override the preset's absolute tolerance.")
 @click.option("--rtol", type=TOLERANCE, help="Override the preset's relative tolerance.")

@@ -24,7 +24,7 @@ from graphdoctor.engine import RuleFixes, select_rules
 from graphdoctor.errors import GraphDoctorError, first_line
 from graphdoctor.model import disk_size, input_files, load_model, refuse_overwriting, stage_model, writing
 from graphdoctor.rule import load_rules
-from graphdoctor.verify import sample_inputs
+from graphdoctor.verify import sample_batches
 
 if TYPE_CHECKING:
     from graphdoctor.fp16 import Fp16Options, Fp16Report
@@ -121,7 +121,7 @@ def fix(
 
     start = time.perf_counter()
     source = Path(path)
-    target = _fix_target(source, output, in_place, ".fp16" if fp16 is not None else ".fixed")
+    target = _fix_target(source, output, in_place, f".{fp16.precision.key}" if fp16 is not None else ".fixed")
     chosen = select_rules(load_rules(), select, ignore)
     pipeline = _Pipeline(chosen, FixPolicy(unsafe=unsafe_fixes, opt_ins=frozenset(opt_ins)), rule_options, fp16)
     loaded = load_model(source)
@@ -133,10 +133,11 @@ def fix(
     size_before = disk_size(loaded)
     gate = verify and not dry_run
     measure = gate or (fp16 is not None and (inputs is not None or bool(shapes)))
-    feeds = sample_inputs(loaded.model, inputs, shapes, seed) if measure else None
-    input_source = str(inputs) if inputs is not None else f"generated (seed {seed})"
-    if fp16 is not None and feeds is not None:
-        pipeline.ranges = _activation_ranges(source, feeds, size_before)
+    batches = sample_batches(loaded.model, inputs, shapes, seed) if measure else None
+    feeds = batches[0] if batches else None
+    input_source = _input_source(inputs, seed, batches)
+    if fp16 is not None and batches:
+        pipeline.ranges = _activation_ranges(source, batches, size_before)
     pipeline.strip_metadata = strip_metadata
     pipeline.run(loaded.model, loaded.path)
     result = functools.partial(_fix_result, source, target, size_before, dry_run)
@@ -440,9 +441,11 @@ class _Gate:
         from graphdoctor.verify.metrics import tolerance_for
 
         if pipeline.fp16 is not None and pipeline.fp16.converted_nodes + pipeline.fp16.tensors_converted:
-            backends, oracle = self._fp16_backends()
-            fp16 = tolerance_for("fp16")
-            return verify_models(reference, candidate, backends, self.feeds, self.input_source, fp16, oracle=oracle)
+            key = pipeline.fp16_options.precision.key
+            backends, oracle = self._fp16_backends(key)
+            low = tolerance_for(key)
+            result = verify_models(reference, candidate, backends, self.feeds, self.input_source, low, oracle=oracle)
+            return result if key == "fp16" else _without_missing_bf16_kernels(result)
         # nothing became FP16 (FP16 emulation would then round the FP32 model as if converting it)
         oracle = self._exact_backend()
         judged = [f for f in pipeline.fixes if not f.rule.meta.fix_changes_outputs]
@@ -460,28 +463,31 @@ class _Gate:
 
         return SegmentedOnnxruntimeBackend() if self.large else OnnxruntimeBackend("onnxruntime-cpu", optimize=False)
 
-    def _fp16_backends(self):
+    def _fp16_backends(self, key: str):
+        """The emulation of `key` ('fp16', 'bf16'), ONNX Runtime CPU, and the GPU backends present."""
         from graphdoctor.verify.runners import OnnxruntimeBackend, get_backend
 
         if self.large:
             segmented = self._exact_backend()
-            return [segmented, _Unavailable("fp16-emulation", _TOO_LARGE)], segmented
-        gpus = [get_backend(name) for name in ("onnxruntime-cuda", "tensorrt-fp16")]
+            return [segmented, _Unavailable(f"{key}-emulation", _TOO_LARGE)], segmented
+        gpus = [get_backend(name) for name in ("onnxruntime-cuda", *(["tensorrt-fp16"] if key == "fp16" else []))]
         present = [backend for backend in gpus if backend.unavailable_reason() is None]
-        return [get_backend("fp16-emulation"), OnnxruntimeBackend("onnxruntime-cpu"), *present], None
+        return [get_backend(f"{key}-emulation"), OnnxruntimeBackend("onnxruntime-cpu"), *present], None
 
     def first_diverging(self, candidate: Path, pipeline: _Pipeline) -> _Divergence | None:
         """The region to keep FP32 next: the first diverging node, and after an inf or NaN the nodes that
         follow it up to the next normalization (values of that size do not come back into range before)."""
-        diverging = self.first_diverging_node(candidate, pipeline.kept_fp32())
+        key = pipeline.fp16_options.precision.key
+        diverging = self.first_diverging_node(candidate, pipeline.kept_fp32(), key)
         if diverging is None:
             return None
         node, why, nonfinite = diverging
         region = [node, *_tail_to_normalization(self.source, node)] if nonfinite else [node]
         return _Divergence(tuple(region), why)
 
-    def first_diverging_node(self, candidate: Path, kept: set[str]) -> tuple[str, str, bool] | None:
-        """Where FP16 emulation first leaves the fp16 tolerance (or first makes inf/NaN): the node to keep FP32,
+    def first_diverging_node(self, candidate: Path, kept: set[str], key: str = "fp16") -> tuple[str, str, bool] | None:
+        """Where the emulation of `key` ('fp16', 'bf16') first leaves that preset's tolerance (or first makes
+        inf/NaN): the node to keep FP32,
         why, and whether it was an inf or NaN. When that node is FP32 already, the error came in through its
         inputs (x + 1000 rounded in FP16, then `- 1000` in FP32 cancels what is left): the producer of its most
         diverged input is the one to keep."""
@@ -491,7 +497,7 @@ class _Gate:
 
         if self.large:
             return None
-        emulation, tolerance = get_backend("fp16-emulation"), tolerance_for("fp16")
+        emulation, tolerance = get_backend(f"{key}-emulation"), tolerance_for(key)
         try:
             report = compare_layerwise(self.source, candidate, emulation, self.feeds, tolerance, LayerwiseOptions())
         except GraphDoctorError:
@@ -500,8 +506,8 @@ class _Gate:
         if divergence is None or divergence.record.node is None:
             return None
         record = divergence.record
-        what = "inf/NaN first appear" if divergence.kind == "nonfinite" else "the fp16 tolerance is first exceeded"
-        why = f"{what} at '{record.name}' under FP16 emulation (rel err {record.rel_err:.3g})"
+        what = "inf/NaN first appear" if divergence.kind == "nonfinite" else f"the {key} tolerance is first exceeded"
+        why = f"{what} at '{record.name}' under {key.upper()} emulation (rel err {record.rel_err:.3g})"
         node = record.node
         if node in kept:
             node = _producer_of_worst_input(self.source, divergence.inputs)
@@ -536,6 +542,26 @@ def _tail_to_normalization(source: Path, label: str) -> list[str]:
         if node.op_type in _NORMALIZING_OPS:
             return tail
     return []
+
+
+def _without_missing_bf16_kernels(result: VerifyResult) -> VerifyResult:
+    """ONNX Runtime's CPU provider has no BF16 kernel for many ops (Conv, LayerNormalization, ...): a BF16
+    model it cannot run is a limit of that provider, not of the model. Its verdict is skipped, saying so;
+    the BF16 arithmetic was judged by bf16-emulation, and loading by the ONNX checker."""
+    from graphdoctor.verify.compare import BackendVerdict
+
+    verdicts = [
+        BackendVerdict(
+            v.backend,
+            v.precision,
+            "skipped",
+            f"{v.reason} (no BF16 kernel on this provider; the BF16 arithmetic is judged by bf16-emulation)",
+        )
+        if v.backend == "onnxruntime-cpu" and v.status == "error" and v.cannot_run == "candidate"
+        else v
+        for v in result.verdicts
+    ]
+    return dataclasses.replace(result, verdicts=verdicts)
 
 
 def _could_not_run(verification: VerifyResult) -> bool:
@@ -616,13 +642,23 @@ def _blame(source: Path, target: Path, pipeline: _Pipeline, gate: _Gate) -> list
     return blamed
 
 
-def _activation_ranges(source: Path, feeds, size: int):
-    """Ranges of the FP32 model's activations on the sample inputs, for the converter; run a segment at a
-    time for models over 1 GiB."""
-    from graphdoctor.analysis.ranges import value_ranges
+def _input_source(inputs, seed: int, batches) -> str:
+    """What the gate's inputs were: a folder of batches is calibrated over whole, and verified on its first."""
+    if inputs is None:
+        return f"generated (seed {seed})"
+    sources = getattr(batches, "sources", ())
+    if len(sources) > 1:
+        return f"{sources[0]} (the first of {len(sources)} batches in {inputs}; FP16 ranges measured over all)"
+    return str(inputs)
+
+
+def _activation_ranges(source: Path, batches, size: int):
+    """Ranges of the FP32 model's activations over the sample batches, for the converter; run a segment at
+    a time for models over 1 GiB."""
+    from graphdoctor.analysis.ranges import value_ranges_over
     from graphdoctor.verify.segmented import SegmentedOnnxruntimeBackend
 
     run = None
     if size > SEGMENTED_ABOVE:
-        run = functools.partial(SegmentedOnnxruntimeBackend().run, source, feeds)
-    return value_ranges(source, feeds, run=run)
+        run = functools.partial(SegmentedOnnxruntimeBackend().run, source)
+    return value_ranges_over(source, batches, run=run)

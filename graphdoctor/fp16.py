@@ -32,14 +32,23 @@ value, read by a Softmax) saturate to -65504, as every converter does, and are r
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
 from graphdoctor.analysis.constants import const_tensor
-from graphdoctor.analysis.fp16_ops import FP16_TINY, input_allows_fp16, only_rounded_by_fp16, output_allows_fp16
+from graphdoctor.analysis.fp16_ops import (
+    BF16,
+    FP16,
+    LowPrecision,
+    input_allows_type,
+    only_rounded_by,
+    output_allows_type,
+)
 from graphdoctor.analysis.graph import (
     holds_tensor,
     is_constant_node,
@@ -50,7 +59,7 @@ from graphdoctor.analysis.graph import (
 )
 from graphdoctor.analysis.integer_math import integer_valued_regions
 from graphdoctor.analysis.precision_fences import exporter_fences
-from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_MAX, FP16_OVERFLOW, TensorRange, feeds_softmax
+from graphdoctor.analysis.ranges import TensorRange, feeds_softmax
 from graphdoctor.analysis.ranges import is_mask_saturation as _is_mask_activation
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.analysis.types import infer_types
@@ -67,7 +76,8 @@ __all__ = [
     "convert_to_fp16",
 ]
 
-_F32, _F16 = ir.DataType.FLOAT, ir.DataType.FLOAT16
+_F32 = ir.DataType.FLOAT
+_LOW_TYPES = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
 # Ops kept in FP32 by default: their results are rankings or boxes that FP16 ties and rounding reorder, or
 # accumulations that overflow long before their inputs do.
 BLOCKED_OPS = {
@@ -85,10 +95,11 @@ _TAIL_OPS = frozenset({"Sqrt", "Div", "Reciprocal"})
 _NORMALIZATION_TAIL = 3
 _MASK_FILL = -3.0e38  # float32's lowest value (-3.4e38) and its neighbours: the `finfo.min` mask idiom
 _LAZY_FROM = 1024 * 1024  # in-memory weights at least this large are converted lazily, as they are written
-# Activations measured at or beyond this stay FP32. Half of FP16's largest value: an activation that peaked
-# at 33k on the samples reaching 65504 on other inputs of the same distribution is what bench/fp16_margin.py
-# measures (see bench/results/fp16_margin.md).
-DEFAULT_MAX_VALUE = FP16_MAX / 2
+# Activations measured at or beyond this fraction of the format's largest value stay FP32: an activation
+# that peaked at 33k on the samples reaching 65504 on other inputs of the same distribution is what
+# bench/fp16_margin.py measures (see bench/results/fp16_margin.md).
+MARGIN = 2.0
+DEFAULT_MAX_VALUE = FP16.largest / MARGIN
 
 
 @dataclass(frozen=True)
@@ -97,8 +108,13 @@ class Fp16Options:
     keep_fp32: tuple[str, ...] = ()  # op types or node-name globs the user keeps in FP32
     keep_nodes: frozenset[str] = frozenset()  # node labels kept FP32 by an earlier, failed verification
     clamp: bool = False  # clamp constants FP16 cannot hold instead of keeping their readers in FP32
-    max_value: float = DEFAULT_MAX_VALUE  # activations measured at or beyond this magnitude stay FP32
+    max_value: float | None = None  # activations measured at or beyond this stay FP32 (None: largest / MARGIN)
     force_fp16: tuple[str, ...] = ()  # op types or node-name globs converted whatever the heuristics say
+    precision: LowPrecision = FP16  # FP16, or BF16 (--bf16)
+
+    @property
+    def limit(self) -> float:
+        return self.max_value if self.max_value is not None else self.precision.largest / MARGIN
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,7 @@ class Fp16Report:
     already_fp16: bool = False  # nothing was FLOAT: a no-op
     ranges_measured: bool = False  # activations were checked on sample inputs
     max_value: float = DEFAULT_MAX_VALUE  # the activation limit the ranges were judged by
+    precision: str = FP16.name  # what the region was converted to: FP16 or BF16
     regions: list[Fp32Region] = field(default_factory=list)  # the range-kept nodes, grouped
 
 
@@ -170,11 +187,11 @@ def convert_to_fp16(
     """Convert `model` to FP16 in place (see the module docstring); `ranges` are activation ranges of the
     FP32 model on sample inputs (`analysis.ranges.value_ranges`), used to keep overflowing nodes in FP32."""
     infer_types(model)
-    report = Fp16Report(ranges_measured=ranges is not None, max_value=options.max_value)
+    report = Fp16Report(ranges_measured=ranges is not None, max_value=options.limit, precision=options.precision.name)
     graphs = [graph for graph, _ in iter_graph_sites(model) if isinstance(graph, ir.Graph)]
     report.functions_kept = len(model.functions)
     was_float = {id(v) for graph in graphs for v in _values(graph) if v.dtype == _F32 and holds_tensor(v)}
-    if not was_float or _only_boundaries_fp32(graphs):
+    if not was_float or _only_boundaries_fp32(graphs, options.precision):
         report.already_fp16 = True
         return report
     converter = _Converter(model, options, ranges or {}, was_float, report)
@@ -190,9 +207,9 @@ def convert_to_fp16(
     return report
 
 
-def _only_boundaries_fp32(graphs: list[ir.Graph]) -> bool:
-    """A converted model: it holds FP16, and float32 appears only at its edges, as graph inputs and outputs
-    and the Casts between them and the FP16 region."""
+def _only_boundaries_fp32(graphs: list[ir.Graph], precision: LowPrecision) -> bool:
+    """A converted model: it holds the low-precision type, and float32 appears only at its edges, as graph
+    inputs and outputs and the Casts between them and the low-precision region."""
     computed = [
         value
         for graph in graphs
@@ -201,8 +218,8 @@ def _only_boundaries_fp32(graphs: list[ir.Graph]) -> bool:
         for value in node.outputs
     ]
     constants = [v for graph in graphs for v in graph.initializers.values()]
-    holds_fp16 = any(v.dtype == _F16 for v in computed + constants)
-    return holds_fp16 and not any(v.dtype == _F32 for v in computed + constants)
+    holds_low = any(v.dtype == precision.dtype for v in computed + constants)
+    return holds_low and not any(v.dtype == _F32 for v in computed + constants)
 
 
 def _values(graph: ir.Graph) -> Iterator[ir.Value]:
@@ -219,7 +236,8 @@ class _Converter:
         self.ranges = ranges
         self.was_float = was_float
         self.report = report
-        self.fp16: set[int] = set()  # nodes computing in FP16
+        self.low = options.precision
+        self.fp16: set[int] = set()  # nodes computing in the low precision
         self.scans: dict[int, _Scan | None] = {}
         self.casts: dict[tuple[int, ir.DataType, int], ir.Value] = {}
         self.converted: dict[int, ir.Value] = {}  # constant -> its FP16 form
@@ -284,7 +302,10 @@ class _Converter:
             self.forced[id(producer)] = f"{why}, which must stay float32"
 
     def _fp16_input(self, node: ir.Node, index: int) -> bool:
-        return input_allows_fp16(node.domain, node.op_type, self._opset(node), index)
+        return input_allows_type(node.domain, node.op_type, self._opset(node), index, self.low.type_str)
+
+    def _fp16_output(self, node: ir.Node, index: int) -> bool:
+        return output_allows_type(node.domain, node.op_type, self._opset(node), index, self.low.type_str)
 
     def _carries_float(self, node: ir.Node) -> bool:
         return any(v is not None and id(v) in self.was_float for v in (*node.inputs, *node.outputs))
@@ -293,12 +314,12 @@ class _Converter:
         """What FP16 cannot express for this node, or what the user or a failed verification asked for."""
         label = node_label(node)
         if label in self.options.keep_nodes:
-            return "repair", "its output diverged beyond the fp16 tolerance in a verification run"
+            return "repair", f"its output diverged beyond the {self.low.key} tolerance in a verification run"
         pattern = next((p for p in self.options.keep_fp32 if _matches(node, label, p)), None)
         if pattern is not None:
             return "user", f"--keep-fp32 {pattern}"
         if node.domain not in ("", "ai.onnx"):
-            return "domain", f"op of domain '{node.domain}': its FP16 support is unknown"
+            return "domain", f"op of domain '{node.domain}': its {self.low.name} support is unknown"
         if not all(holds_tensor(v) for v in (*node.inputs, *node.outputs) if v is not None):
             return "sequence", "reads or produces a sequence or optional, which no Cast converts"
         if node.op_type in _SUBGRAPH_OPS:
@@ -306,7 +327,7 @@ class _Converter:
         if any(v is not None and _is_sparse_initializer(v) for v in node.inputs):
             return "sparse", "reads a sparse initializer, which stays as stored (float32)"
         if node.op_type == "Cast" and not _float_target(node):
-            return "integer-cast", "casts to an integer type: FP16 rounding would change the integers (above 2048)"
+            return "integer-cast", f"casts to an integer type: {self.low.name} rounding would change the integers"
         reason = self._schema_reason(node)
         return ("schema", reason) if reason is not None else None
 
@@ -325,19 +346,19 @@ class _Converter:
         return ("range", measured) if measured is not None else ("", None)
 
     def _schema_reason(self, node: ir.Node) -> str | None:
-        opset = self._opset(node)
         for index, value in enumerate(node.outputs):
             used_float = id(value) in self.was_float and _is_used(value)
-            if used_float and not output_allows_fp16(node.domain, node.op_type, opset, index):
-                return f"its schema has no FP16 form for output {index}"
+            if used_float and not self._fp16_output(node, index):
+                at = f" at opset {self._opset(node)}"
+                return f"its schema has no {self.low.name} form for output {index}{at}"
         return None
 
     def _constant_reason(self, node: ir.Node) -> str | None:
         fill = _fill(node)
         if fill is not None and not self.options.clamp:
-            scan = _scan_tensor(fill)
+            scan = _scan_tensor(fill, self.low)
             if scan is not None and scan.overflow:
-                return f"fills with {scan.worst_overflow:.6g}, beyond FP16's 65504"
+                return f"fills with {scan.worst_overflow:.6g}, {self._beyond_largest()}"
         for index, value in enumerate(node.inputs):
             if value is None or not self._fp16_input(node, index):
                 continue
@@ -345,9 +366,9 @@ class _Converter:
             if scan is None or self.options.clamp:
                 continue
             if scan.overflow and not self._is_mask_fill(value, scan):
-                return f"reads constant '{value.name}' holding {scan.worst_overflow:.6g}, beyond FP16's 65504"
+                return f"reads constant '{value.name}' holding {scan.worst_overflow:.6g}, {self._beyond_largest()}"
             if scan.eps_like:
-                return f"{_EPS_REASON} '{value.name}' = {scan.worst_flushed:.3g}, which FP16 rounds to 0"
+                return f"{_EPS_REASON} '{value.name}' = {scan.worst_flushed:.3g}, which {self.low.name} rounds to 0"
         return None
 
     def _force_normalization_tail(self, node: ir.Node) -> None:
@@ -383,14 +404,21 @@ class _Converter:
 
     def _beyond_limit(self, value: ir.Value) -> TensorRange | None:
         measured = self.ranges.get(value.name or "")
-        if measured is None or not measured.max_abs >= self.options.max_value:  # NaN: nothing finite seen
+        limit = self.options.limit
+        if measured is None or not measured.max_abs >= limit:  # NaN: nothing finite seen
             return None
+        if measured.max >= limit:  # masks saturate downwards only: a large positive value is never one
+            return measured
         return None if _is_mask_activation(value, self.ranges) else measured
 
     def _limit_text(self, measured: TensorRange) -> str:
-        if measured.max_abs >= FP16_OVERFLOW:
-            return "beyond FP16's 65504"
-        return f"within FP16's 65504 but beyond the margin {self.options.max_value:.6g} other inputs need (--fp16-max)"
+        if measured.max_abs >= self.low.overflow:
+            return self._beyond_largest()
+        within = f"within {self.low.name}'s {self.low.largest:.6g}"
+        return f"{within} but beyond the margin {self.options.limit:.6g} other inputs need (--fp16-max)"
+
+    def _beyond_largest(self) -> str:
+        return f"beyond {self.low.name}'s {self.low.largest:.6g}"
 
     def range_regions(self) -> list[Fp32Region]:
         """The range-kept nodes, grouped into connected regions (edges between two such nodes)."""
@@ -424,7 +452,7 @@ class _Converter:
         """What FP16 does to a float32 constant (None for anything else); read once, in chunks."""
         if id(value) not in self.scans:
             tensor = const_tensor(value) if id(value) in self.was_float and not value.is_graph_input() else None
-            self.scans[id(value)] = _scan_tensor(tensor) if tensor is not None else None
+            self.scans[id(value)] = _scan_tensor(tensor, self.low) if tensor is not None else None
         return self.scans[id(value)]
 
     def _opset(self, node: ir.Node) -> int:
@@ -436,12 +464,11 @@ class _Converter:
         for node in graph:
             if id(node) not in self.fp16:
                 continue
-            opset = self._opset(node)
             for index, value in enumerate(node.outputs):
-                if value.dtype == _F32 and output_allows_fp16(node.domain, node.op_type, opset, index):
-                    value.dtype = _F16
-            _retarget_attributes(node)
-            if node.op_type == "ConstantOfShape" and node.outputs[0].dtype == _F16:
+                if value.dtype == _F32 and self._fp16_output(node, index):
+                    value.dtype = self.low.dtype
+            _retarget_attributes(node, self.low.dtype)
+            if node.op_type == "ConstantOfShape" and node.outputs[0].dtype == self.low.dtype:
                 self._convert_fill(node)
 
     def _convert_fill(self, node: ir.Node) -> None:
@@ -449,18 +476,19 @@ class _Converter:
         here only with `clamp`, and is reported."""
         fill = _fill(node)
         array = fill.numpy().reshape(-1).astype(np.float32) if fill is not None else np.zeros(1, np.float32)
-        scan = _scan_tensor(ir.Tensor(array))
+        scan = _scan_tensor(ir.Tensor(array), self.low)
         if scan is not None and scan.overflow:
+            what = f"clamped to ±{self.low.largest:.6g}"
             self.report.changed.append(
-                ValueChange(f"{node_label(node)}.value", "clamped to ±65504", scan.overflow, scan.worst_overflow)
+                ValueChange(f"{node_label(node)}.value", what, scan.overflow, scan.worst_overflow)
             )
-        node.attributes["value"] = ir.AttrTensor("value", ir.Tensor(_saturating(array)))
+        node.attributes["value"] = ir.AttrTensor("value", ir.Tensor(_saturating(array, self.low)))
 
     def retype_main_inputs(self) -> None:
         """--fp16-io: the main graph's float inputs become FP16 (outputs follow in `place_casts`)."""
         for value in self.model.graph.inputs:
             if value.dtype == _F32 and not value.is_initializer():
-                value.dtype = _F16
+                value.dtype = self.low.dtype
 
     # -- 3. boundaries --
 
@@ -479,15 +507,17 @@ class _Converter:
         if id(node) in self.fp16 and self._fp16_input(node, index):
             if node.op_type == "Cast":  # a Cast reads any float type: no Cast in front of it
                 return value.dtype
-            return _F16
+            return self.low.dtype
         return _F32
 
     def _as(self, value: ir.Value, dtype: ir.DataType, graph: ir.Graph) -> ir.Value:
-        if dtype == _F16 and self._scan(value) is not None:
+        if dtype == self.low.dtype and self._scan(value) is not None:
             return self._constant_fp16(value)
         key = (id(value), dtype, id(graph))
         if key not in self.casts:
-            self.casts[key] = self._insert_cast(value, dtype, graph, self._fresh(f"{value.name}__{_suffix(dtype)}"))
+            self.casts[key] = self._insert_cast(
+                value, dtype, graph, self._fresh(f"{value.name}__{self._suffix(dtype)}")
+            )
         return self.casts[key]
 
     def _insert_cast(self, value: ir.Value, dtype: ir.DataType, graph: ir.Graph, name: str) -> ir.Value:
@@ -504,46 +534,51 @@ class _Converter:
             return self.converted[id(value)]
         scan = self._scan(value)
         transform = self._transform(value, scan)
-        fp32_readers = [u for u in value.uses() if self._wanted(u.node, u.idx, value) != _F16]
+        fp32_readers = [u for u in value.uses() if self._wanted(u.node, u.idx, value) != self.low.dtype]
         if not fp32_readers and not value.is_graph_output():
-            _convert_in_place(value, transform)
+            _convert_in_place(value, transform, self.low)
             converted = value
         else:
-            converted = _fp16_copy(value, transform)
+            converted = _low_copy(value, transform, self.low)
         self.converted[id(value)] = converted
         self.report.tensors_converted += 1
         return converted
 
     def _transform(self, value: ir.Value, scan: _Scan):
         """float32 chunk -> float16 chunk, recording what moves beyond rounding."""
-        name = value.name or "?"
+        name, low = value.name or "?", self.low
         if scan.overflow and self._is_mask_fill(value, scan):
             self.report.changed.append(ValueChange(name, "saturated (attention mask)", scan.overflow, scan.min_value))
-            return _saturating
+            return functools.partial(_saturating, precision=low)
         if scan.overflow:  # only with clamp: otherwise its readers stayed FP32
-            self.report.changed.append(ValueChange(name, "clamped to ±65504", scan.overflow, scan.worst_overflow))
-            return _saturating
+            what = f"clamped to ±{low.largest:.6g}"
+            self.report.changed.append(ValueChange(name, what, scan.overflow, scan.worst_overflow))
+            return functools.partial(_saturating, precision=low)
         if scan.flushed and self.options.clamp:
-            self.report.changed.append(ValueChange(name, "raised to 2^-24", scan.flushed, scan.worst_flushed))
-            return _raising_tiny
+            what = f"raised to {low.tiny:.3g}"
+            self.report.changed.append(ValueChange(name, what, scan.flushed, scan.worst_flushed))
+            return functools.partial(_raising_tiny, precision=low)
         if scan.flushed:
             self.report.changed.append(ValueChange(name, "flushed to 0", scan.flushed, scan.worst_flushed))
-        return _rounding
+        return functools.partial(_rounding, precision=low)
 
     def _keep_output_types(self, graph: ir.Graph, keep: bool) -> None:
         """Graph outputs keep their name and (unless --fp16-io on the main graph) their FP32 type."""
         for index, value in enumerate(list(graph.outputs)):
             if id(value) not in self.was_float:
                 continue
-            wanted = _F32 if keep else _F16
+            wanted = _F32 if keep else self.low.dtype
             if value.dtype == wanted:
                 continue
             name = value.name
-            value.name = self._fresh(f"{name}__{_suffix(value.dtype)}")
+            value.name = self._fresh(f"{name}__{self._suffix(value.dtype)}")
             graph.outputs[index] = self._insert_cast(value, wanted, graph, name)
 
     def _fresh(self, name: str) -> str:
         return fresh_name(name, self.names)
+
+    def _suffix(self, dtype: ir.DataType) -> str:
+        return self.low.key if dtype in _LOW_TYPES else "fp32"
 
 
 # -- node helpers --
@@ -571,7 +606,7 @@ def _is_used(value: ir.Value) -> bool:
 
 def _float_target(node: ir.Node) -> bool:
     to = node.attributes.get_int("to")
-    return to in (_F32, _F16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
+    return to in (_F32, ir.DataType.DOUBLE, *_LOW_TYPES)
 
 
 def _is_sparse_initializer(value: ir.Value) -> bool:
@@ -583,16 +618,12 @@ def _matches(node: ir.Node, label: str, pattern: str) -> bool:
     return node.op_type == pattern or fnmatch.fnmatchcase(label, pattern)
 
 
-def _suffix(dtype: ir.DataType) -> str:
-    return "fp16" if dtype == _F16 else "fp32"
-
-
-def _retarget_attributes(node: ir.Node) -> None:
+def _retarget_attributes(node: ir.Node, low: ir.DataType) -> None:
     """What makes a node produce float32 now makes it produce FP16: Cast's `to` and `dtype` attributes."""
     if node.op_type == "Cast" and node.attributes.get_int("to") == _F32:
-        node.attributes["to"] = ir.AttrInt64("to", _F16)
-    if node.op_type in _DTYPE_OPS and node.outputs[0].dtype == _F16:  # absent `dtype` means float32 or the input's
-        node.attributes["dtype"] = ir.AttrInt64("dtype", _F16)
+        node.attributes["to"] = ir.AttrInt64("to", low)
+    if node.op_type in _DTYPE_OPS and node.outputs[0].dtype == low:  # absent `dtype` means float32 or the input's
+        node.attributes["dtype"] = ir.AttrInt64("dtype", low)
 
 
 def _fill(node: ir.Node) -> ir.TensorProtocol | None:
@@ -607,9 +638,9 @@ def _fill(node: ir.Node) -> ir.TensorProtocol | None:
 # -- constants --
 
 
-def _scan_tensor(tensor: ir.TensorProtocol) -> _Scan | None:
+def _scan_tensor(tensor: ir.TensorProtocol, precision: LowPrecision) -> _Scan | None:
     try:
-        chunks = list(_chunk_stats(tensor))
+        chunks = list(_chunk_stats(tensor, precision))
     except (OSError, ValueError, TypeError):  # unreadable external data (GD014): leave it alone
         return None
     overflow = sum(c[2] for c in chunks)
@@ -628,15 +659,15 @@ def _scan_tensor(tensor: ir.TensorProtocol) -> _Scan | None:
     )
 
 
-def _chunk_stats(tensor: ir.TensorProtocol) -> Iterable[tuple]:
+def _chunk_stats(tensor: ir.TensorProtocol, precision: LowPrecision) -> Iterable[tuple]:
     for chunk in iter_chunks(tensor):
-        if only_rounded_by_fp16(chunk):
+        if only_rounded_by(chunk, precision):
             yield (chunk.size, 0, 0, 0, 0.0, 0, 0.0, 0.0)  # the usual weight: no need to count anything
             continue
         finite = chunk[np.isfinite(chunk)]
         magnitude = np.abs(finite)
-        over = finite[magnitude >= FP16_OVERFLOW]
-        tiny = finite[(magnitude <= FP16_FLUSH) & (magnitude > 0)]
+        over = finite[magnitude >= precision.overflow]
+        tiny = finite[(magnitude <= precision.flush) & (magnitude > 0)]
         yield (
             chunk.size,
             int(np.count_nonzero(finite)),
@@ -649,38 +680,44 @@ def _chunk_stats(tensor: ir.TensorProtocol) -> Iterable[tuple]:
         )
 
 
-def _rounding(chunk: np.ndarray) -> np.ndarray:
-    return chunk.astype(np.float16)
+def _numpy_type(precision: LowPrecision) -> type:
+    return ml_dtypes.bfloat16 if precision.dtype == BF16.dtype else np.float16
 
 
-def _saturating(chunk: np.ndarray) -> np.ndarray:
-    """Finite values beyond FP16's range become ±65504 (inf and NaN stay)."""
+def _rounding(chunk: np.ndarray, precision: LowPrecision) -> np.ndarray:
+    """Round to nearest even, as ONNX Runtime's Cast does (ml_dtypes for BF16)."""
+    return chunk.astype(_numpy_type(precision))
+
+
+def _saturating(chunk: np.ndarray, precision: LowPrecision) -> np.ndarray:
+    """Finite values beyond the format's range become ± its largest value (inf and NaN stay)."""
     finite = np.isfinite(chunk)
-    return np.where(finite, np.clip(chunk, -FP16_MAX, FP16_MAX), chunk).astype(np.float16)
+    largest = np.float32(precision.largest)
+    return np.where(finite, np.clip(chunk, -largest, largest), chunk).astype(_numpy_type(precision))
 
 
-def _raising_tiny(chunk: np.ndarray) -> np.ndarray:
-    """Saturate, and raise nonzero magnitudes below 2^-24 to 2^-24 (FP16's smallest subnormal)."""
-    tiny = (np.abs(chunk) < FP16_TINY) & (chunk != 0)
-    return _saturating(np.where(tiny, np.sign(chunk) * FP16_TINY, chunk))
+def _raising_tiny(chunk: np.ndarray, precision: LowPrecision) -> np.ndarray:
+    """Saturate, and raise nonzero magnitudes below the smallest subnormal (2^-24 in FP16) to it."""
+    tiny = (np.abs(chunk) < precision.tiny) & (chunk != 0)
+    return _saturating(np.where(tiny, np.sign(chunk) * np.float32(precision.tiny), chunk), precision)
 
 
-def _lazy_fp16(source: ir.TensorProtocol, transform, name: str | None) -> ir.LazyTensor:
-    """The FP16 form of `source`, computed from chunks of it only when its bytes are asked for."""
+def _lazy_low(source: ir.TensorProtocol, transform, name: str | None, precision: LowPrecision) -> ir.LazyTensor:
+    """The low-precision form of `source`, computed from chunks of it only when its bytes are asked for."""
     shape = source.shape
 
     def load() -> ir.TensorProtocol:
-        out = np.empty(int(np.prod(shape.numpy(), dtype=np.int64)), np.float16)
+        out = np.empty(int(np.prod(shape.numpy(), dtype=np.int64)), _numpy_type(precision))
         position = 0
         for chunk in iter_chunks(source):
             out[position : position + chunk.size] = transform(chunk)
             position += chunk.size
         return ir.Tensor(out.reshape(shape.numpy()), name=name)
 
-    return ir.LazyTensor(load, dtype=_F16, shape=shape, name=name)
+    return ir.LazyTensor(load, dtype=precision.dtype, shape=shape, name=name)
 
 
-def _convert_in_place(value: ir.Value, transform) -> None:
+def _convert_in_place(value: ir.Value, transform, precision: LowPrecision) -> None:
     producer = value.producer()
     if producer is not None:  # a Constant node (value, value_float or value_floats): small, converted now
         array = np.asarray(const_tensor(value).numpy(), dtype=np.float32)
@@ -688,18 +725,18 @@ def _convert_in_place(value: ir.Value, transform) -> None:
             del producer.attributes[key]
         producer.attributes["value"] = ir.AttrTensor("value", ir.Tensor(transform(array), name=value.name))
     elif isinstance(value.const_value, ir.ExternalTensor) or value.const_value.nbytes >= _LAZY_FROM:
-        value.const_value = _lazy_fp16(value.const_value, transform, value.name)
+        value.const_value = _lazy_low(value.const_value, transform, value.name, precision)
     else:  # small and in memory: converting now is cheaper than a deferred, chunked read
         value.const_value = ir.Tensor(transform(value.const_value.numpy()), name=value.name)
-    value.dtype = _F16
+    value.dtype = precision.dtype
 
 
-def _fp16_copy(value: ir.Value, transform) -> ir.Value:
-    """A second, FP16 constant beside the float32 one, in the graph that holds it."""
+def _low_copy(value: ir.Value, transform, precision: LowPrecision) -> ir.Value:
+    """A second, low-precision constant beside the float32 one, in the graph that holds it."""
     tensor = const_tensor(value)
-    name = f"{value.name}__fp16"
-    copy = ir.Value(name=name, type=ir.TensorType(_F16), shape=value.shape)
-    copy.const_value = _lazy_fp16(tensor, transform, name)
+    name = f"{value.name}__{precision.key}"
+    copy = ir.Value(name=name, type=ir.TensorType(precision.dtype), shape=value.shape)
+    copy.const_value = _lazy_low(tensor, transform, name, precision)
     graph = value.graph if value.graph is not None else value.producer().graph
     graph.register_initializer(copy)
     return copy

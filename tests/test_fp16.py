@@ -363,6 +363,23 @@ def test_the_exporters_float32_casts_keep_what_they_fence_fp32(gd: Run, tmp_path
     assert_close(path, tmp_path / "out.onnx", {"x": normal(4, 16)})
 
 
+def test_ranges_are_measured_over_every_batch_of_a_folder(gd: Run, tmp_path: Path):
+    """Calibration over a folder of .npz batches: the square overflows on the second batch only, and is kept
+    FP32; the gate runs on the first and says so."""
+    path = saved(fp16_cases.square_of_scaled(), tmp_path)
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    np.savez(folder / "batch_0.npz", x=np.full((4, 8), 0.01, np.float32))
+    np.savez(folder / "batch_1.npz", x=np.full((4, 8), 0.5, np.float32))
+    code, report = fix_json(gd, path, "--inputs", folder, "-o", tmp_path / "out.onnx")
+    assert code == 0, report
+    [kept] = report["fp16"]["kept_fp32"]
+    assert kept["node"] == "Mul_1" and "reaches 250000 on the sample inputs" in kept["reason"]
+    assert "batch_0.npz (the first of 2 batches" in report["verify"]["input_source"]
+    code, single = fix_json(gd, path, "--inputs", folder / "batch_0.npz", "-o", tmp_path / "one.onnx")
+    assert code == 0 and single["fp16"]["kept_fp32"] == []  # the first batch alone never comes close
+
+
 def test_no_verify_measures_no_activations_and_says_so(gd: Run, tmp_path: Path):
     path = saved(fp16_cases.square_of_scaled(), tmp_path)
     out, model = fixed(gd, path, "--no-verify")

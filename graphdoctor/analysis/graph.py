@@ -11,6 +11,7 @@ __all__ = [
     "consumers",
     "holds_fp16",
     "holds_tensor",
+    "holds_type",
     "is_constant_node",
     "iter_graph_sites",
     "iter_values",
@@ -101,11 +102,15 @@ def holds_tensor(value: ir.Value) -> bool:
 
 
 def holds_fp16(model: ir.Model) -> bool:
-    """Whether any tensor is FLOAT16: a typed value, or the output of a Cast to FLOAT16 (whose type is
-    known from the attribute even before shape inference)."""
-    fp16 = ir.DataType.FLOAT16
-    return any(value.dtype == fp16 for value in iter_values(model)) or any(
-        node.op_type == "Cast" and node.attributes.get_int("to") == fp16
+    """Whether any tensor is FLOAT16 (see `holds_type`)."""
+    return holds_type(model, ir.DataType.FLOAT16)
+
+
+def holds_type(model: ir.Model, dtype: ir.DataType) -> bool:
+    """Whether any tensor is of `dtype`: a typed value, or the output of a Cast to it (whose type is known
+    from the attribute even before shape inference)."""
+    return any(value.dtype == dtype for value in iter_values(model)) or any(
+        node.op_type == "Cast" and node.attributes.get_int("to") == dtype
         for graph, _ in iter_graph_sites(model)
         for node in graph
     )

@@ -222,7 +222,7 @@ def _render_fp16(result, out: _Writer) -> None:
         out.line("  FP16: the model holds no float32 tensor: already FP16, nothing to convert")
         return
     head = (
-        f"  FP16: {report.converted_nodes} nodes converted, {len(report.kept)} kept FP32,"
+        f"  {report.precision}: {report.converted_nodes} nodes converted, {len(report.kept)} kept FP32,"
         f" {report.tensors_converted} constants converted, {report.casts_added} Casts at region boundaries"
     )
     out.line(_escape(head), plain=head)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["sample_inputs"]
+__all__ = ["sample_batches", "sample_inputs"]
 
 
 def sample_inputs(model, inputs, shapes, seed: int):
@@ -13,3 +13,13 @@ def sample_inputs(model, inputs, shapes, seed: int):
     if inputs is not None:
         return verify_inputs.bind_inputs(model, verify_inputs.load_inputs(inputs))
     return verify_inputs.generate_inputs(model, seed=seed, shapes=shapes)
+
+
+def sample_batches(model, inputs, shapes, seed: int):
+    """Batches of inputs for calibrating `model`: each file of the folder `inputs` (a lazy sequence, read a
+    batch at a time), the one file `inputs`, or one generated batch."""
+    from graphdoctor.verify import inputs as verify_inputs
+
+    if inputs is not None:
+        return verify_inputs.load_input_batches(inputs).bound_to(model)
+    return [verify_inputs.generate_inputs(model, seed=seed, shapes=shapes)]

@@ -309,7 +309,7 @@ def test_bert_passes_with_bf16s_larger_rounding(tmp_path: Path):
     path, inputs = exported_with_inputs("bert_opset17", tmp_path)
     bf16_result = api.verify(path, backends=["bf16-emulation", "fp16-emulation"], inputs=inputs)
     bf16_verdict, fp16_verdict = bf16_result.verdicts
-    assert bf16_verdict.status == "passed" and bf16_verdict.tolerance.name == "fp16"
+    assert bf16_verdict.status == "passed" and bf16_verdict.tolerance.name == "bf16"
     assert all(c.cand_nonfinite == 0 and c.cosine > 0.9999 for c in bf16_verdict.outputs)
     [hidden_bf16, _], [hidden_fp16, _] = bf16_verdict.outputs, fp16_verdict.outputs
     assert hidden_bf16.max_abs > 4 * hidden_fp16.max_abs  # 8 significant bits against 11
