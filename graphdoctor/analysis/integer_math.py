@@ -75,6 +75,7 @@ _SHAPE_ONLY = frozenset({"Shape", "Size"})
 _NOT_ARITHMETIC = _SHAPE_ONLY | {"If", "Loop", "Scan"}
 # Producers of integers worth naming in a reason: what the integers are.
 _INTEGER_ORIGINS = frozenset({"Shape", "Size", "Range", "ArgMax", "ArgMin", "NonZero", "TopK"})
+_ORIGIN_SEARCH = 4  # integer ops followed back from a source to name where its integers come from
 _CHAIN_OPS = 6  # op types listed between a region's source and sink before the middle is elided
 _FEEDS_SEARCH = 64  # nodes searched after a sink for the index or shape input its integers feed
 
@@ -238,14 +239,21 @@ class _Walk:
 
 
 def _describe_origin(source: ir.Node) -> list[str]:
-    """Where the source's integers come from, when that says what they are (a shape, positions, an input)."""
+    """Where the source's integers come from, when that says what they are: a shape, positions, an input.
+    Followed back a few steps through the first input of integer ops (Shape → Gather → Cast)."""
     value = source.inputs[0]
-    assert value is not None  # a source reads an integer tensor
-    if value.is_graph_input():
-        return [f"input '{value.name}'"]
-    origin = value.producer()
-    if origin is not None and origin.op_type in _INTEGER_ORIGINS:
-        return [f"{origin.op_type} '{node_label(origin)}'"]
+    for steps in range(_ORIGIN_SEARCH):
+        if value is None or not _is_integer_value(value):
+            return []
+        between = " → …" if steps else ""
+        if value.is_graph_input():
+            return [f"input '{value.name}'{between}"]
+        origin = value.producer()
+        if origin is None:
+            return []
+        if origin.op_type in _INTEGER_ORIGINS:
+            return [f"{origin.op_type} '{node_label(origin)}'{between}"]
+        value = origin.inputs[0] if origin.inputs else None
     return []
 
 
