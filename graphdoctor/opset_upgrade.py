@@ -31,7 +31,15 @@ from graphdoctor.analysis.graph import iter_values
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.rewrite import fresh_name, replace_value
 
-__all__ = ["MAX_TARGET", "SCHEMA_CHANGES", "OpsetUpgradeRefused", "SchemaChange", "is_type_only", "raise_opset"]
+__all__ = [
+    "MAX_TARGET",
+    "RUNTIME_GAPS",
+    "SCHEMA_CHANGES",
+    "OpsetUpgradeRefused",
+    "SchemaChange",
+    "is_type_only",
+    "raise_opset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +65,11 @@ class _Scope:
     graph: ir.Graph | ir.Function
     version: int
     taken: set[str]  # value names in use across the model (names must stay unique across subgraphs)
+    function: ir.Function | None = None  # the function whose body this is
 
 
 Refusal = Callable[[ir.Node], str | None]
-Rewrite = Callable[[ir.Node, _Scope], None]
+Rewrite = Callable[[ir.Node, _Scope], bool]  # True: the node was changed
 
 
 @dataclass(frozen=True)
@@ -130,31 +139,38 @@ def _hint(node: ir.Node, suffix: str) -> str:
 # --- rewrites -------------------------------------------------------------------------------------------------
 
 
-def _axes_to_input(node: ir.Node, scope: _Scope) -> None:
+def _axes_to_input(node: ir.Node, scope: _Scope) -> bool:
     """`axes` attribute -> optional int64 input 1. No axes (or an empty list) means "all axes" for the
     reductions and Squeeze before and after (noop_with_empty_axes keeps its default 0), so it stays absent."""
     axes = _ints(node, "axes")
-    node.attributes.pop("axes", None)
-    if axes or (axes is not None and node.op_type == "Unsqueeze"):
+    if axes is None:
+        return False
+    node.attributes.pop("axes")
+    if axes or node.op_type == "Unsqueeze":
         _set_input(node, 1, _constant(scope, node, np.array(axes, dtype=np.int64), _hint(node, "axes")))
+    return True
 
 
-def _split_to_input(node: ir.Node, scope: _Scope) -> None:
+def _split_to_input(node: ir.Node, scope: _Scope) -> bool:
     """Split-13: the `split` sizes move from an attribute to input 1."""
     split = _ints(node, "split")
-    node.attributes.pop("split", None)
-    if split is not None:
-        _set_input(node, 1, _constant(scope, node, np.array(split, dtype=np.int64), _hint(node, "split")))
+    if split is None:
+        return False
+    node.attributes.pop("split")
+    _set_input(node, 1, _constant(scope, node, np.array(split, dtype=np.int64), _hint(node, "split")))
+    return True
 
 
-def _split_num_outputs(node: ir.Node, scope: _Scope) -> None:
+def _split_num_outputs(node: ir.Node, scope: _Scope) -> bool:
     """Split-18 needs `split` or `num_outputs`; an equal split (no sizes) gets num_outputs = its output count.
     Where the old form was valid (the dimension divides evenly) both give the same parts."""
-    if len(node.inputs) < 2 or node.inputs[1] is None:
-        node.attributes["num_outputs"] = ir.AttrInt64("num_outputs", len(node.outputs))
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        return False
+    node.attributes["num_outputs"] = ir.AttrInt64("num_outputs", len(node.outputs))
+    return True
 
 
-def _softmax_on_one_axis(node: ir.Node, scope: _Scope) -> None:
+def _softmax_on_one_axis(node: ir.Node, scope: _Scope) -> bool:
     """Softmax/LogSoftmax/Hardmax-13 normalize along `axis` only; before 13 they flattened the input to 2-D at
     `axis` (default 1) and normalized over all trailing dims. The last axis means the same in both; any other
     axis becomes Flatten(axis) -> op(axis=-1) -> Reshape(Shape(x)), which normalizes over the same elements."""
@@ -163,7 +179,7 @@ def _softmax_on_one_axis(node: ir.Node, scope: _Scope) -> None:
     data = node.inputs[0]
     if _is_last_axis(axis, data):
         node.attributes["axis"] = ir.AttrInt64("axis", axis)
-        return
+        return attr is None or axis != -1  # an explicit -1 means the same before and after
     flat = _add_node(scope, node, "Flatten", [data], _hint(node, "flat"), axis=axis)
     normalized = _add_node(scope, node, node.op_type, [flat], _hint(node, "2d"), axis=-1)
     shape = _add_node(scope, node, "Shape", [data], _hint(node, "shape"))
@@ -172,6 +188,7 @@ def _softmax_on_one_axis(node: ir.Node, scope: _Scope) -> None:
     restored.type, restored.shape = output.type, output.shape
     replace_value(output, restored)
     scope.graph.remove(node, safe=True)
+    return True
 
 
 def _is_last_axis(axis: int, data: ir.Value | None) -> bool:
@@ -181,36 +198,43 @@ def _is_last_axis(axis: int, data: ir.Value | None) -> bool:
     return rank is not None and axis == rank - 1
 
 
-def _dropout_ratio_to_input(node: ir.Node, scope: _Scope) -> None:
+def _dropout_ratio_to_input(node: ir.Node, scope: _Scope) -> bool:
     """Dropout-12: `ratio` moves from an attribute to input 1 (training_mode stays absent: inference)."""
     attr = node.attributes.pop("ratio", None)
-    if attr is not None:
-        _set_input(node, 1, _constant(scope, node, np.array(attr.as_float(), dtype=np.float32), _hint(node, "ratio")))
+    if attr is None:
+        return False
+    _set_input(node, 1, _constant(scope, node, np.array(attr.as_float(), dtype=np.float32), _hint(node, "ratio")))
+    return True
 
 
-def _dft_axis_to_input(node: ir.Node, scope: _Scope) -> None:
+def _dft_axis_to_input(node: ir.Node, scope: _Scope) -> bool:
     """DFT-20: `axis` moves to input 2 and its default changes from 1 to -2, so it is always written."""
     attr = node.attributes.pop("axis", None)
     axis = 1 if attr is None else attr.as_int()
     _set_input(node, 2, _constant(scope, node, np.array(axis, dtype=np.int64), _hint(node, "axis")))
+    return True
 
 
 _GRID_SAMPLE_MODES = {"bilinear": "linear", "bicubic": "cubic"}
 
 
-def _grid_sample_mode_names(node: ir.Node, scope: _Scope) -> None:
+def _grid_sample_mode_names(node: ir.Node, scope: _Scope) -> bool:
     """GridSample-20 renames the modes: 'bilinear' -> 'linear', 'bicubic' -> 'cubic' (defaults equal)."""
     attr = node.attributes.get("mode")
-    if attr is not None and attr.as_string() in _GRID_SAMPLE_MODES:
-        node.attributes["mode"] = ir.AttrString("mode", _GRID_SAMPLE_MODES[attr.as_string()])
+    if attr is None or attr.as_string() not in _GRID_SAMPLE_MODES:
+        return False
+    node.attributes["mode"] = ir.AttrString("mode", _GRID_SAMPLE_MODES[attr.as_string()])
+    return True
 
 
-def _roi_align_old_pixel_mode(node: ir.Node, scope: _Scope) -> None:
+def _roi_align_old_pixel_mode(node: ir.Node, scope: _Scope) -> bool:
     """RoiAlign-16 adds coordinate_transformation_mode, default 'half_pixel'; RoiAlign-10 computed what is now
     'output_half_pixel', which is therefore written when the attribute is absent."""
-    if "coordinate_transformation_mode" not in node.attributes:
-        name = "coordinate_transformation_mode"
-        node.attributes[name] = ir.AttrString(name, "output_half_pixel")
+    name = "coordinate_transformation_mode"
+    if name in node.attributes:
+        return False
+    node.attributes[name] = ir.AttrString(name, "output_half_pixel")
+    return True
 
 
 # --- refusals -------------------------------------------------------------------------------------------------
@@ -234,6 +258,22 @@ def _resize_tf_half_pixel(node: ir.Node) -> str | None:
 def _quantize_scale_type(node: ir.Node) -> str | None:
     if node.inputs[0] is None or node.inputs[0].dtype != ir.DataType.FLOAT:
         return "from opset 19 y_scale must have x's type; only float32 x (whose scale is float32) is carried"
+    return None
+
+
+def _erf_integer_input(node: ir.Node) -> str | None:
+    """Erf-13 drops the integer types of Erf-9. An input of unknown dtype is let through: exporters compute erf
+    on floats only (torch promotes integer tensors before erf), and typing the graph would touch the model."""
+    dtype = node.inputs[0].dtype if node.inputs[0] is not None else None
+    if dtype is not None and not dtype.is_floating_point():
+        return f"Erf-13 has no {dtype.name} form (Erf-9 had)"
+    return None
+
+
+def _dropout_mask(node: ir.Node) -> str | None:
+    """Measured on ONNX Runtime: an inference Dropout-10 returns an all-False mask, Dropout-12 an all-True one."""
+    if len(node.outputs) > 1 and node.outputs[1].name:
+        return "its mask output is all False in inference before opset 12 and all True from 12"
     return None
 
 
@@ -262,7 +302,7 @@ SCHEMA_CHANGES: dict[tuple[str, int], SchemaChange] = {
     **{(op, 13): _ONE_AXIS for op in ("Softmax", "LogSoftmax", "Hardmax")},
     ("Split", 13): SchemaChange("split moved from attribute to input", _split_to_input, _refuses_references("split")),
     ("Split", 18): SchemaChange("an equal split needs num_outputs", _split_num_outputs),
-    ("Dropout", 12): SchemaChange("ratio moved from attribute to input", _dropout_ratio_to_input),
+    ("Dropout", 12): SchemaChange("ratio moved from attribute to input", _dropout_ratio_to_input, _dropout_mask),
     ("DFT", 20): SchemaChange("axis moved from attribute to input", _dft_axis_to_input, _refuses_references("axis")),
     ("GridSample", 20): SchemaChange(
         "modes renamed (bilinear -> linear, bicubic -> cubic)", _grid_sample_mode_names, _refuses_references("mode")
@@ -281,6 +321,7 @@ SCHEMA_CHANGES: dict[tuple[str, int], SchemaChange] = {
     ("DequantizeLinear", 13): _compatible("axis added: per-axis only for 1-D scales, which opset 10 did not allow"),
     ("QuantizeLinear", 21): _compatible("block_size (0) and output_dtype (0: from zero point) added"),
     ("DequantizeLinear", 21): _compatible("block_size (0) added"),
+    ("Erf", 13): _compatible("integer types removed", _erf_integer_input),
     ("ArgMax", 12): _compatible("select_last_index added (0)"),
     ("ArgMin", 12): _compatible("select_last_index added (0)"),
     ("AveragePool", 19): _compatible("dilations added (1)"),
@@ -299,6 +340,10 @@ SCHEMA_CHANGES: dict[tuple[str, int], SchemaChange] = {
     ("ScatterND", 16): _compatible("reduction added ('none')"),
     ("Shape", 15): _compatible("start (0) and end (all) added"),
 }
+
+
+# type-only versions that ONNX Runtime (1.32, CPU) has no kernel for: raising would make the model unloadable
+RUNTIME_GAPS: dict[tuple[str, int], str] = {("RoiAlign", 22): "ONNX Runtime has no RoiAlign-22 kernel"}
 
 
 # --- reading the schemas --------------------------------------------------------------------------------------
@@ -403,7 +448,7 @@ def _scopes(model: ir.Model, taken: set[str]) -> Iterator[_Scope]:
         key = _default_domain_key(function.opset_imports)
         if key is not None:
             for graph in (function, *function.subgraphs()):
-                yield _Scope(graph, function.opset_imports[key], taken)
+                yield _Scope(graph, function.opset_imports[key], taken, function)
 
 
 def _label(node: ir.Node) -> str:
@@ -415,6 +460,8 @@ def _plan_node(node: ir.Node, scope: _Scope, target: int, refusals: list[str]) -
         refusals.append(f"{_label(node)}: not an ai.onnx operator, its changes are unknown")
         return
     for previous, new in _versions_between(node.op_type, scope.version, target):
+        if (node.op_type, new) in RUNTIME_GAPS:
+            refusals.append(f"{_label(node)} (opset {new}): {RUNTIME_GAPS[node.op_type, new]}")
         change = SCHEMA_CHANGES.get((node.op_type, new))
         if change is None:
             if is_type_only(node.op_type, previous, new):
@@ -428,18 +475,32 @@ def _plan_node(node: ir.Node, scope: _Scope, target: int, refusals: list[str]) -
             yield _Step(node, scope, node.op_type, new, change)
 
 
+def _function_version_mismatch(function: ir.Function, version: int, model_version: int) -> str:
+    """ONNX reads a function body under the function's own opset import; ONNX Runtime inlines it and reads it
+    under the model's (measured: a ReduceMean-13 body in an opset-22 model fails to load). Which one a model
+    whose two imports differ relies on is ambiguous, so it is refused rather than guessed."""
+    return (
+        f"function {function.domain}::{function.name} imports ai.onnx {version} but the model imports "
+        f"{model_version}; ONNX reads its body under {version}, ONNX Runtime under {model_version}"
+    )
+
+
 def _plan(model: ir.Model, target: int) -> list[_Step]:
     taken = {value.name for value in iter_values(model) if value.name}
+    model_version = model.opset_imports[_default_domain_key(model.opset_imports) or ""]
     refusals: list[str] = []
     steps: list[_Step] = []
     for scope in _scopes(model, taken):
         if scope.version > target:
             raise GraphDoctorError(f"the model's opset {scope.version} is above the target {target}; not lowered")
+        if scope.function is not None and scope.version != model_version:
+            refusals.append(_function_version_mismatch(scope.function, scope.version, model_version))
+            continue
         for node in scope.graph:
             if node.domain in _DEFAULT_DOMAINS:
                 steps += _plan_node(node, scope, target, refusals)
     if refusals:
-        raise OpsetUpgradeRefused(target, refusals)
+        raise OpsetUpgradeRefused(target, list(dict.fromkeys(refusals)))
     return steps
 
 
@@ -467,8 +528,8 @@ def raise_opset(model: ir.Model, target: int = MAX_TARGET) -> list[str]:
     steps = _plan(model, target)
     counts: Counter[tuple[str, str, int]] = Counter()
     for step in sorted(steps, key=lambda step: step.version):  # a node crosses its versions in order
-        step.change.rewrite(step.node, step.scope)
-        counts[step.op_type, step.change.summary, step.version] += 1
+        if step.change.rewrite(step.node, step.scope):
+            counts[step.op_type, step.change.summary, step.version] += 1
     _set_imports(model, target)
     notes = [
         f"{op}: {summary} (opset {version}), {n} node{'s' if n > 1 else ''}"
