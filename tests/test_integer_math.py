@@ -5,9 +5,12 @@ nothing may be flagged (a false positive keeps real activations out of FP16)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 
 from fixtures import torch_exports
@@ -15,6 +18,7 @@ from fixtures.handmade import model_from_text
 from graphdoctor.analysis.graph import node_label
 from graphdoctor.analysis.integer_math import SMALL_CONSTANT_ELEMENTS, integer_valued_regions
 from graphdoctor.analysis.types import infer_types
+from graphdoctor.fp16 import Fp16Options, convert_to_fp16
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
@@ -343,7 +347,7 @@ def _add(nodes: list[ir.Node], op: str, inputs: list[ir.Value], dtype=ir.DataTyp
 # -- real exports ---------------------------------------------------------------------------------------------
 
 
-def _fixture_path(name: str):
+def _fixture_path(name: str) -> Path:
     if name not in torch_exports.NAMES:
         pytest.skip(f"fixture {name!r} is not built by fixtures.torch_exports")
     return torch_exports.path(name)
@@ -430,3 +434,34 @@ def test_real_interpolation_sizes_dynamo(interpolation_exports: dict[str, ir.Mod
     reasons = set(found.values())
     assert len(reasons) == 2
     assert all(" → Mul → Cast to int64 " in reason and reason.endswith(" sizes)") for reason in reasons)
+
+
+@pytest.mark.parametrize("name", ["t5_encoder", "t5_encoder_dynamo"])
+def test_fp16_keeps_t5_bucket_ids_exact(name: str, tmp_path: Path):
+    """Why it matters, on ONNX Runtime: converted with the region kept FP32, every one of the 128×128 bucket
+    ids equals FP32's; the same conversion forcing exactly the region's nodes into FP16 moves some by one."""
+    path = _fixture_path(name)
+    feeds = torch_exports.sample_inputs(path)
+    reference = _bucket_ids(ir.load(path), tmp_path / "fp32.onnx", feeds)
+    model = ir.load(path)
+    infer_types(model)
+    region = tuple(node_label(node) for node in integer_valued_regions(model))
+    converted = _bucket_ids(model, tmp_path / "fp16.onnx", feeds, Fp16Options())
+    forced = _bucket_ids(ir.load(path), tmp_path / "forced.onnx", feeds, Fp16Options(force_fp16=region))
+    assert np.array_equal(converted, reference)
+    assert np.count_nonzero(forced != reference) > 100  # 544 of 16,384 when measured
+
+
+def _bucket_ids(
+    model: ir.Model, path: Path, feeds: dict[str, np.ndarray], options: Fp16Options | None = None
+) -> np.ndarray:
+    """The relative-attention bucket ids the model computes: the bias table Gather's indices, made an output."""
+    gather = next(
+        node for node in model.graph if node.op_type == "Gather" and "relative_attention" in node.inputs[0].name
+    )
+    model.graph.outputs.append(gather.inputs[1])
+    if options is not None:
+        convert_to_fp16(model, options)
+    ir.save(model, path)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run([model.graph.outputs[-1].name], feeds)[0]
