@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,7 @@ DEFAULT_FIXTURES = ("bert_opset14", "bert_opset17", "resnet50", "yolo")
 DYNAMO_PREFIX = "dynamo_"
 VOCAB = 1000  # fixtures.torch_exports.VOCAB: token ids beyond it index past the embedding
 CHILD_TIMEOUT_S = 600
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # ONNX Runtime colours its log lines
 
 __all__ = ["LOADER", "Outcome", "Runtime", "check_models", "input_specs", "install_runtime", "runtime_at"]
 
@@ -264,7 +266,8 @@ def _run_loader(runtime: Runtime, jobs: list[ModelJob], timeout_s: float) -> tup
 def _died(returncode: int, stderr: str) -> str:
     """A child's end in one line: how it ended, and the last line it wrote to stderr."""
     how = f"signal {-returncode}" if returncode < 0 else f"exit {returncode}"
-    last = (stderr.strip().splitlines() or [""])[-1]
+    lines = [line for line in (_ANSI.sub("", raw).strip() for raw in stderr.splitlines()) if line]
+    last = lines[-1] if lines else ""
     return f"{how}{': ' + last if last else ''}"
 
 
