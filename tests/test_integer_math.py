@@ -155,6 +155,27 @@ def test_a_source_without_a_sink_is_real_float_math():
     assert found == {}
 
 
+def test_castlike_source_and_comparison_sink():
+    """CastLike takes its float type from a second input that lends only the type (here an activation); a
+    comparison turns the region's floats into bools. A Shape of a region value reads no value: no sink."""
+    found = regions_of(
+        model_from_text(f"""{HEADER}
+        compare (int64[8] lengths, float[8] activation) => (bool[8] short, int64[1] count) {{
+            as_float = CastLike (lengths, activation)
+            scale = Constant <value = float {{1.5}}> ()
+            scaled = Mul (as_float, scale)
+            bound = Constant <value = float {{6.0}}> ()
+            short = Less (scaled, bound)
+            count = Shape (scaled)
+        }}""")
+    )
+    assert set(found) == {"CastLike_0", "Mul_2", "Less_4"}
+    assert (
+        found["Mul_2"]
+        == "integer-valued math (input 'lengths' → CastLike from int64 'CastLike_0' → Mul → Less 'Less_4')"
+    )
+
+
 def _position_times(constant: str) -> onnx.ModelProto:
     return model_from_text(f"""{HEADER}
     mixed (int64[16] positions, float[16] activation, float[99, 4] table) => (float[16, 4] out) {{

@@ -258,7 +258,9 @@ def _describe_origin(source: ir.Node) -> list[str]:
 
 
 def _describe_source(source: ir.Node) -> str:
-    return f"{source.op_type} from {_dtype_name(_dtype(source.inputs[0]))} '{node_label(source)}'"  # type: ignore[arg-type]
+    value = source.inputs[0]
+    dtype = _dtype(value) if value is not None else None
+    return f"{source.op_type} from {_dtype_name(dtype)} '{node_label(source)}'"
 
 
 def _describe_sink(node: ir.Node) -> str:
