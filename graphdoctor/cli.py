@@ -479,10 +479,13 @@ def verify(ctx: click.Context, reference: Path, candidate: Path | None, **option
 
         text.render_verify(result, sys.stdout, color=_use_color())
     if not any(v.ran for v in result.verdicts):
-        raise GraphDoctorError(
-            "no backend could run: " + "; ".join(f"{v.backend}: {v.reason}" for v in result.verdicts)
-        )
+        raise GraphDoctorError("no backend could run: " + "; ".join(_why_not_run(v) for v in result.verdicts))
     ctx.exit(0 if result.passed else 1)
+
+
+def _why_not_run(verdict) -> str:
+    """A verdict's reason names its backend when it could not run a model; a skipped one's does not."""
+    return verdict.reason if verdict.cannot_run else f"{verdict.backend}: {verdict.reason}"
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -155,7 +155,8 @@ def _write_verified(model, target: Path, use_external: bool, pipeline: _Pipeline
         try:
             staged = stage_model(model, target, use_external)
             _check_valid(staged.path)
-            verification = check.run(staged.path, pipeline) if check is not None else _check_loads(staged)
+            verification = check.run(staged.path, pipeline) if check is not None else _check_loads(staged, pipeline)
+            _refuse_unrunnable_reference(verification)
             if verification is None or verification.passed:
                 size_after = staged.size()
                 staged.commit()
@@ -361,12 +362,14 @@ def _check_valid(written: Path) -> None:
         ) from None
 
 
-def _check_loads(staged) -> None:
+def _check_loads(staged, pipeline: _Pipeline) -> None:
     """Without the gate, still never write what does not load: ONNX Runtime builds a session from the staged
-    model (nothing is run). Models over 1 GiB are left to the reference check that staging did."""
+    model (nothing is run). Models over 1 GiB are left to the reference check that staging did, and BF16
+    models to ONNX's checker (ONNX Runtime's CPU provider has no BF16 kernel for most ops)."""
     from graphdoctor.verify.runners import check_loads
 
-    if staged.size() <= SEGMENTED_ABOVE:
+    bf16 = pipeline.fp16_options is not None and pipeline.fp16_options.precision.key == "bf16"
+    if staged.size() <= SEGMENTED_ABOVE and not bf16:
         check_loads(staged.path)
 
 
@@ -562,6 +565,13 @@ def _without_missing_bf16_kernels(result: VerifyResult) -> VerifyResult:
         for v in result.verdicts
     ]
     return dataclasses.replace(result, verdicts=verdicts)
+
+
+def _refuse_unrunnable_reference(verification: VerifyResult | None) -> None:
+    """The original itself does not run on ONNX Runtime: nothing can be verified against it (one line)."""
+    for verdict in verification.verdicts if verification is not None else ():
+        if verdict.status == "error" and verdict.cannot_run == "reference":
+            raise GraphDoctorError(verdict.reason)
 
 
 def _could_not_run(verification: VerifyResult) -> bool:

@@ -94,6 +94,7 @@ _EPS_REASON = "reads the eps constant"
 _TAIL_OPS = frozenset({"Sqrt", "Div", "Reciprocal"})
 _NORMALIZATION_TAIL = 3
 _MASK_FILL = -3.0e38  # float32's lowest value (-3.4e38) and its neighbours: the `finfo.min` mask idiom
+BF16_OPSET = 22  # the first opset where Conv, pooling and most activations accept BFLOAT16
 _LAZY_FROM = 1024 * 1024  # in-memory weights at least this large are converted lazily, as they are written
 # Activations measured at or beyond this fraction of the format's largest value stay FP32: an activation
 # that peaked at 33k on the samples reaching 65504 on other inputs of the same distribution is what
@@ -161,6 +162,7 @@ class Fp16Report:
     max_value: float = DEFAULT_MAX_VALUE  # the activation limit the ranges were judged by
     precision: str = FP16.name  # what the region was converted to: FP16 or BF16
     regions: list[Fp32Region] = field(default_factory=list)  # the range-kept nodes, grouped
+    opset_notes: list[str] = field(default_factory=list)  # BF16: how the opset was raised, or why not
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,10 @@ def convert_to_fp16(
 ) -> Fp16Report:
     """Convert `model` to FP16 in place (see the module docstring); `ranges` are activation ranges of the
     FP32 model on sample inputs (`analysis.ranges.value_ranges`), used to keep overflowing nodes in FP32."""
-    infer_types(model)
     report = Fp16Report(ranges_measured=ranges is not None, max_value=options.limit, precision=options.precision.name)
+    if options.precision.dtype == BF16.dtype:
+        report.opset_notes = _opset_for_bf16(model)
+    infer_types(model)
     graphs = [graph for graph, _ in iter_graph_sites(model) if isinstance(graph, ir.Graph)]
     report.functions_kept = len(model.functions)
     was_float = {id(v) for graph in graphs for v in _values(graph) if v.dtype == _F32 and holds_tensor(v)}
@@ -205,6 +209,48 @@ def convert_to_fp16(
     for graph in graphs:
         converter.place_casts(graph)
     return report
+
+
+def _variance_chains(model: ir.Model) -> dict[ir.Node, str]:
+    """The variance chain of each decomposed LayerNorm/RMSNorm: the square, its mean, `+ eps`, the root and
+    the division by it. In FP16 the square overflows beyond |x| = 256 and the mean of squares loses the
+    small ones; and ONNX Runtime 1.24 fails to load a model whose FP16 Pow reads an FP16 exponent shared by
+    several LayerNorms (its SimplifiedLayerNormFusion drops the exponent's Cast). Kept FP32, as TensorRT
+    advises for normalizations."""
+    from graphdoctor.analysis.context import Analysis
+    from graphdoctor.analysis.normalization import find_normalizations
+
+    chains: dict[ir.Node, str] = {}
+    for norm in find_normalizations(Analysis(model)):
+        if not norm.is_decomposed:
+            continue
+        add, variance, square, *rest = norm.nodes
+        root = rest[-1]
+        readers = [use.node for value in root.outputs for use in value.uses()]
+        divisions = [r for r in readers if r.op_type in ("Div", "Reciprocal")] if len(readers) == 1 else []
+        reason = (
+            f"the variance of a {norm.form} (anchored at '{node_label(add)}'): squares overflow FP16 beyond |x| = 256,"
+            " and an FP16 variance chain fails to load on ONNX Runtime 1.24; FP32 as TensorRT advises"
+        )
+        for node in (square, variance, add, root, *divisions):
+            chains.setdefault(node, reason)
+    return chains
+
+
+def _opset_for_bf16(model: ir.Model) -> list[str]:
+    """Conv, ConvTranspose, pooling, InstanceNormalization, Sin, Round... have a BFLOAT16 form only from opset
+    22: below it they would all stay FP32. Raise the model to 22 when every node carries over exactly (else
+    say why not, and they stay FP32 with that reason)."""
+    from graphdoctor.opset_upgrade import OpsetUpgradeRefused, raise_opset
+
+    current = opset_version(model, "")
+    if current is None or current >= BF16_OPSET:
+        return []
+    try:
+        notes = raise_opset(model, BF16_OPSET)
+    except OpsetUpgradeRefused as refused:
+        return [f"opset {current} kept (ops without a BF16 form before {BF16_OPSET} stay FP32): {refused}"]
+    return [f"opset {current} → {BF16_OPSET}: Conv and pooling have a BF16 form only from {BF16_OPSET}", *notes]
 
 
 def _only_boundaries_fp32(graphs: list[ir.Graph], precision: LowPrecision) -> bool:
@@ -246,6 +292,7 @@ class _Converter:
         self.names = {value.name for value in iter_values(model)}
         self.integer_math = integer_valued_regions(model)
         self.fences = exporter_fences(model)
+        self.variances = _variance_chains(model)
         self.kinds: dict[int, str] = {}  # nodes kept FP32: what decided it
         self.paths: dict[int, str] = {}  # every decided node's graph path
 
@@ -343,7 +390,11 @@ class _Converter:
         if constant is not None:
             return ("eps" if constant.startswith(_EPS_REASON) else "constant"), constant
         measured = self._range_reason(node)
-        return ("range", measured) if measured is not None else ("", None)
+        if measured is not None:
+            return "range", measured
+        if node in self.variances:
+            return "normalization", self.variances[node]
+        return "", None
 
     def _schema_reason(self, node: ir.Node) -> str | None:
         for index, value in enumerate(node.outputs):

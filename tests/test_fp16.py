@@ -295,7 +295,7 @@ def test_converting_the_converters_output_again_says_already_fp16(gd: Run, tmp_p
 
 def test_layer_norm_eps_keeps_add_sqrt_div_fp32(gd: Run, tmp_path: Path):
     """eps 1e-12 rounds to 0 in FP16: var + eps, its Sqrt and the Div stay FP32, so a constant row
-    normalizes to 0 instead of 0/0."""
+    normalizes to 0 instead of 0/0; the square and its mean, the rest of the variance chain, too."""
     path = saved(fp16_cases.layer_norm(), tmp_path)
     out, model = fixed(gd, path)
     assert "kept FP32: 'Add_4' (Add): reads the eps constant 'eps' = 1e-12, which FP16 rounds to 0" in out
@@ -305,7 +305,8 @@ def test_layer_norm_eps_keeps_add_sqrt_div_fp32(gd: Run, tmp_path: Path):
     assert eps.dtype == np.float32 and float(eps) == np.float32(1e-12)
     types = elem_types(model)
     assert (types["ve"], types["std"], types["y"]) == (FLOAT, FLOAT, FLOAT)
-    assert (types["d"], types["var"]) == (FLOAT16, FLOAT16)
+    assert (types["mean"], types["d"], types["sq"], types["var"]) == (FLOAT16, FLOAT16, FLOAT, FLOAT)
+    assert "kept FP32: 'Mul_2' (Mul): the variance of a decomposed LayerNorm (anchored at 'Add_4')" in out
     x = np.stack([np.full(8, 1.5, np.float32), normal(8)])
     y = run(fp16_path(path), {"x": x})["y"]
     assert not np.isnan(y).any()
@@ -649,12 +650,12 @@ def test_real_exports(name: str, tmp_path: Path):
     assert report.converted_nodes > 50 and report.tensors_converted > 40
     model = onnx.load(output)
     float_io = [v for v in (*model.graph.input, *model.graph.output) if v.type.tensor_type.elem_type == FLOAT]
-    layer_norms_kept = len(report.kept) // 3
-    assert report.casts_added == len(float_io) + 3 * layer_norms_kept  # var, x - mean up; the quotient down
-    kept_reasons = {k.reason.split(" '")[0] for k in report.kept}
-    assert kept_reasons <= {"reads the eps constant", "follows"}
-    if name == "bert_opset14":  # 5 LayerNorms with eps 1e-12, decomposed: Add, Sqrt and Div of each
-        assert sorted({k.op_type for k in report.kept}) == ["Add", "Div", "Sqrt"] and len(report.kept) == 15
+    layer_norms_kept = len(report.kept) // 5
+    assert report.casts_added == len(float_io) + 2 * layer_norms_kept  # x - mean up; the quotient down
+    assert {k.kind for k in report.kept} <= {"eps", "eps-tail", "normalization"}
+    if name == "bert_opset14":  # 5 decomposed LayerNorms (eps 1e-12): the variance chain of each
+        assert sorted({k.op_type for k in report.kept}) == ["Add", "Div", "Pow", "ReduceMean", "Sqrt"]
+        assert len(report.kept) == 25
     else:
         assert report.kept == []
     assert all(c.what in ("flushed to 0", "saturated (attention mask)") for c in report.changed)

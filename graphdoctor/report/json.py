@@ -123,6 +123,8 @@ def _fp16(result) -> dict[str, Any]:
         "ranges_measured": report.ranges_measured,
         "functions_kept": report.functions_kept,
         "max_value": report.max_value,
+        "precision": report.precision,
+        "opset_notes": list(report.opset_notes),
         "kept_fp32": [dict(k.__dict__) for k in report.kept],
         "fp32_regions": [
             {"graph": r.graph, "nodes": list(r.nodes), "peak": r.peak, "peak_at": r.peak_at, "ends": list(r.ends)}
@@ -138,11 +140,12 @@ def render_fix(result, stream: TextIO) -> None:
     """Schema (version 1): {"schema_version", "tool", "version", "fix": {"path", "output", "written", "dry_run",
     "converged", "size_before", "size_after" (null when nothing was written), "seconds", "blamed" (rules whose
     fixes alone fail verification), "fixes": [{"code", "name", "repairs": {message_id: count}, "safety",
-    "nodes_removed", "bytes_saved"}], "fp16": {"already_fp16", "converted_nodes", "tensors_converted",
-    "casts_added", "ranges_measured", "functions_kept", "max_value", "kept_fp32": [{"node", "op_type", "graph",
-    "reason", "kind"}], "fp32_regions": [{"graph", "nodes", "peak", "peak_at", "ends"}], "kept_after_verification":
-    [{"node", "reason"}], "keep_fp32_hint": [node], "changed_values": [{"tensor", "what", "count", "worst"}]}
-    | null, "verify": (as in `verify`'s report) | null}}"""
+    "nodes_removed", "bytes_saved"}], "fp16" (FP16 or BF16): {"already_fp16", "converted_nodes",
+    "tensors_converted", "casts_added", "ranges_measured", "functions_kept", "max_value", "precision" ("FP16" |
+    "BF16"), "opset_notes", "kept_fp32": [{"node", "op_type", "graph", "reason", "kind"}], "fp32_regions":
+    [{"graph", "nodes", "peak", "peak_at", "ends"}], "kept_after_verification": [{"node", "reason"}],
+    "keep_fp32_hint": [node], "changed_values": [{"tensor", "what", "count", "worst"}]} | null, "verify": (as in
+    `verify`'s report) | null}}"""
     fixed = {
         "path": str(result.path),
         "output": str(result.output),

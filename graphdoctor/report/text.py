@@ -232,6 +232,8 @@ def _render_fp16(result, out: _Writer) -> None:
         else ("activations not measured (no sample inputs with --no-verify): only constants were checked")
     )
     out.line(f"    {measured}")
+    for note in report.opset_notes:
+        out.line(_escape(f"    {note}"), plain=f"    {note}")
     for kept in report.kept[:_LISTED_FP16]:
         line = f"    kept FP32: '{kept.node}' ({kept.op_type}): {kept.reason}"
         out.line(_escape(line), plain=line)

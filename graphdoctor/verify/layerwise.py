@@ -363,15 +363,33 @@ _SHAPE_READERS = frozenset({"Shape", "Size"})  # read a tensor's dims, never its
 
 def _computed_from_floats(graph: ir.Graph) -> set[str]:
     """Names of the values whose computation reads a float value (a float tensor or constant, not through
-    Shape or Size): the only ones whose numbers a change of float precision can change."""
+    Shape or Size): the only ones whose numbers a change of float precision can change. Values drawn at
+    random (Dropout in training mode, Random*, Bernoulli) and everything computed from them differ between
+    two runs of one model, and are left out."""
     reached: set[str] = {v.name for v in graph.inputs if v.name and _is_float(v)}
+    random: set[str] = set()
     for node in graph:
+        outputs = [v.name for v in node.outputs if v.name]
+        if _draws_at_random(node) or any(v is not None and v.name in random for v in node.inputs):
+            random.update(outputs)
+            continue
         reads = node.op_type not in _SHAPE_READERS and any(
             v is not None and (v.name in reached or _is_float(v)) for v in node.inputs
         )
         if reads:
-            reached.update(v.name for v in node.outputs if v.name)
+            reached.update(outputs)
     return reached
+
+
+_RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli"})
+_RANDOM_OPS |= {"Multinomial"}
+
+
+def _draws_at_random(node: ir.Node) -> bool:
+    """A random op, or a Dropout given a training_mode input (its mask and output are drawn at random)."""
+    if node.op_type in _RANDOM_OPS:
+        return True
+    return node.op_type == "Dropout" and len(node.inputs) > 2 and node.inputs[2] is not None
 
 
 def _is_float(value: ir.Value) -> bool:
