@@ -308,10 +308,14 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
     nothing is written, the offending rule is named and the exit code is 1. Writes are atomic; the input is never
     modified without --in-place.
 
-    --fp16 keeps in FP32 what FP16 cannot hold (reporting why, node by node), reports every value it flushes,
-    clamps or saturates, and verifies under FP16 emulation: ONNX Runtime's CPU provider computes most FP16
-    ops in FP32, so it alone cannot show FP16 overflow. When the emulation diverges, the first diverging node
-    is kept FP32 and the conversion is tried again (4 times at most).
+    --fp16 keeps in FP32 what FP16 cannot hold (reporting why, node by node): integer-valued math (index
+    and bucket computations), what the exporter fenced with float32 Casts, LayerNorm variances, and regions
+    whose values reach --fp16-max on the inputs, up to where they are back in range. It reports every value
+    it flushes, clamps or saturates, checks the result loads in a default ONNX Runtime session, and verifies
+    under FP16 emulation: ONNX Runtime's CPU provider computes most FP16 ops in FP32, so it alone cannot
+    show FP16 overflow. When the emulation diverges, the diverging node is kept FP32 and the conversion is
+    tried again (4 times at most); if it still fails, the report gives the --keep-fp32 list to try. --bf16
+    does the same with BFLOAT16 (raising the opset to 22), verified under BF16 emulation.
     """
     from graphdoctor import api
     from graphdoctor.config import find_config, load_config

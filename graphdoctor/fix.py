@@ -155,6 +155,7 @@ def _write_verified(model, target: Path, use_external: bool, pipeline: _Pipeline
         try:
             staged = stage_model(model, target, use_external)
             _check_valid(staged.path)
+            _check_deployable(staged, pipeline)
             verification = check.run(staged.path, pipeline) if check is not None else _check_loads(staged, pipeline)
             _refuse_unrunnable_reference(verification)
             if verification is None or verification.passed:
@@ -360,6 +361,20 @@ def _check_valid(written: Path) -> None:
             f"the model as written fails ONNX's checker: {first_line(error)}; nothing was written"
             " (`python -c \"import onnx; onnx.checker.check_model('MODEL')\"` shows whether the input does too)"
         ) from None
+
+
+def _check_deployable(staged, pipeline: _Pipeline) -> None:
+    """A converted model must load where users load it: a default ONNX Runtime session, all optimizations
+    on, where fusions meet FP16 patterns no test of ours runs (models of 1 GiB or less)."""
+    from graphdoctor.verify.runners import check_loads_as_deployed
+
+    converted = pipeline.fp16 is not None and not pipeline.fp16.already_fp16
+    if converted and staged.size() <= SEGMENTED_ABOVE:
+        bf16 = pipeline.fp16_options.precision.key == "bf16"
+        try:
+            check_loads_as_deployed(staged.path, tolerate_missing_kernels=bf16)
+        except GraphDoctorError as error:
+            raise GraphDoctorError(f"{error}; nothing was written") from None
 
 
 def _check_loads(staged, pipeline: _Pipeline) -> None:

@@ -88,6 +88,10 @@ BLOCKED_OPS = {
 }
 _DTYPE_OPS = frozenset({"EyeLike", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"})
 _DTYPE_OPS |= {"Bernoulli", "Multinomial"}
+# tables computed from integer sizes, typed by an `output_datatype` attribute: ONNX Runtime has no FP16
+# kernel for them, and converting the table costs one Cast
+_TABLE_OPS = frozenset({"HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix"})
+_SCATTER_OPS = frozenset({"ScatterND", "ScatterElements"})
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 _EPS_LIKE_ELEMENTS = 16  # a constant this small whose nonzero values all flush is an epsilon, not a weight
 _EPS_REASON = "reads the eps constant"
@@ -373,6 +377,10 @@ class _Converter:
             return "subgraph", "holds subgraphs, converted on their own; their inputs and outputs stay FP32"
         if any(v is not None and _is_sparse_initializer(v) for v in node.inputs):
             return "sparse", "reads a sparse initializer, which stays as stored (float32)"
+        if node.op_type in _TABLE_OPS:
+            return "table", "computes a table from integer sizes (output_datatype): FP32, Cast where FP16 reads it"
+        if node.op_type == "BitCast":
+            return "bitcast", "reinterprets its input's bits: a 16-bit float has other bits than a float32"
         if node.op_type == "Cast" and not _float_target(node):
             return "integer-cast", f"casts to an integer type: {self.low.name} rounding would change the integers"
         reason = self._schema_reason(node)
@@ -384,6 +392,8 @@ class _Converter:
             return "integer-math", self.integer_math[node]
         if node.op_type in BLOCKED_OPS:
             return "blocked", BLOCKED_OPS[node.op_type]
+        if node.op_type in _SCATTER_OPS and (node.attributes.get_string("reduction", "none") or "none") != "none":
+            return "blocked", "accumulates into its data (reduction): a running sum or product in low precision"
         if node in self.fences:
             return "fence", self.fences[node]
         constant = self._constant_reason(node)

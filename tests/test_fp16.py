@@ -665,6 +665,36 @@ def test_real_exports(name: str, tmp_path: Path):
     assert all(np.isfinite(v).all() for v in run(output, feeds).values())
 
 
+DYNAMO_MODELS = ["dynamo_cnn", "dynamo_vit", "dynamo_bert", "dynamo_whisper_encoder"]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", DYNAMO_MODELS)
+def test_dynamo_exports(name: str, tmp_path: Path):
+    """torch's default exporter: value_info for every weight, opset 18-20, LayerNormalization, Gelu. Converted
+    with the default verification, each passes the fp16 preset on every backend and loads in a default
+    ONNX Runtime session (fix checks that in a child process: ONNX Runtime's optimizers crash on some FP16
+    graphs)."""
+    from fixtures import torch_exports
+
+    path = torch_exports.path(name)
+    inputs = tmp_path / f"{name}.npz"
+    np.savez(inputs, **torch_exports.sample_inputs(path))
+    output = tmp_path / f"{name}.fp16.onnx"
+    result = api.fix(path, output, fp16=Fp16Options(), inputs=inputs)
+    assert result.written and result.passed and result.fp16_repaired == []
+    assert [(v.backend, v.status, v.tolerance.name) for v in result.verification.verdicts] == [
+        ("fp16-emulation", "passed", "fp16"),
+        ("onnxruntime-cpu", "passed", "fp16"),
+    ]
+    assert result.size_after <= 0.75 * result.size_before  # the exporter's metadata stays (--strip-metadata)
+    model = onnx.load(output)
+    onnx.checker.check_model(model, full_check=True)
+    stated = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    assert all(stated.get(t.name, t.data_type) == t.data_type for t in model.graph.initializer)
+    assert all(np.isfinite(v).all() for v in run(output, dict(np.load(inputs))).values())
+
+
 F32 = np.float32
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "as_declared",
     "as_written",
     "check_loads",
+    "check_loads_as_deployed",
     "get_backend",
     "quiet_session_options",
     "session_model",
@@ -137,6 +138,37 @@ def check_loads(model: Path) -> None:
         raise GraphDoctorError(
             f"the model as written does not load: {first_line(error)}; nothing was written"
         ) from None
+
+
+_DEFAULT_SESSION = (
+    "import sys, onnxruntime as ort\n"
+    "options = ort.SessionOptions(); options.log_severity_level = 4\n"
+    "try:\n"
+    "    ort.InferenceSession(sys.argv[1], options, providers=['CPUExecutionProvider'])\n"
+    "except Exception as error:\n"
+    "    print(str(error).splitlines()[0] if str(error) else type(error).__name__); sys.exit(1)\n"
+)
+
+
+def check_loads_as_deployed(model: Path, tolerate_missing_kernels: bool = False) -> None:
+    """Raise unless ONNX Runtime CPU builds a default session (every graph optimization on, as users load it)
+    from `model`. Built in a child process: ONNX Runtime's optimizers crash on some valid FP16 graphs (a
+    segmentation fault in 1.24 and 1.32), which in this process would end graphdoctor without a word.
+    `tolerate_missing_kernels`: a NOT_IMPLEMENTED (no BF16 kernel on this provider) is not a failure."""
+    import subprocess
+    import sys
+
+    child = subprocess.run(
+        [sys.executable, "-c", _DEFAULT_SESSION, os.fspath(model)], capture_output=True, text=True, check=False
+    )
+    if child.returncode == 0:
+        return
+    why = child.stdout.strip() or first_line(child.stderr) or f"exit status {child.returncode}"
+    if child.returncode < 0:
+        why = f"ONNX Runtime crashed (signal {-child.returncode}) building the session, a bug of ONNX Runtime"
+    elif tolerate_missing_kernels and "NOT_IMPLEMENTED" in why:
+        return
+    raise GraphDoctorError(f"the model as written does not load in a default ONNX Runtime session: {why}")
 
 
 def as_written(options) -> None:
