@@ -680,7 +680,7 @@ def _input_source(inputs, seed: int, batches) -> str:
 def _activation_ranges(source: Path, batches, size: int):
     """Ranges of the FP32 model's activations over the sample batches, for the converter; run a segment at
     a time for models over 1 GiB."""
-    from graphdoctor.analysis.ranges import value_ranges_over
+    from graphdoctor.verify.ranges import value_ranges_over
     from graphdoctor.verify.segmented import SegmentedOnnxruntimeBackend
 
     run = None

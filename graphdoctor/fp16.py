@@ -191,7 +191,7 @@ def convert_to_fp16(
     model: ir.Model, options: Fp16Options = Fp16Options(), ranges: Mapping[str, TensorRange] | None = None
 ) -> Fp16Report:
     """Convert `model` to FP16 in place (see the module docstring); `ranges` are activation ranges of the
-    FP32 model on sample inputs (`analysis.ranges.value_ranges`), used to keep overflowing nodes in FP32."""
+    FP32 model on sample inputs (`verify.ranges.value_ranges_over`), used to keep overflowing nodes in FP32."""
     report = Fp16Report(ranges_measured=ranges is not None, max_value=options.limit, precision=options.precision.name)
     if options.precision.dtype == BF16.dtype:
         report.opset_notes = _opset_for_bf16(model)

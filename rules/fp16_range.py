@@ -56,18 +56,11 @@ from graphdoctor.analysis.constants import const_tensor, iter_constant_values
 from graphdoctor.analysis.format import format_dtype, format_number, format_shape
 from graphdoctor.analysis.graph import node_label
 from graphdoctor.analysis.normalization import normalizations
-from graphdoctor.analysis.ranges import (
-    FP16_FLUSH,
-    FP16_OVERFLOW,
-    SOURCE,
-    TensorRange,
-    feeds_softmax,
-    is_mask_saturation,
-    sample_ranges,
-)
+from graphdoctor.analysis.ranges import FP16_FLUSH, FP16_OVERFLOW, TensorRange, feeds_softmax, is_mask_saturation
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.engine import RuleContext
 from graphdoctor.rule import Finding, Message, RuleKind, RuleMeta, Severity
+from graphdoctor.verify.ranges import SOURCE, sample_ranges
 
 __all__ = ["META", "Options", "check"]
 

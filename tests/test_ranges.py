@@ -1,5 +1,6 @@
-"""Value ranges of activations (graphdoctor.analysis.ranges): exact FP16 thresholds, real ONNX Runtime runs,
-fetches bounded by a byte budget, and attention masks told apart from real overflow by structure."""
+"""Value ranges of activations (reduced by analysis.ranges, measured by verify.ranges): exact FP16 thresholds,
+real ONNX Runtime runs, fetches bounded by a byte budget, and attention masks told apart from real overflow by
+structure."""
 
 from __future__ import annotations
 
@@ -17,13 +18,11 @@ from graphdoctor.analysis.ranges import (
     is_mask_saturation,
     merge_ranges,
     range_of,
-    sample_ranges,
-    value_ranges,
-    value_ranges_over,
 )
 from graphdoctor.analysis.types import infer_types
 from graphdoctor.model import load_model
 from graphdoctor.verify.inputs import load_input_batches, save_inputs
+from graphdoctor.verify.ranges import sample_ranges, value_ranges, value_ranges_over
 from graphdoctor.verify.runners import OnnxruntimeBackend
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'

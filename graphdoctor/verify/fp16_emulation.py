@@ -70,9 +70,9 @@ from graphdoctor.analysis.fp16_ops import (
     output_allows_type,
 )
 from graphdoctor.analysis.graph import holds_tensor, iter_graph_sites, iter_values, node_label
-from graphdoctor.analysis.ranges import iter_slices
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.errors import GraphDoctorError, first_line
+from graphdoctor.verify.ranges import iter_slices
 from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend, as_declared, quiet_session_options
 
 __all__ = [
