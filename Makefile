@@ -65,6 +65,7 @@ bench-fix: $(VENV)/.test
 
 bench-fp16: $(VENV)/.test
 	$(PIP) -e '.[bench]'
+	$(BIN)/python bench/fp16.py --install-peers
 	$(BIN)/python bench/fp16.py
 
 clean:
