@@ -196,6 +196,7 @@ def convert_to_fp16(
     if options.precision.dtype == BF16.dtype:
         report.opset_notes = _opset_for_bf16(model)
     infer_types(model)
+    _rank_match_transposed_matmuls(model)
     graphs = [graph for graph, _ in iter_graph_sites(model) if isinstance(graph, ir.Graph)]
     report.functions_kept = len(model.functions)
     was_float = {id(v) for graph in graphs for v in _values(graph) if v.dtype == _F32 and holds_tensor(v)}
@@ -239,6 +240,58 @@ def _variance_chains(model: ir.Model) -> dict[ir.Node, str]:
         for node in (square, variance, add, root, *divisions):
             chains.setdefault(node, reason)
     return chains
+
+
+def _rank_match_transposed_matmuls(model: ir.Model) -> None:
+    """A MatMul reading a Transpose of rank 3 or more that moves axis 0 (`perm [1, 0, 2]`, before each
+    in_proj of a dynamo-exported `nn.MultiheadAttention`) and a 2-D weight crashes ONNX Runtime 1.23 to 1.32
+    (SIGSEGV) once the MatMul is FP16 or reads through a Cast: its MatmulTransposeFusion rewrites the graph,
+    then drops the fusion on the rank mismatch without resolving it (microsoft/onnxruntime#28392). The
+    weight stored with leading 1s (`[K, N]` as `[1, K, N]`) gives the same products by MatMul's
+    broadcasting, bit for bit, and the fusion completes. Only weights this MatMul alone reads; never read."""
+    for graph, _ in iter_graph_sites(model):
+        for node in graph:
+            if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+                continue
+            for index in (0, 1):
+                rank = _transposed_batch_rank(node.inputs[index])
+                weight = node.inputs[1 - index]
+                if rank is not None and _lone_initializer(weight, node) and len(weight.shape) < rank:
+                    _with_leading_ones(weight, rank)
+
+
+def _transposed_batch_rank(value: ir.Value | None) -> int | None:
+    """The rank of a Transpose output whose perm moves axis 0 (None for anything else)."""
+    producer = value.producer() if value is not None else None
+    if producer is None or producer.op_type != "Transpose" or producer.domain not in ("", "ai.onnx"):
+        return None
+    perm = producer.attributes.get_ints("perm")
+    return len(perm) if perm is not None and len(perm) >= 3 and perm[0] != 0 else None
+
+
+def _lone_initializer(value: ir.Value | None, reader: ir.Node) -> bool:
+    if value is None or not value.is_initializer() or value.is_graph_input() or value.const_value is None:
+        return False
+    return value.shape is not None and all(use.node is reader for use in value.uses())
+
+
+def _with_leading_ones(value: ir.Value, rank: int) -> None:
+    """The same tensor, its shape padded with 1s in front: an external one keeps its bytes where they are."""
+    tensor = value.const_value
+    shape = ir.Shape([1] * (rank - len(tensor.shape)) + list(tensor.shape.numpy()))
+    if isinstance(tensor, ir.ExternalTensor):
+        value.const_value = ir.ExternalTensor(
+            tensor.location,
+            tensor.offset,
+            tensor.length,
+            tensor.dtype,
+            shape=shape,
+            name=tensor.name,
+            base_dir=tensor.base_dir,
+        )
+    else:
+        value.const_value = ir.Tensor(tensor.numpy().reshape(shape.numpy()), name=tensor.name)
+    value.shape = shape
 
 
 def _opset_for_bf16(model: ir.Model) -> list[str]:
