@@ -108,6 +108,7 @@ SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
     "yolo": {"images": (1, 3, 320, 320)},
     "bert": {"input_ids": (1, 128), "attention_mask": (1, 128)},
     "bert_base_opset14": {"input_ids": (1, 128), "attention_mask": (1, 128)},
+    "dynamo_bert": {"input_ids": (2, 16), "attention_mask": (2, 16)},  # its position table holds 64 tokens
     "large": {"x": (1, 4096)},
 }
 BIG_MODEL_BYTES = 150 * 1000**2  # one run above this size

@@ -382,6 +382,16 @@ def test_ranges_are_measured_over_every_batch_of_a_folder(gd: Run, tmp_path: Pat
     assert code == 0 and single["fp16"]["kept_fp32"] == []  # the first batch alone never comes close
 
 
+@pytest.mark.torch
+def test_castlike_and_casts_of_constants_fence_nothing(gd: Run, tmp_path: Path):
+    """torch's dynamo exporter, unoptimized, writes CastLike(eps, x) before every BatchNorm: type plumbing,
+    not the model asking for FP32. Nothing is kept FP32 for it."""
+    from fixtures import torch_exports
+
+    code, report = fix_json(gd, torch_exports.path("dynamo_cnn_unoptimized"), "--no-verify", "-o", tmp_path / "o.onnx")
+    assert code == 0 and [k for k in report["fp16"]["kept_fp32"] if k["kind"] == "fence"] == []
+
+
 def test_no_verify_measures_no_activations_and_says_so(gd: Run, tmp_path: Path):
     path = saved(fp16_cases.square_of_scaled(), tmp_path)
     out, model = fixed(gd, path, "--no-verify")

@@ -35,11 +35,16 @@ _F32 = ir.DataType.FLOAT
 
 
 def is_fence(node: ir.Node) -> bool:
-    """A Cast (or CastLike) to float32 of a value already float32: a no-op in FP32, a mark for FP16."""
-    if node.op_type not in ("Cast", "CastLike") or node.domain not in ("", "ai.onnx") or not node.inputs:
+    """A Cast to float32 of a computed float32 value: a no-op in FP32, a mark for FP16. CastLike is the
+    exporter's own type plumbing (torch's dynamo exporter writes one per scalar it matches to a tensor, e.g.
+    every BatchNorm's eps when not optimized), and a Cast of a constant fences no computation: neither counts."""
+    if node.op_type != "Cast" or node.domain not in ("", "ai.onnx") or not node.inputs:
         return False
     source = node.inputs[0]
-    if source is None or source.dtype != _F32 or not node.outputs:
+    if source is None or source.dtype != _F32 or not node.outputs or _small_constant(source):
+        return False
+    producer = source.producer()
+    if source.const_value is not None or (producer is not None and is_constant_node(producer)):
         return False
     return node.outputs[0].dtype == _F32
 
