@@ -358,7 +358,7 @@ def _fp16_options(options: dict[str, Any]):
     if not (options["fp16"] or options["bf16"]):
         given = [_FP16_ONLY[key] for key in _FP16_ONLY if options[key] not in (None, False, ())]
         if given:
-            raise GraphDoctorError(f"{', '.join(given)} go with --fp16 (or --bf16)")
+            raise GraphDoctorError(f"{', '.join(given)} {'go' if len(given) > 1 else 'goes'} with --fp16 (or --bf16)")
         return None
     if options["bf16"] and options["fp16_max"] is not None:
         raise GraphDoctorError("--fp16-max goes with --fp16: BF16 has FP32's range (activations never reach it)")
