@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -40,3 +41,13 @@ def gd(capsys: pytest.CaptureFixture[str]) -> Run:
         return exit_info.value.code, captured.out, captured.err
 
     return run
+
+
+def exported_with_inputs(name: str, tmp_path: Path) -> tuple[Path, Path]:
+    """A cached torch-export fixture and its sample inputs saved as an .npz beside the test's files."""
+    from fixtures import torch_exports
+
+    path = torch_exports.path(name)
+    inputs = tmp_path / f"{name}.npz"
+    np.savez(inputs, **torch_exports.sample_inputs(path))
+    return path, inputs

@@ -23,7 +23,7 @@ from fixtures.handmade import save
 from graphdoctor import api
 from graphdoctor.analysis import fp16_ops
 from graphdoctor.fp16 import Fp16Options
-from tests.conftest import Run
+from tests.conftest import Run, exported_with_inputs
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 RTOL, ATOL = 1e-2, 1e-2  # the fp16 preset's
@@ -645,11 +645,7 @@ REAL_MODELS = {"resnet50": 0.51, "yolo": 0.51, "bert_opset14": 0.53, "bert_opset
 @pytest.mark.torch
 @pytest.mark.parametrize("name", list(REAL_MODELS))
 def test_real_exports(name: str, tmp_path: Path):
-    from fixtures import torch_exports
-
-    path = torch_exports.path(name)
-    inputs = tmp_path / f"{name}.npz"
-    np.savez(inputs, **torch_exports.sample_inputs(path))
+    path, inputs = exported_with_inputs(name, tmp_path)
     output = tmp_path / f"{name}.fp16.onnx"
     result = api.fix(path, output, fp16=Fp16Options(), inputs=inputs)
     assert result.written and result.passed
@@ -686,11 +682,7 @@ def test_dynamo_exports(name: str, tmp_path: Path):
     with the default verification, each passes the fp16 preset on every backend and loads in a default
     ONNX Runtime session (fix checks that in a child process: ONNX Runtime's optimizers crash on some FP16
     graphs)."""
-    from fixtures import torch_exports
-
-    path = torch_exports.path(name)
-    inputs = tmp_path / f"{name}.npz"
-    np.savez(inputs, **torch_exports.sample_inputs(path))
+    path, inputs = exported_with_inputs(name, tmp_path)
     output = tmp_path / f"{name}.fp16.onnx"
     result = api.fix(path, output, fp16=Fp16Options(), inputs=inputs)
     assert result.written and result.passed and result.fp16_repaired == []
@@ -715,11 +707,7 @@ BFLOAT16 = onnx.TensorProto.BFLOAT16
 def test_bf16_real_exports(name: str, tmp_path: Path):
     """--bf16: at least 95% of the float weights in BFLOAT16 (Conv's BF16 form needs opset 22: raised),
     verified under bf16-emulation at the bf16 preset; ONNX Runtime CPU, without BF16 kernels, skipped."""
-    from fixtures import torch_exports
-
-    path = torch_exports.path(name)
-    inputs = tmp_path / f"{name}.npz"
-    np.savez(inputs, **torch_exports.sample_inputs(path))
+    path, inputs = exported_with_inputs(name, tmp_path)
     output = tmp_path / f"{name}.bf16.onnx"
     result = api.fix(path, output, fp16=Fp16Options(precision=fp16_ops.BF16), inputs=inputs)
     assert result.written and result.passed and result.fp16.precision == "BF16"

@@ -30,6 +30,7 @@ from graphdoctor.verify.fp16_emulation import (
     emulate_low_precision,
 )
 from graphdoctor.verify.runners import OnnxruntimeBackend, get_backend
+from tests.conftest import exported_with_inputs
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 F32 = np.float32
@@ -292,15 +293,6 @@ def test_text_report_names_the_backend_and_precision(gd: Run, tmp_path: Path):
 
 
 # --- real exports -------------------------------------------------------------------------------------------
-
-
-def exported_with_inputs(name: str, tmp_path: Path) -> tuple[Path, Path]:
-    from fixtures import torch_exports
-
-    path = torch_exports.path(name)
-    inputs = tmp_path / f"{name}.npz"
-    np.savez(inputs, **torch_exports.sample_inputs(path))
-    return path, inputs
 
 
 @pytest.mark.torch

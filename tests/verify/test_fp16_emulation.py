@@ -18,6 +18,7 @@ from graphdoctor import api
 from graphdoctor.analysis.types import infer_types
 from graphdoctor.verify.fp16_emulation import PRECISION, Fp16EmulationBackend, emulate_fp16
 from graphdoctor.verify.runners import get_backend
+from tests.conftest import exported_with_inputs
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 F32 = np.float32
@@ -275,15 +276,6 @@ g (float[N,8] x) => (float[N,8] y) <float scale = {{10.0}}, float[8] gamma = {{1
 
 
 # --- real exports -------------------------------------------------------------------------------------------
-
-
-def exported_with_inputs(name: str, tmp_path: Path) -> tuple[Path, Path]:
-    from fixtures import torch_exports
-
-    path = torch_exports.path(name)
-    inputs = tmp_path / f"{name}.npz"
-    np.savez(inputs, **torch_exports.sample_inputs(path))
-    return path, inputs
 
 
 @pytest.mark.torch
