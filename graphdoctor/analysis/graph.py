@@ -9,7 +9,6 @@ import onnx_ir as ir
 __all__ = [
     "GraphSite",
     "consumers",
-    "holds_fp16",
     "holds_tensor",
     "holds_type",
     "is_constant_node",
@@ -101,16 +100,11 @@ def holds_tensor(value: ir.Value) -> bool:
     return value.type is None or isinstance(value.type, ir.TensorType)
 
 
-def holds_fp16(model: ir.Model) -> bool:
-    """Whether any tensor is FLOAT16 (see `holds_type`)."""
-    return holds_type(model, ir.DataType.FLOAT16)
-
-
-def holds_type(model: ir.Model, dtype: ir.DataType) -> bool:
-    """Whether any tensor is of `dtype`: a typed value, or the output of a Cast to it (whose type is known
-    from the attribute even before shape inference)."""
-    return any(value.dtype == dtype for value in iter_values(model)) or any(
-        node.op_type == "Cast" and node.attributes.get_int("to") == dtype
+def holds_type(model: ir.Model, *dtypes: ir.DataType) -> bool:
+    """Whether any tensor is of one of `dtypes`: a typed value, or the output of a Cast to one (whose type
+    is known from the attribute even before shape inference)."""
+    return any(value.dtype in dtypes for value in iter_values(model)) or any(
+        node.op_type == "Cast" and node.attributes.get_int("to") in dtypes
         for graph, _ in iter_graph_sites(model)
         for node in graph
     )

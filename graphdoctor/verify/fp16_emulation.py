@@ -69,7 +69,7 @@ from graphdoctor.analysis.fp16_ops import (
     input_allows_type,
     output_allows_type,
 )
-from graphdoctor.analysis.graph import holds_tensor, iter_graph_sites, iter_values, node_label
+from graphdoctor.analysis.graph import holds_tensor, holds_type, iter_graph_sites, node_label
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.errors import GraphDoctorError, first_line
 from graphdoctor.verify.ranges import iter_slices
@@ -88,7 +88,6 @@ __all__ = [
     "Rounded",
     "emulate_fp16",
     "emulate_low_precision",
-    "holds_low_precision",
     "session_options",
 ]
 
@@ -158,7 +157,7 @@ def emulate_low_precision(model: ir.Model, dtype: ir.DataType) -> Emulation:
         raise ValueError(f"emulate_low_precision emulates FLOAT16 or BFLOAT16, not {dtype!r}")
     emulation = Emulation()
     graphs = [g.graph if isinstance(g, ir.Function) else g for g, _ in iter_graph_sites(model)]
-    rewriter = _Rewriter(model, emulation, LOW_PRECISIONS[dtype], converted=holds_low_precision(model))
+    rewriter = _Rewriter(model, emulation, LOW_PRECISIONS[dtype], converted=holds_type(model, *LOW_PRECISIONS))
     if rewriter.converted:
         for graph in graphs:
             rewriter.upcast(graph)
@@ -167,16 +166,6 @@ def emulate_low_precision(model: ir.Model, dtype: ir.DataType) -> Emulation:
         rewriter.rewrite(graph)
     rewriter.restore_fp16_outputs()
     return emulation
-
-
-def holds_low_precision(model: ir.Model) -> bool:
-    """Whether any tensor is FLOAT16 or BFLOAT16: a typed value, or the output of a Cast to either (whose
-    type is known from the attribute even before shape inference)."""
-    return any(value.dtype in LOW_PRECISIONS for value in iter_values(model)) or any(
-        node.op_type == "Cast" and node.attributes.get_int("to") in LOW_PRECISIONS
-        for graph, _ in iter_graph_sites(model)
-        for node in graph
-    )
 
 
 class _Rewriter:
