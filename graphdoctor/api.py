@@ -22,6 +22,7 @@ from graphdoctor.engine import run_rules, select_rules
 from graphdoctor.fix import FixResult, fix
 from graphdoctor.model import input_files, load_model, refuse_overwriting
 from graphdoctor.rule import Finding, Rule, Severity, load_rules
+from graphdoctor.targets import DEFAULT_TARGET, Target, as_target
 from graphdoctor.verify import sample_inputs
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class LintResult:
     rules: list[Rule]  # the rules that ran
     seconds: float
     file_size: int
+    target: Target = DEFAULT_TARGET  # the runtime the rules checked for
 
     def count(self, severity: Severity) -> int:
         return sum(1 for f in self.findings if f.severity == severity)
@@ -56,19 +58,23 @@ def lint(
     inputs: str | os.PathLike[str] | None = None,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     seed: int = 0,
+    target: str | Target = DEFAULT_TARGET,
 ) -> LintResult:
     """Load the model at `path` (lazily; the file is never modified) and run the selected rules on it.
 
     `deep` adds the slow rules (they run other tools); `inputs` (a file) or `shapes` give sample inputs,
     generated with `seed` when only shapes are given, so rules can check activations, not only constants.
+    `target` ('tensorrt-8.6', 'tensorrt-10', 'tensorrt-10.3', 'tensorrt-11', 'onnxruntime') is the runtime
+    the rules check for.
     """
     start = time.perf_counter()
+    deploy = as_target(target)
     chosen = [
         r for r in select_rules(load_rules() if rules is None else rules, select, ignore) if deep or not r.meta.deep
     ]
     loaded = load_model(path)
     samples = sample_inputs(loaded.model, inputs, shapes, seed) if inputs is not None or shapes else None
-    analysis = Analysis(loaded.model, loaded.path, loaded.file_size, samples)
+    analysis = Analysis(loaded.model, loaded.path, loaded.file_size, samples, target=deploy, deep=deep)
     findings = run_rules(chosen, analysis, rule_options)
     return LintResult(
         path=loaded.path,
@@ -76,6 +82,7 @@ def lint(
         rules=chosen,
         seconds=time.perf_counter() - start,
         file_size=loaded.file_size,
+        target=deploy,
     )
 
 

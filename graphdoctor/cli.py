@@ -98,6 +98,14 @@ def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @click.option("--select", multiple=True, metavar="RULES", help="Only these rules (codes, prefixes or names).")
     @click.option("--ignore", multiple=True, metavar="RULES", help="Skip these rules (codes, prefixes or names).")
+    @click.option(
+        "--target",
+        default="tensorrt-10",
+        show_default=True,
+        metavar="TARGET",
+        help="The runtime the rules check for: tensorrt-8.6, tensorrt-10 (any 10.x; tensorrt-10.N for one),"
+        " tensorrt-11 or onnxruntime.",
+    )
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return command(*args, **kwargs)
@@ -173,6 +181,7 @@ def lint(ctx: click.Context, models: tuple[Path, ...], **options: Any) -> None:
             inputs=options["inputs_path"],
             shapes=_parse_shapes(options["shapes"], options["inputs_path"]),
             seed=options["seed"],
+            target=settings["target"],
         )
         for model in models
     ]
@@ -321,6 +330,9 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
     from graphdoctor.config import find_config, load_config
 
     config = load_config(options.pop("config_path") or find_config(model), "fix")
+    target = options["target"]
+    if ctx.get_parameter_source("target") is click.core.ParameterSource.DEFAULT:
+        target = config.settings.get("target", target)
     select = _split(options["select"]) or _split(_as_list(config.settings.get("select", [])))
     ignore = _split(options["ignore"]) or _split(_as_list(config.settings.get("ignore", [])))
     result = api.fix(
@@ -340,6 +352,7 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
         seed=options["seed"],
         fp16=_fp16_options(options),
         strip_metadata=options["strip_metadata"],
+        target=target,
     )
     if options["output_format"] == "json":
         from graphdoctor.report import json as json_report
@@ -493,12 +506,16 @@ def _why_not_run(verdict) -> str:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-def rules() -> None:
+@click.option(
+    "--target", metavar="TARGET", help="Also list what each rule holds against this runtime (tensorrt-8.6, ...)."
+)
+def rules(target: str | None) -> None:
     """List every rule: code, name, default severity, fix safety, summary."""
     from graphdoctor.report import text
     from graphdoctor.rule import load_rules
+    from graphdoctor.targets import parse_target
 
-    text.render_rules(load_rules(), sys.stdout)
+    text.render_rules(load_rules(), sys.stdout, parse_target(target) if target is not None else None)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -6,6 +6,7 @@ silently lint with every rule.
 
     [tool.graphdoctor]
     fail-on = "warning"
+    target = "tensorrt-8.6"
     [tool.graphdoctor.lint]
     ignore = ["GD011"]
     [tool.graphdoctor.fix]
@@ -32,7 +33,7 @@ else:  # pragma: no cover
 
 __all__ = ["Config", "find_config", "load_config"]
 
-COMMON_KEYS = {"select", "ignore", "fail_on", "format"}
+COMMON_KEYS = {"select", "ignore", "fail_on", "format", "target"}
 COMMAND_KEYS = {"lint": COMMON_KEYS | {"exit_zero"}, "fix": COMMON_KEYS | {"unsafe_fixes"}}
 MAX_BYTES = 2**20  # a configuration file is text a person writes; a bigger one is not read
 
@@ -144,6 +145,7 @@ _KINDS = {
     "select": ("a string or a list of strings", _is_strings),
     "ignore": ("a string or a list of strings", _is_strings),
     "fail_on": ("a string", lambda value: isinstance(value, str)),
+    "target": ("a string", lambda value: isinstance(value, str)),
     "format": ("a string", lambda value: isinstance(value, str)),
     "exit_zero": ("true or false", lambda value: isinstance(value, bool)),
     "unsafe_fixes": ("true or false", lambda value: isinstance(value, bool)),

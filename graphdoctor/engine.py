@@ -24,6 +24,7 @@ from graphdoctor.analysis.graph import iter_graph_sites, node_label
 from graphdoctor.analysis.validity import Defect
 from graphdoctor.errors import GraphDoctorError, first_line
 from graphdoctor.rule import Finding, FixSafety, Rule, Severity, resolve_selectors
+from graphdoctor.targets import DEFAULT_TARGET, Target
 
 __all__ = [
     "FixPolicy",
@@ -226,16 +227,18 @@ def apply_fixes(
     policy: FixPolicy,
     rule_options: Mapping[str, Mapping[str, Any]] | None = None,
     path: Path | None = None,
+    target: Target = DEFAULT_TARGET,
     max_rounds: int = 10,
 ) -> tuple[list[RuleFixes], bool]:
     """Apply the allowed fixes of `rules`, rule by rule, until a whole round changes nothing (a fixed point:
     one rule's fix may expose work for another, as dedup leaves dead Identity nodes). Every rule checks a
     fresh analysis after any change, since cached facts describe the graph before it.
 
+    `target` is the runtime the rules check for (GD001's sentinels matter only on TensorRT 8.x).
     Returns what each rule did and whether the fixed point was reached within `max_rounds`."""
     fixers = [rule for rule in rules if can_fix(rule)]
     done = {rule.code: RuleFixes(rule) for rule in fixers}
-    analysis = Analysis(model, path)
+    analysis = Analysis(model, path, target=target)
     for _ in range(max_rounds):
         changed = False
         for rule in fixers:
@@ -244,7 +247,7 @@ def apply_fixes(
             chosen = [f for f in _checked(rule, model, context) if policy.allows(f)]
             if chosen and _repair(chosen, model, done[rule.code]):
                 changed = True
-                analysis = Analysis(model, path)
+                analysis = Analysis(model, path, target=target)
         if not changed:
             return [fixes for fixes in done.values() if fixes.count], True
     return [fixes for fixes in done.values() if fixes.count], False

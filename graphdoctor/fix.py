@@ -24,6 +24,7 @@ from graphdoctor.engine import RuleFixes, select_rules
 from graphdoctor.errors import GraphDoctorError, first_line
 from graphdoctor.model import disk_size, input_files, load_model, refuse_overwriting, stage_model, writing
 from graphdoctor.rule import load_rules
+from graphdoctor.targets import DEFAULT_TARGET, Target, as_target
 from graphdoctor.verify import sample_batches
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class FixResult:
     seconds: float
     dry_run: bool = False
     keep_fp32_hint: list[str] = field(default_factory=list)  # after a failed FP16 verification: what to keep FP32
+    target: Target = DEFAULT_TARGET  # the runtime the rules' fixes were chosen for
 
     @property
     def changed(self) -> bool:
@@ -77,6 +79,7 @@ def _fix_result(source, target, size_before, dry_run, pipeline, size_after, writ
         seconds,
         dry_run,
         list(pipeline.keep_hint),
+        pipeline.target,
     )
 
 
@@ -99,6 +102,7 @@ def fix(
     fp16: Fp16Options | None = None,
     fp16_repairs: int = 4,
     strip_metadata: bool = False,
+    target: str | Target = DEFAULT_TARGET,
 ) -> FixResult:
     """Apply the selected rules' fixes to a fixed point (and convert to FP16 with `fp16`), verify the result
     against the original, then write it atomically to `output` (default: NAME.fixed.onnx, or NAME.fp16.onnx,
@@ -112,6 +116,7 @@ def fix(
     conversion instead keeps the first diverging node in FP32 and tries again, `fp16_repairs` times at most.
     `external_data`: None chooses (kept when the input uses it, forced above 2 GB). `strip_metadata` drops doc
     strings and the metadata of nodes and values (the dynamo exporter's provenance: source lines, module names).
+    `target` ('tensorrt-10', ...) is the runtime the rules know (GD001 clamps INT64 sentinels only for 8.6).
 
     When nothing is to fix, nothing is written, unless `output` asks for a copy: that copy is verified too (a
     rewrite drops duplicated value_info, so its bytes differ). Refused with GraphDoctorError, before any work: an
@@ -121,15 +126,16 @@ def fix(
 
     start = time.perf_counter()
     source = Path(path)
-    target = _fix_target(source, output, in_place, f".{fp16.precision.key}" if fp16 is not None else ".fixed")
+    destination = _fix_target(source, output, in_place, f".{fp16.precision.key}" if fp16 is not None else ".fixed")
     chosen = select_rules(load_rules(), select, ignore)
-    pipeline = _Pipeline(chosen, FixPolicy(unsafe=unsafe_fixes, opt_ins=frozenset(opt_ins)), rule_options, fp16)
+    policy = FixPolicy(unsafe=unsafe_fixes, opt_ins=frozenset(opt_ins))
+    pipeline = _Pipeline(chosen, policy, rule_options, fp16, as_target(target))
     loaded = load_model(source)
     _refuse_unreadable(loaded)
     use_external = _use_external_data(external_data, loaded.model)  # from the input, before weights are replaced
     if not in_place:
-        data_file = [target.with_name(f"{target.name}.data")] if use_external else []
-        refuse_overwriting([target, *data_file], input_files(loaded))
+        data_file = [destination.with_name(f"{destination.name}.data")] if use_external else []
+        refuse_overwriting([destination, *data_file], input_files(loaded))
     size_before = disk_size(loaded)
     gate = verify and not dry_run
     measure = gate or (fp16 is not None and (inputs is not None or bool(shapes)))
@@ -140,12 +146,12 @@ def fix(
         pipeline.ranges = _activation_ranges(source, batches, size_before)
     pipeline.strip_metadata = strip_metadata
     pipeline.run(loaded.model, loaded.path)
-    result = functools.partial(_fix_result, source, target, size_before, dry_run)
+    result = functools.partial(_fix_result, source, destination, size_before, dry_run)
     if dry_run or not (pipeline.changed or output is not None):
         return result(pipeline, None, False, None, [], time.perf_counter() - start)
     check = _Gate(source, feeds, input_source, size_before) if gate else None
-    with writing(target):
-        return _write_verified(loaded.model, target, use_external, pipeline, check, fp16_repairs, result, start)
+    with writing(destination):
+        return _write_verified(loaded.model, destination, use_external, pipeline, check, fp16_repairs, result, start)
 
 
 def _write_verified(model, target: Path, use_external: bool, pipeline: _Pipeline, check, repairs: int, result, start):
@@ -182,8 +188,9 @@ class _Pipeline:
     """What `fix` does to a model: the rules' fixes, then the FP16 conversion and its clean-up; re-run from
     the original with one more node kept in FP32 after each failed FP16 verification."""
 
-    def __init__(self, rules, policy, rule_options, fp16: Fp16Options | None) -> None:
+    def __init__(self, rules, policy, rule_options, fp16: Fp16Options | None, target: Target) -> None:
         self.rules = rules
+        self.target = target
         self.policy = policy
         self.rule_options = rule_options
         self.fp16_options = fp16
@@ -205,13 +212,13 @@ class _Pipeline:
 
         typed = _typed_values(model)
         options = self.rule_options if self.fp16_options is None else _keeping_fences(self.rule_options)
-        self.fixes, self.converged = apply_fixes(model, rules or self.rules, self.policy, options, path)
+        self.fixes, self.converged = apply_fixes(model, rules or self.rules, self.policy, options, path, self.target)
         if self.fp16_options is not None:
             from graphdoctor.fp16 import convert_to_fp16
 
             self.fp16 = convert_to_fp16(model, self.fp16_options, self.ranges)
             cleanup = select_rules(load_rules(), _FP16_CLEANUP)
-            tidied, converged = apply_fixes(model, cleanup, FixPolicy(), self.rule_options, path)
+            tidied, converged = apply_fixes(model, cleanup, FixPolicy(), self.rule_options, path, self.target)
             self.fixes, self.converged = _merged(self.fixes, tidied), self.converged and converged
         _forget_inferred_types(model, typed)
         if self.strip_metadata:

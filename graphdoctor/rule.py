@@ -1,7 +1,8 @@
 """Rules, their metadata and findings, and the registry that loads them.
 
 A rule is a module with `META` (a `RuleMeta`) and `check(model, ctx)`, a generator of findings made by
-`ctx.report(...)`. Its docstring, in three parts (What it finds / Why it matters / How to fix), is what
+`ctx.report(...)`, and optionally `describe_target(target)`, what it holds against a target, a line each.
+Its docstring, in three parts (What it finds / Why it matters / How to fix), is what
 `graphdoctor explain` prints. Built-in rules and third-party plugins register the same way, through the
 `graphdoctor.rules` entry-point group, so there is one loading path for both.
 """
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import onnx_ir as ir
 
     from graphdoctor.engine import RuleContext
+    from graphdoctor.targets import Target
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -168,6 +170,9 @@ class Rule:
     check: CheckFunction
     doc: str
     plugin: str = ""  # '' for built-ins, else the plugin's name
+    # What the rule holds against a target, a line each (`rules --target`, `explain`); None when it does not
+    # depend on the target.
+    describe_target: Callable[[Target], list[str]] | None = None
 
     @property
     def code(self) -> str:
@@ -191,7 +196,8 @@ class Rule:
         for heading in ("What it finds", "Why it matters", "How to fix"):
             if heading not in doc:
                 raise GraphDoctorError(f"rule {meta.code} ({module.__name__}) lacks a '{heading}' section")
-        return cls(meta=meta, check=check, doc=doc, plugin=plugin)
+        describe = getattr(module, "describe_target", None)
+        return cls(meta=meta, check=check, doc=doc, plugin=plugin, describe_target=describe)
 
 
 def load_rules() -> list[Rule]:

@@ -19,6 +19,9 @@ What it finds
     A symbolic name shared by several inputs (`input_ids` and `attention_mask` share `batch` and
     `sequence`) gets the same values everywhere, as TensorRT requires of equal dims.
 
+    Only for TensorRT targets: ONNX Runtime takes any shape at each run and needs no profile (for
+    `--target onnxruntime` nothing is reported).
+
 Why it matters
     TensorRT builds an engine for a range of shapes, an optimization profile, and tunes its kernels for
     the `opt` shape. Without a profile, trtexec fixes every dynamic dim to 1 (or refuses to build), and a
@@ -106,6 +109,8 @@ class _DynamicDim:
 
 
 def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
+    if not ctx.analysis.target.is_tensorrt:  # ONNX Runtime needs no optimization profile
+        return
     inputs = [v for v in model.graph.inputs if not _is_weight(model.graph, v)]
     unknown_rank = [v for v in inputs if v.shape is None]
     for value in unknown_rank:

@@ -1,4 +1,4 @@
-"""GD010 float64: DOUBLE tensors that TensorRT cannot run.
+"""GD010 float64: DOUBLE tensors, which TensorRT computes and binds as float32.
 
 What it finds
     The sources of float64 in the graph: graph inputs and outputs typed DOUBLE, `Cast(to=DOUBLE)` nodes,
@@ -6,9 +6,14 @@ What it finds
     EyeLike, ...), and DOUBLE initializers and Constants. Values computed from those sources are counted,
     not listed one by one.
 
+    Only for TensorRT targets: ONNX Runtime runs float64 (for `--target onnxruntime` nothing is reported).
+
 Why it matters
-    TensorRT has no FP64. Its ONNX parser casts DOUBLE weights down to FLOAT with a warning, but a DOUBLE
-    graph input or a Cast to DOUBLE stops the parse ("Unsupported ONNX data type: DOUBLE"). PyTorch exports
+    TensorRT has no FP64. Its ONNX parser (8.6 and 10.x alike: `convertDtype` maps DOUBLE to FLOAT) builds a
+    float32 engine instead: a DOUBLE graph input or output becomes a float32 binding, so a caller passing
+    float64 buffers feeds garbage; Casts and dtype attributes asking for DOUBLE compute in float32, so results
+    differ from ONNX Runtime's wherever float64 precision mattered; DOUBLE weights are converted with a
+    warning, and values beyond float32's range clamped to +-3.4e38 (WeightsContext::convertDouble). PyTorch exports
     float64 wherever a tensor was created with `dtype=torch.float64` or from a NumPy array (NumPy's default
     float is float64), often in pre/post-processing nobody meant to run in double.
 
@@ -19,7 +24,7 @@ How to fix
     attributes asking for DOUBLE ask for FLOAT, and every value computed from them, in If/Loop/Scan bodies
     too, becomes float32. The graph's signature stays: a DOUBLE input is cast to float32 where it is read
     (Casts reading it keep reading float64, so they round once), and a DOUBLE output is cast back under its
-    own name, so callers do not break; TensorRT still rejects those inputs, outputs and Casts back, whose
+    own name, so callers do not break; TensorRT still binds those inputs and outputs as float32, whose
     findings stay, without a fix. The fix leaves a float64 computation as it is, and says why, when a
     constant in it holds finite values beyond float32's range (they would become inf), when it reaches a
     function or a custom-domain node (their bodies and contracts are not ours to retype), when it involves
@@ -68,21 +73,24 @@ META = RuleMeta(
     name="float64",
     kind=RuleKind.PROBLEM,
     severity=Severity.ERROR,
-    summary="float64 (DOUBLE) inputs, outputs, casts and weights that TensorRT cannot run",
+    summary="float64 (DOUBLE) inputs, outputs, casts and weights, which TensorRT binds and computes as float32",
     fix=FixSafety.UNSAFE,
     messages={
         "graph_io": Message(
-            "graph {kind} '{name}' is {type}: TensorRT rejects DOUBLE {kind}s{downstream}",
+            "graph {kind} '{name}' is {type}: TensorRT has no FP64 and makes it a float32 binding, so a caller"
+            " passing float64 buffers breaks{downstream}",
             help="declare it float32 in the model code and re-export; `graphdoctor fix --unsafe-fixes` keeps"
             " float64 inputs and outputs so callers do not break, and computes in float32 behind them{note}",
         ),
         "cast": Message(
-            "Cast to float64 of '{source}' ({type}){downstream}: TensorRT has no FP64 and the parse fails",
+            "Cast to float64 of '{source}' ({type}){downstream}: TensorRT has no FP64 and computes it in float32",
             help="cast to float32 instead (`.float()`), or drop the cast{note}",
+            severity=Severity.WARNING,
         ),
         "dtype_attr": Message(
-            "{op} creates float64 values ({what}){downstream}: TensorRT has no FP64",
+            "{op} creates float64 values ({what}){downstream}: TensorRT has no FP64 and creates float32 ones",
             help="pass dtype=torch.float32 where the tensor is created{note}",
+            severity=Severity.WARNING,
         ),
         "weight": Message(
             "{count} float64 constant(s) ({size}), e.g. '{example}' {type}: TensorRT casts them down to float32"
@@ -92,7 +100,7 @@ META = RuleMeta(
         ),
         "weight_range": Message(
             "{count} float64 constant(s), e.g. '{example}', hold finite values beyond float32's range (such as"
-            " {extreme}): TensorRT's cast down to float32 makes them inf",
+            " {extreme}): TensorRT's cast down to float32 clamps them to +-3.4e38",
             help="clamp or rescale them, e.g. to torch.finfo(torch.float32).max; `graphdoctor fix` leaves them,"
             " and the float64 computation they take part in, as they are",
         ),
@@ -101,6 +109,8 @@ META = RuleMeta(
 
 
 def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
+    if not ctx.analysis.target.is_tensorrt:  # ONNX Runtime computes in float64
+        return
     plan = _Plan(model, ctx) if ctx.analysis.types_inferred else None
     yield from _graph_io(model, ctx, plan)
     yield from _casts_and_dtype_attrs(ctx, plan)

@@ -1,8 +1,11 @@
-"""GD001 int64-weights: INT64 constants, which of them TensorRT's cast to INT32 would corrupt, and INT64
+"""GD001 int64-weights: INT64 constants, which of them TensorRT 8.x's cast to INT32 would corrupt, and INT64
 shape arithmetic on static shapes.
 
 What it finds
-    INT64 initializers, Constant nodes and ConstantOfShape fill values, sorted into kinds:
+    With `--target tensorrt-8.6`, INT64 initializers, Constant nodes and ConstantOfShape fill values, sorted
+    into kinds (TensorRT 9.0 and later keep INT64 natively, as ONNX Runtime does: for those targets, the
+    default tensorrt-10 among them, none of these are reported, since no cast happens; INT64 dims beyond
+    INT32 are held too, TensorRT 10's Dims being 64-bit):
 
     - values that all fit in INT32: one summary finding (info) for all of them;
     - values outside INT32 used as clamp-safe sentinels (info, per tensor): Slice `starts`/`ends`
@@ -30,8 +33,10 @@ Why it matters
     no tensor. Values outside INT32 are clamped to -2147483648 or 2147483647 (a plain numpy
     `astype(np.int32)` wraps them instead: INT64_MAX becomes -1). For a Slice end that still means
     "to the end" unless a dimension reaches 2^31 elements; for an index, a shape, a comparison or a mask
-    fill it silently changes what the model computes. TensorRT 10 added native INT64 for many layers.
-    Shape arithmetic on static shapes is INT64 computation that TensorRT turns into INT32 shape tensors at
+    fill it silently changes what the model computes. TensorRT 9.0 dropped the cast ("The ONNX parser no
+    longer automatically casts INT64 to INT32", onnx-tensorrt Changelog 9.0 EA): INT64 stays INT64, and
+    INT64 graph inputs and outputs need INT64 bindings.
+    Shape arithmetic on static shapes is INT64 computation that TensorRT turns into shape tensors at
     build time and ONNX Runtime runs as small kernels at every call: nodes that need not exist.
 
 How to fix
@@ -76,8 +81,9 @@ from graphdoctor.analysis.graph import node_label, opset_version, subgraph_owner
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.engine import RuleContext
 from graphdoctor.rule import Finding, FixSafety, Message, RuleKind, RuleMeta, Severity
+from graphdoctor.targets import Target
 
-__all__ = ["META", "Options", "check"]
+__all__ = ["META", "Options", "check", "describe_target"]
 
 _INT64 = ir.DataType.INT64
 _I32_MIN, _I32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
@@ -143,8 +149,8 @@ META = RuleMeta(
         ),
         "static_shape_arithmetic": Message(
             "{count} node(s) ({ops}) compute {result} at run time from the static shape of {sources}{reader}:"
-            " INT64 arithmetic on values known before run time (TensorRT computes it as INT32 shape tensors"
-            " at build time)",
+            " INT64 arithmetic on values known before run time (TensorRT computes it as shape tensors at build"
+            " time, ONNX Runtime as kernels on every run)",
             help=f"fold it: {_FIX_HELP} stores {{result}} as a constant and removes the nodes only it needed",
             severity=Severity.INFO,
             fix=FixSafety.SAFE,
@@ -189,7 +195,21 @@ class _Sink:
 
 def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
     """One summary for the constants that fit, one finding per out-of-range constant that a node reads, one
-    per value of static shape arithmetic that a runtime node reads."""
+    per value of static shape arithmetic that a runtime node reads. Targets that keep INT64 (TensorRT 9.0 and
+    later, ONNX Runtime) have no cast to INT32: only the shape arithmetic is reported there."""
+    if not ctx.analysis.target.int64_native:
+        yield from _check_int32_cast(model, ctx)
+    yield from _check_static_shapes(model, ctx)
+
+
+def describe_target(target: Target) -> list[str]:
+    if target.int64_native:
+        return ["INT64 is kept as INT64: only shape arithmetic on static shapes is reported"]
+    return ["every INT64 weight is cast to INT32, clamping values outside it: sentinels (info), other values (error)"]
+
+
+def _check_int32_cast(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
+    """What TensorRT 8.x's cast of every INT64 weight to INT32 does to each constant."""
     fitting: list[tuple[_Source, int]] = []
     total = 0
     owners: dict[int, ir.Node] | None = None  # walked only when some value is out of range
@@ -207,7 +227,6 @@ def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
                 yield finding
     if fitting:
         yield _report_fitting(ctx, fitting, total)
-    yield from _check_static_shapes(model, ctx)
 
 
 def _sources(ctx: RuleContext) -> Iterator[_Source]:

@@ -6,11 +6,10 @@ What it finds
     - `Upsample` nodes (deprecated since opset 10) and `Resize` at opset 10, whose only coordinate mapping is
       "asymmetric": PyTorch's `interpolate(mode="bilinear", align_corners=False)` does not match it, and
       torch warns so when it exports at opset 10 or below;
-    - an ai.onnx opset below 9: TensorRT's ONNX parser covers opsets 9 and later, onnxruntime guarantees 7
-      and later;
-    - an opset newer than the installed onnxruntime knows (it refuses to load the model: an error), or newer
-      than the range TensorRT documents (opset 24 in TensorRT 10.15: an info).
-    A clean export at opset 17 to 24 reports nothing.
+    - an ai.onnx opset below 7, which onnxruntime does not guarantee;
+    - an opset newer than the installed onnxruntime knows (it refuses to load the model: an error).
+    The opsets each TensorRT version reads are GD013's (target-aware). A clean export at opset 17 to 24
+    reports nothing.
 
 Why it matters
     A decomposed LayerNorm is seven kernels where one would do, its eps is a constant tensor that FP16
@@ -42,7 +41,6 @@ __all__ = ["META", "check"]
 
 LAYER_NORMALIZATION_OPSET = 17  # LayerNormalization joined ai.onnx in opset 17
 RESIZE_COORDINATES_OPSET = 11  # Resize-11 added coordinate_transformation_mode
-TENSORRT_OPSETS = (9, 24)  # TensorRT 10.15's parser: "the inclusive range of opset 9 to opset 24"
 ORT_MIN_OPSET = 7  # onnxruntime "supports ONNX opsets ... opset version 7 and higher"
 ORT_SAFE_OPSET = 21  # every onnxruntime graphdoctor supports (>= 1.18) knows opset 21: no need to import it
 _EXAMPLES = 3
@@ -72,7 +70,7 @@ META = RuleMeta(
             " (half_pixel, align_corners, ...) and matches PyTorch",
         ),
         "too_old": Message(
-            "the model imports ai.onnx opset {opset}: TensorRT's ONNX parser covers opset 9 and later{ort_note}",
+            "the model imports ai.onnx opset {opset}: onnxruntime only guarantees opset 7 and later",
             help="export again with a current opset (17 or later)",
         ),
         "newer_than_runtime": Message(
@@ -80,12 +78,6 @@ META = RuleMeta(
             " (up to {ort_max}): it refuses to load the model",
             help="export with opset_version={ort_max} or lower, or upgrade onnxruntime",
             severity=Severity.ERROR,
-        ),
-        "newer_than_tensorrt": Message(
-            "the model imports ai.onnx opset {opset}, newer than the opsets TensorRT documents (up to {trt_max}"
-            " in TensorRT 10.15)",
-            help="check your TensorRT version's docs/operators.md, or export with opset_version={trt_max}",
-            severity=Severity.INFO,
         ),
     },
 )
@@ -101,15 +93,12 @@ def check(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
 
 
 def _opset_range(opset: int, ctx: RuleContext) -> Iterator[Finding]:
-    if opset < TENSORRT_OPSETS[0]:
-        note = "; onnxruntime only guarantees opset 7 and later" if opset < ORT_MIN_OPSET else ""
-        yield ctx.report("too_old", opset=opset, ort_note=note)
+    if opset < ORT_MIN_OPSET:
+        yield ctx.report("too_old", opset=opset)
         return
     runtime = _onnxruntime_opsets() if opset > ORT_SAFE_OPSET else None
     if runtime is not None and opset > runtime[1]:
         yield ctx.report("newer_than_runtime", opset=opset, ort_version=runtime[0], ort_max=runtime[1])
-    elif opset > TENSORRT_OPSETS[1]:
-        yield ctx.report("newer_than_tensorrt", opset=opset, trt_max=TENSORRT_OPSETS[1])
 
 
 def _decomposed_layernorms(opset: int, ctx: RuleContext) -> Iterator[Finding]:

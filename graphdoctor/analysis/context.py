@@ -18,6 +18,7 @@ from graphdoctor.analysis.external import (
 from graphdoctor.analysis.graph import GraphSite, iter_graph_sites
 from graphdoctor.analysis.types import infer_types
 from graphdoctor.analysis.validity import Defect, find_defects
+from graphdoctor.targets import DEFAULT_TARGET, Target
 
 __all__ = ["Analysis"]
 
@@ -31,11 +32,15 @@ class Analysis:
         path: Path | None = None,
         file_size: int | None = None,
         sample_inputs: Mapping[str, np.ndarray] | None = None,
+        target: Target = DEFAULT_TARGET,
+        deep: bool = False,
     ) -> None:
         self.model = model
         self.path = path
         self.file_size = file_size
         self.sample_inputs = sample_inputs  # given with `lint --inputs/--shape`: rules may run the model
+        self.target = target  # the runtime the model is checked for (`--target`)
+        self.deep = deep  # `lint --deep`: rules may also run slow tools (GD013 runs TensorRT's parser)
         self._cache: dict[str, object] = {}
 
     @cached_property

@@ -1,7 +1,7 @@
 """The machine-readable report. Schema (version 1):
 
     {"schema_version": 1, "tool": "graphdoctor", "version": "0.1.0",
-     "models": [{"path": str, "file_size": int, "seconds": float, "rules": [code, ...],
+     "models": [{"path": str, "target": str, "file_size": int, "seconds": float, "rules": [code, ...],
                  "summary": {"error": int, "warning": int, "info": int},
                  "findings": [{"code", "name", "severity", "message", "help", "message_id",
                                "node", "values", "graph", "nbytes", "data", "fix"}]}]}
@@ -40,6 +40,7 @@ def render_lint(results: Iterable[LintResult], stream: TextIO) -> None:
 def _model(result: LintResult) -> dict[str, Any]:
     return {
         "path": str(result.path),
+        "target": result.target.name,
         "file_size": result.file_size,
         "seconds": round(result.seconds, 4),
         "rules": [rule.code for rule in result.rules],

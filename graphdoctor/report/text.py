@@ -12,6 +12,7 @@ from typing import TextIO
 from graphdoctor.analysis.format import format_bytes
 from graphdoctor.api import LintResult
 from graphdoctor.rule import Finding, Rule, Severity
+from graphdoctor.targets import TARGET_CHOICES, Target, parse_target
 
 __all__ = ["render_explain", "render_lint", "render_rules", "render_verify"]
 
@@ -26,6 +27,7 @@ def render_lint(results: Iterable[LintResult], stream: TextIO, color: bool) -> N
 
 def _render_one(result: LintResult, out: _Writer) -> None:
     out.line(f"[bold]{result.path}[/bold]", plain=str(result.path))
+    out.line(f"[dim]target: {_escape(result.target.label)}[/dim]", plain=f"target: {result.target.label}")
     for (code, name), group in groupby(result.findings, key=lambda f: (f.code, f.name)):
         findings = sorted(group, key=lambda f: -f.severity)
         out.line("")
@@ -60,10 +62,14 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def render_rules(rules: Iterable[Rule], stream: TextIO) -> None:
+def render_rules(rules: Iterable[Rule], stream: TextIO, target: Target | None = None) -> None:
+    """The catalogue; with a target, each target-aware rule's lines about it below its own line."""
     for rule in rules:
         fix = "+".join(safety.value for safety in rule.meta.fix_safeties()) or "-"
         stream.write(f"{rule.code}  {rule.qualified_name:<24} {rule.meta.severity!s:<8}{fix:<12}{rule.meta.summary}\n")
+        if target is not None and rule.describe_target is not None:
+            stream.write(f"       on {target.label}:\n")
+            stream.writelines(f"       - {line}\n" for line in rule.describe_target(target))
 
 
 def render_explain(rule: Rule, stream: TextIO) -> None:
@@ -78,6 +84,11 @@ def render_explain(rule: Rule, stream: TextIO) -> None:
         fix += "; checks activations with lint --inputs/--shape"
     stream.write(f"{meta.code} {rule.qualified_name} ({meta.kind.value}; default severity {meta.severity}; {fix})\n")
     stream.write(f"{meta.summary}\n\n{rule.doc}\n")
+    if rule.describe_target is not None:
+        for name in TARGET_CHOICES:
+            target = parse_target(name)
+            stream.write(f"\nOn {target.label} (--target {name}):\n")
+            stream.writelines(f"    - {line}\n" for line in rule.describe_target(target))
 
 
 def _escape(text: str) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 from graphdoctor.errors import GraphDoctorError, first_line
 from graphdoctor.verify.runners import Backend
 
-__all__ = ["TensorrtBackend"]
+__all__ = ["TensorrtBackend", "import_tensorrt", "tensorrt_logger"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class TensorrtBackend(Backend):
     def unavailable_reason(self) -> str | None:
         """Why this cannot run here: no tensorrt, no CUDA device, or no FP16 flag in this TensorRT.
         Also settles the precision text, which depends on the TensorRT version found."""
-        trt, reason = _import_tensorrt()
+        trt, reason = import_tensorrt()
         if trt is None:
             return reason
         reason = _cuda_device_reason()
@@ -77,7 +77,7 @@ class TensorrtBackend(Backend):
     def run(
         self, model: Path, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
-        trt, reason = _import_tensorrt()
+        trt, reason = import_tensorrt()
         if trt is None:
             raise GraphDoctorError(str(reason))
         buffers = _device_buffers()
@@ -96,7 +96,7 @@ class TensorrtBackend(Backend):
 # --- finding TensorRT and a GPU --------------------------------------------------------------------------
 
 
-def _import_tensorrt() -> tuple[Any, str | None]:
+def import_tensorrt() -> tuple[Any, str | None]:
     """The tensorrt module, or None and why not."""
     if importlib.util.find_spec("tensorrt") is None:
         return None, f"tensorrt is not installed ({_INSTALL})"
@@ -150,7 +150,7 @@ class _Engine:
 
 
 @functools.cache
-def _logger(trt: Any) -> Any:
+def tensorrt_logger(trt: Any) -> Any:
     """One logger for the process (TensorRT keeps the first one it is given), collecting errors per run."""
 
     class CollectingLogger(trt.ILogger):
@@ -175,7 +175,7 @@ def _logger(trt: Any) -> Any:
 def _build_engine(
     trt: Any, model: Path, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None, fp16: bool
 ) -> _Engine:
-    log = _logger(trt)
+    log = tensorrt_logger(trt)
     log.errors.clear()
     builder = trt.Builder(log)
     network = builder.create_network(0)
@@ -253,7 +253,7 @@ def _fixed_profile(builder: Any, network: Any, inputs: Mapping[str, np.ndarray])
 
 def _execute(trt: Any, built: _Engine, inputs: Mapping[str, np.ndarray], buffers: Any) -> dict[str, np.ndarray]:
     """Copy the inputs in, run once, copy every output back."""
-    engine, log = built.engine, _logger(trt)
+    engine, log = built.engine, tensorrt_logger(trt)
     context = engine.create_execution_context()
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     output_names = [name for name in names if engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT]

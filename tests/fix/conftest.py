@@ -12,11 +12,17 @@ import pytest
 
 from graphdoctor.engine import FixPolicy, RuleFixes, apply_fixes, select_rules
 from graphdoctor.rule import load_rules
+from graphdoctor.targets import parse_target
 from graphdoctor.verify.runners import as_written
 
 
 def fix_proto(
-    proto: onnx.ModelProto, select: str | list[str], *, unsafe: bool = False, opt_ins: tuple[str, ...] = ()
+    proto: onnx.ModelProto,
+    select: str | list[str],
+    *,
+    unsafe: bool = False,
+    opt_ins: tuple[str, ...] = (),
+    target: str = "tensorrt-10",
 ) -> tuple[onnx.ModelProto, list[RuleFixes]]:
     """The model after the selected rules' fixes (reached a fixed point), and what each rule did. The given
     proto is left as it was (onnx-ir tensors wrap the proto's, so the IR works on a copy)."""
@@ -24,7 +30,8 @@ def fix_proto(
     copy.CopyFrom(proto)
     model = ir.serde.deserialize_model(copy)
     rules = select_rules(load_rules(), [select] if isinstance(select, str) else select)
-    fixes, converged = apply_fixes(model, rules, FixPolicy(unsafe=unsafe, opt_ins=frozenset(opt_ins)))
+    policy = FixPolicy(unsafe=unsafe, opt_ins=frozenset(opt_ins))
+    fixes, converged = apply_fixes(model, rules, policy, target=parse_target(target))
     assert converged, "the fixes did not reach a fixed point"
     fixed = ir.serde.serialize_model(model)
     onnx.checker.check_model(fixed, full_check=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -51,6 +52,12 @@ SHAPE_OF_OUT_OF_RANGE = graph(  # Shape reads the dims, never the values
     f"int64[1] big = {{{I64_MAX}}}",
     "[shape] y = Shape(big)",
 )
+
+
+@pytest.fixture
+def lint_proto(lint_proto):
+    """The INT32 cast exists on TensorRT 8.x only: these tests target 8.6 unless they say otherwise."""
+    return functools.partial(lint_proto, target="tensorrt-8.6")
 
 
 def test_no_int64_constants(lint_proto):
@@ -331,7 +338,7 @@ def test_real_exports_get_info_only(name):
     """TorchScript exports hold dozens of small INT64 shape constants: never a warning or an error."""
     from fixtures import torch_exports
 
-    findings = api.lint(torch_exports.path(name), select=["GD001"]).findings
+    findings = api.lint(torch_exports.path(name), select=["GD001"], target="tensorrt-8.6").findings
     assert findings, "these exports hold INT64 shape constants"
     assert {f.severity for f in findings} == {Severity.INFO}
     [fit] = by_message(findings)["fit"]
@@ -368,9 +375,18 @@ def test_torchscript_slicing_sentinels_are_info(tmp_path: Path):
             input_names=["x"],
             dynamic_axes={"x": {0: "batch", 1: "n"}},
         )
-    findings = by_message(api.lint(path, select=["GD001"]).findings)
+    findings = by_message(api.lint(path, select=["GD001"], target="tensorrt-8.6").findings)
     assert set(findings) == {"fit", "sentinel"}
     sentinels = findings["sentinel"]
     assert len(sentinels) == 3
     assert {f.data["value"] for f in sentinels} == {I64_MAX, -I64_MAX}
     assert all(f.data["role"] == "the ends" and f.severity == Severity.INFO for f in sentinels)
+
+
+@pytest.mark.parametrize("target", ["tensorrt-10", "tensorrt-11", "onnxruntime"])
+def test_targets_that_keep_int64_report_no_cast(lint_proto, target):
+    """TensorRT 9.0 dropped the cast to INT32 and ONNX Runtime never had one: a Gather index beyond INT32,
+    an error on 8.6, is nothing there; shape arithmetic on static shapes is still reported."""
+    assert by_message(lint_proto(GATHER_INDEX, "GD001"))["out_of_range"]
+    assert lint_proto(GATHER_INDEX, "GD001", target=target) == []
+    assert lint_proto(SHAPE_CONSTANTS, "GD001", target=target) == []
