@@ -83,7 +83,7 @@ def cli(verbose: bool) -> None:
     graphdoctor verify model.onnx fixed.onnx    # same inputs, compare every output, per backend
     graphdoctor rules                           # the rule catalogue
     graphdoctor explain GD001                   # one rule's documentation
-    graphdoctor lint model.onnx && trtexec --onnx=model.onnx   # a pre-deployment gate
+    graphdoctor lint --target tensorrt-10 model.onnx && trtexec --onnx=model.onnx   # a pre-deployment gate
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="graphdoctor: %(message)s")
 

@@ -64,9 +64,8 @@ Options
 from __future__ import annotations
 
 import functools
-import math
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +79,7 @@ from graphdoctor.analysis.format import format_bytes, format_dtype, format_shape
 from graphdoctor.analysis.graph import node_label, opset_version, subgraph_owners
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.engine import RuleContext
+from graphdoctor.folding import FOLDABLE_OPS, MAX_OPERAND_BYTES, dim_bound, is_ai_onnx, remove_dead, run_node
 from graphdoctor.rule import Finding, FixSafety, Message, RuleKind, RuleMeta, Severity
 from graphdoctor.targets import Target
 
@@ -93,16 +93,9 @@ _MOVES_DATA |= {"Gather", "Slice", "Split", "Expand", "Tile"}
 _READS_SHAPE_ONLY = {"Shape", "Size"}  # the values never matter to these
 _LISTED = 2  # nodes named in a 'via' chain
 _FIX_HELP = "`graphdoctor fix` (safe)"
-# Static shape arithmetic: the ops folded (deterministic, no subgraphs), the ops whose data input may be a
-# partly known shape (they select dims), and the largest constant read as an operand.
-_FOLDED_OPS = {"Identity", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Transpose"}
-_FOLDED_OPS |= {"Expand", "Tile", "ConstantOfShape", "Range", "Cast", "Where"}
-_FOLDED_OPS |= {"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Min", "Max", "Sign"}
-_FOLDED_OPS |= {"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor"}
-_FOLDED_OPS |= {"ReduceProd", "ReduceSum", "ReduceMin", "ReduceMax"}
+# Static shape arithmetic: the ops whose data input may be a partly known shape (they select dims).
 _SELECTS_DIMS = {"Gather", "Slice"}
-_PURE_OPS = _FOLDED_OPS | _READS_SHAPE_ONLY | {"Constant"}  # removed once nothing reads them
-_MAX_OPERAND_BYTES = 64 * 1024
+_PURE_OPS = FOLDABLE_OPS | _READS_SHAPE_ONLY | {"Constant"}  # removed once nothing reads them
 
 
 @dataclass(frozen=True)
@@ -245,7 +238,7 @@ def _sources(ctx: RuleContext) -> Iterator[_Source]:
 
 def _int64_fill(node: ir.Node) -> ir.TensorProtocol | None:
     """The INT64 fill value of a ConstantOfShape node (an INT64 weight to TensorRT too)."""
-    if node.op_type != "ConstantOfShape" or not _is_ai_onnx(node) or len(node.outputs) != 1:
+    if node.op_type != "ConstantOfShape" or not is_ai_onnx(node) or len(node.outputs) != 1:
         return None
     fill = node.attributes.get("value")
     if fill is None or fill.is_ref() or fill.type != ir.AttributeType.TENSOR:
@@ -311,7 +304,7 @@ def _trace(start: ir.Value, owners: dict[int, ir.Node]) -> list[_Sink]:
                 follow(outer, (*via, owner))
         for use in value.uses():
             node, index = use.node, use.idx
-            if _is_ai_onnx(node) and node.op_type in _READS_SHAPE_ONLY:
+            if is_ai_onnx(node) and node.op_type in _READS_SHAPE_ONLY:
                 continue
             if not _moves_value(node, index):
                 sinks.append(_Sink(node, index, None, via))
@@ -324,7 +317,7 @@ def _trace(start: ir.Value, owners: dict[int, ir.Node]) -> list[_Sink]:
 def _outer_value(owner: ir.Node, output: ir.Value) -> ir.Value | None:
     """The owner's output that a subgraph output becomes: If branch i -> output i; Loop body i -> i-1."""
     graph = output.graph
-    if graph is None or not _is_ai_onnx(owner):
+    if graph is None or not is_ai_onnx(owner):
         return None
     position = next((i for i, v in enumerate(graph.outputs) if v is output), None)
     if position is None:
@@ -338,13 +331,9 @@ def _outer_value(owner: ir.Node, output: ir.Value) -> ir.Value | None:
     return owner.outputs[index] if 0 <= index < len(owner.outputs) else None
 
 
-def _is_ai_onnx(node: ir.Node) -> bool:
-    return node.domain in ("", "ai.onnx")
-
-
 def _moves_value(node: ir.Node, index: int) -> bool:
     """Whether the node passes the values of input `index` on unchanged (so clamping happens later)."""
-    if not _is_ai_onnx(node):
+    if not is_ai_onnx(node):
         return False
     if node.op_type == "Concat":
         return True
@@ -356,7 +345,7 @@ def _moves_value(node: ir.Node, index: int) -> bool:
 def _clamp_safe_role(sink: _Sink, value_range: _Range) -> tuple[str, str] | None:
     """(role, effect) when clamping to INT32 leaves the result unchanged at this use; else None."""
     node, index = sink.node, sink.index
-    if node is None or not _is_ai_onnx(node):
+    if node is None or not is_ai_onnx(node):
         return None
     above_only, below_only = value_range.low >= _I32_MIN, value_range.high <= _I32_MAX
     op = node.op_type
@@ -540,7 +529,7 @@ def _schema_input(model: ir.Model, node: ir.Node, index: int) -> tuple[str, tupl
     version = opset_version(model, node.domain)
     if version is None:
         return None
-    return _formal_input(node.op_type, version, "" if _is_ai_onnx(node) else node.domain, index)
+    return _formal_input(node.op_type, version, "" if is_ai_onnx(node) else node.domain, index)
 
 
 def _input_name(model: ir.Model, node: ir.Node, index: int) -> str:
@@ -571,7 +560,7 @@ class _Static:
 def _check_static_shapes(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]:
     """One finding per value of static shape arithmetic that something computed at run time reads."""
     opset = opset_version(model)
-    reads_shapes = any(_is_ai_onnx(node) and node.op_type in _READS_SHAPE_ONLY for node in model.graph)
+    reads_shapes = any(is_ai_onnx(node) and node.op_type in _READS_SHAPE_ONLY for node in model.graph)
     # Shape inference only when there is a shape to read: ONNX's data propagation can be costly.
     if opset is None or not reads_shapes or not ctx.analysis.types_inferred:
         return
@@ -586,11 +575,11 @@ def _check_static_shapes(model: ir.Model, ctx: RuleContext) -> Iterator[Finding]
 def _evaluate_graph(graph: ir.Graph, opset: int, ir_version: int, ctx: RuleContext) -> _Static:
     static = _Static()
     for position, node in enumerate(graph):
-        if not _is_ai_onnx(node):
+        if not is_ai_onnx(node):
             continue
         if node.op_type in _READS_SHAPE_ONLY:
             _evaluate_shape(node, static, position)
-        elif node.op_type in _FOLDED_OPS:
+        elif node.op_type in FOLDABLE_OPS:
             _evaluate_node(node, static, position, (opset, ir_version), ctx)
     return static
 
@@ -604,7 +593,7 @@ def _evaluate_shape(node: ir.Node, static: _Static, position: int) -> None:
     if node.op_type == "Shape":
         rank = len(dims)
         start, end = (
-            _dim_bound(node.attributes.get_int(key, default), rank) for key, default in (("start", 0), ("end", rank))
+            dim_bound(node.attributes.get_int(key, default), rank) for key, default in (("start", 0), ("end", rank))
         )
         dims = dims[start:end]
     known = np.array([isinstance(d, int) for d in dims], dtype=bool)
@@ -624,11 +613,6 @@ def _evaluate_shape(node: ir.Node, static: _Static, position: int) -> None:
     static.computed[id(node)] = position
 
 
-def _dim_bound(bound: int, rank: int) -> int:
-    """Shape's start/end: negative counts from the back, then clamped to [0, rank]."""
-    return min(max(bound + rank if bound < 0 else bound, 0), rank)
-
-
 def _evaluate_node(node: ir.Node, static: _Static, position: int, versions: tuple[int, int], ctx: RuleContext) -> None:
     """Evaluate a node computing on a shape whose other operands are all known (a partly known shape only as
     the data that Gather or Slice selects from); keep integer and bool results within the size guard."""
@@ -646,11 +630,11 @@ def _evaluate_node(node: ir.Node, static: _Static, position: int, versions: tupl
             array = partial[0]
         operands.append(array)
     budget = max(ctx.options.fold_max_bytes, sum(a.nbytes for a in operands if a is not None))
-    results = _run_node(node, operands, versions, budget)
+    results = run_node(node, operands, versions, budget)
     if results is None:
         return
     if partial is not None:
-        known = _run_node(node, [partial[1].astype(np.int64), *operands[1:]], versions, budget)
+        known = run_node(node, [partial[1].astype(np.int64), *operands[1:]], versions, budget)
         if known is None:
             return
         if not known[0].all():
@@ -672,9 +656,9 @@ def _operand(value: ir.Value, static: _Static, versions: tuple[int, int], ctx: R
     tensor = const_tensor(value)
     producer = value.producer()
     if tensor is not None:
-        unreadable = tensor.dtype in (ir.DataType.STRING, ir.DataType.UNDEFINED) or tensor.nbytes > _MAX_OPERAND_BYTES
+        unreadable = tensor.dtype in (ir.DataType.STRING, ir.DataType.UNDEFINED) or tensor.nbytes > MAX_OPERAND_BYTES
         array = None if unreadable else ctx.analysis.const_array(value)
-    elif producer is not None and _is_ai_onnx(producer) and producer.op_type in _FOLDED_OPS:
+    elif producer is not None and is_ai_onnx(producer) and producer.op_type in FOLDABLE_OPS:
         array = _evaluate_on_constants(producer, value, static, versions, ctx)
     else:
         array = None
@@ -688,77 +672,8 @@ def _evaluate_on_constants(
     operands = [None if v is None else _operand(v, static, versions, ctx) for v in node.inputs]
     if any(array is None for v, array in zip(node.inputs, operands, strict=True) if v is not None):
         return None
-    results = _run_node(node, operands, versions, ctx.options.fold_max_bytes)
+    results = run_node(node, operands, versions, ctx.options.fold_max_bytes)
     return None if results is None else results[list(node.outputs).index(value)]
-
-
-def _run_node(
-    node: ir.Node, operands: Sequence[np.ndarray | None], versions: tuple[int, int], budget: int
-) -> list[np.ndarray] | None:
-    """The node's outputs computed by ONNX's reference runtime on a one-node model, or None when they are
-    not all integer or bool, exceed `budget` bytes, disagree with the declared dtypes, or the node fails
-    (division by zero included: undefined in ONNX)."""
-    if _result_elements(node, operands) > budget:
-        return None  # ConstantOfShape, Expand, Tile and Range can make huge tensors from tiny operands
-    divisor = operands[1] if node.op_type in ("Div", "Mod") else None
-    if divisor is not None and divisor.dtype.kind in "iu" and not divisor.all():
-        return None
-    from onnx.reference import ReferenceEvaluator  # 0.1 s to import: only when a node is folded
-
-    try:
-        with np.errstate(all="ignore"):
-            results = ReferenceEvaluator(_one_node_model(node, operands, versions)).run(None, _feeds(operands))
-    except Exception:  # the reference runtime rejects what it cannot compute; then it is not folded
-        return None
-    arrays = [np.asarray(result) for result in results]
-    for value, array in zip(node.outputs, arrays, strict=True):
-        declared = value.dtype
-        if array.dtype.kind not in "iub" or array.nbytes > budget:
-            return None
-        if declared is not None and declared != ir.DataType.from_numpy(array.dtype):
-            return None
-    return arrays
-
-
-def _result_elements(node: ir.Node, operands: Sequence[np.ndarray | None]) -> float:
-    """An upper bound on the output's elements for the ops that expand; 0 for the others (bounded by their
-    operands). Malformed operands count as infinite, so they are never run."""
-    op = node.op_type
-    try:
-        if op == "ConstantOfShape":
-            return math.prod(int(d) for d in operands[0].reshape(-1))
-        if op == "Expand":
-            shape = np.broadcast_shapes(operands[0].shape, tuple(int(d) for d in operands[1].reshape(-1)))
-            return math.prod(shape)
-        if op == "Tile":
-            return math.prod(int(d) * int(r) for d, r in zip(operands[0].shape, operands[1].reshape(-1), strict=True))
-        if op == "Range":
-            start, limit, delta = (operands[i].item() for i in range(3))
-            return max(math.ceil((limit - start) / delta), 0)
-    except (AttributeError, IndexError, TypeError, ValueError, ZeroDivisionError, OverflowError):
-        return math.inf
-    return 0
-
-
-def _one_node_model(node: ir.Node, operands: Sequence[np.ndarray | None], versions: tuple[int, int]) -> onnx.ModelProto:
-    inputs = [
-        None
-        if array is None
-        else ir.Value(
-            name=f"input{i}", type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape)
-        )
-        for i, array in enumerate(operands)
-    ]
-    copy = ir.Node("", node.op_type, inputs, list(node.attributes.values()), num_outputs=len(node.outputs))
-    for i, output in enumerate(copy.outputs):
-        output.name = f"output{i}"
-    opset, ir_version = versions
-    graph = ir.Graph([v for v in inputs if v is not None], copy.outputs, nodes=[copy], opset_imports={"": opset})
-    return ir.serde.serialize_model(ir.Model(graph, ir_version=ir_version))
-
-
-def _feeds(operands: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
-    return {f"input{i}": array for i, array in enumerate(operands) if array is not None}
 
 
 def _read_at_run_time(value: ir.Value, static: _Static) -> bool:
@@ -827,25 +742,7 @@ def _fold_static(value: ir.Value, array: np.ndarray) -> Callable[[], bool]:
         if producer is None or not rewrite.is_attached(producer):
             return False
         rewrite.replace_value(value, rewrite.store_constant(producer, value, array, as_initializer=True))
-        _remove_dead(producer)
+        remove_dead(producer, _PURE_OPS)
         return True
 
     return repair
-
-
-def _remove_dead(node: ir.Node) -> None:
-    """Remove `node` if nothing reads it any more, and so on up through the side-effect-free nodes and the
-    initializers that only fed it."""
-    pending = [node]
-    while pending:
-        current = pending.pop()
-        if not rewrite.is_attached(current) or any(o.uses() or o.is_graph_output() for o in current.outputs):
-            continue
-        operands = [v for v in current.inputs if v is not None]
-        rewrite.remove_node(current)
-        for operand in operands:
-            producer = operand.producer()
-            if producer is not None and _is_ai_onnx(producer) and producer.op_type in _PURE_OPS:
-                pending.append(producer)
-            elif producer is None and not (operand.uses() or operand.is_graph_input() or operand.is_graph_output()):
-                rewrite.remove_initializer(operand)

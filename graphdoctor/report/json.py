@@ -138,9 +138,9 @@ def _fp16(result) -> dict[str, Any]:
 
 
 def render_fix(result, stream: TextIO) -> None:
-    """Schema (version 1): {"schema_version", "tool", "version", "fix": {"path", "output", "written", "dry_run",
-    "converged", "size_before", "size_after" (null when nothing was written), "seconds", "blamed" (rules whose
-    fixes alone fail verification), "fixes": [{"code", "name", "repairs": {message_id: count}, "safety",
+    """Schema (version 1): {"schema_version", "tool", "version", "fix": {"path", "output", "target", "written",
+    "dry_run", "converged", "size_before", "size_after" (null when nothing was written), "seconds", "blamed" (rules
+    whose fixes alone fail verification), "fixes": [{"code", "name", "repairs": {message_id: count}, "safety",
     "nodes_removed", "bytes_saved"}], "fp16" (FP16 or BF16): {"already_fp16", "converted_nodes",
     "tensors_converted", "casts_added", "ranges_measured", "functions_kept", "max_value", "precision" ("FP16" |
     "BF16"), "opset_notes", "kept_fp32": [{"node", "op_type", "graph", "reason", "kind"}], "fp32_regions":
@@ -150,6 +150,7 @@ def render_fix(result, stream: TextIO) -> None:
     fixed = {
         "path": str(result.path),
         "output": str(result.output),
+        "target": result.target.name,
         "written": result.written,
         "dry_run": result.dry_run,
         "converged": result.converged,

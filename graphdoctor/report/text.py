@@ -203,6 +203,7 @@ def render_fix(result, stream: TextIO, color: bool) -> None:
     out = _Writer(stream, color)
     head = f"fix {result.path} → {result.output}"
     out.line(f"[bold]fix[/bold] {_escape(head.removeprefix('fix '))}", plain=head)
+    out.line(f"[dim]target: {_escape(result.target.label)}[/dim]", plain=f"target: {result.target.label}")
     if not result.changed:
         out.line("nothing to fix: no selected rule has a fix to apply")
     for fixes in result.fixes:

@@ -87,11 +87,16 @@ def _weights_problem(value: ir.Value, resolvable: bool = False) -> str:
     producer = value.producer()
     if producer is None:
         return "a graph input" if value.graph is not None and value in value.graph.inputs else "an outer-scope value"
-    if resolvable and producer.op_type == "Shape" and NodeView.static_dims(producer.inputs[0]) is not None:
+    if resolvable and _is_static_shape(producer):
         return ""
     if _computed_from_constants(producer, depth=0):
         return f"computed from constants by {producer.op_type} '{node_label(producer)}' at build time, not folded"
     return f"computed at run time by {producer.op_type} '{node_label(producer)}'"
+
+
+def _is_static_shape(node: ir.Node) -> bool:
+    """A Shape node of a value whose dims are all known: its output is known before run time."""
+    return node.op_type == "Shape" and NodeView.static_dims(_input(node, 0)) is not None
 
 
 def _computed_from_constants(node: ir.Node, depth: int) -> bool:
@@ -104,7 +109,7 @@ def _computed_from_constants(node: ir.Node, depth: int) -> bool:
         producer = value.producer()
         if producer is None:
             return False
-        if producer.op_type == "Shape" and NodeView.static_dims(producer.inputs[0]) is not None:
+        if _is_static_shape(producer):
             continue
         if not _computed_from_constants(producer, depth + 1):
             return False
@@ -224,7 +229,7 @@ def _onehot(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
 
 def _topk(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
     k = const_array(_input(node, 1)) if view.opset >= 10 else np.asarray(_attr(node, "k", 0))
-    if k is not None and k.size == 1 and int(k.reshape(())) >= _TOPK_MAX_K:
+    if k is not None and k.size == 1 and k.dtype.kind in "iu" and int(k.reshape(())) >= _TOPK_MAX_K:
         yield Rejection(
             f"K={int(k.reshape(()))}",
             f"TensorRT's TopK layer takes K below {_TOPK_MAX_K}",
@@ -493,9 +498,8 @@ def _constant(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
 def _random(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
     dtype = _attr(node, "dtype")
     if dtype is not None and dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
-        yield Rejection(
-            f"attribute dtype={ir.DataType(dtype).name}", f"{node.op_type} is imported for FLOAT and FLOAT16", ""
-        )
+        name = ir.DataType(dtype).name if dtype in set(ir.DataType) else str(dtype)
+        yield Rejection(f"attribute dtype={name}", f"{node.op_type} is imported for FLOAT and FLOAT16", "")
 
 
 def _lp_normalization(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
