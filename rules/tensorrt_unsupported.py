@@ -50,11 +50,13 @@ Why it matters
     JetPack 5 devices still run 8.6, JetPack 6 10.3: what one version builds another refuses.
 
 How to fix
-    Each finding says what to do: re-export with supported settings (align_corners, antialias=False,
-    explicit squeeze dims), fold constants into initializers (`graphdoctor fix` folds static shape
-    arithmetic; `polygraphy surgeon sanitize --fold-constants` the rest), replace the op with supported
-    ones, quantize in symmetric QDQ form, or provide a TensorRT plugin of the op's name
-    (`trtexec --staticPlugins=/--dynamicPlugins=lib.so`). `graphdoctor rules --target NAME` and this text
+    `graphdoctor fix` (safe: bit-exact) folds an input that must be constant and is computed from constants
+    (integer results up to 1 KiB, evaluated by ONNX's reference runtime: the Reshape'd axes of torch's
+    unoptimized dynamo exports) into an initializer, and removes the nodes only it needed. For the rest,
+    each finding says what to do: re-export with supported settings (align_corners, antialias=False,
+    explicit squeeze dims), fold larger constants (`polygraphy surgeon sanitize --fold-constants`), replace
+    the op with supported ones, quantize in symmetric QDQ form, or provide a TensorRT plugin of the op's
+    name (`trtexec --staticPlugins=/--dynamicPlugins=lib.so`). `graphdoctor rules --target NAME` and this text
     list what each target refuses.
 """
 
@@ -63,18 +65,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import onnx_ir as ir
 
+from graphdoctor import folding, rewrite
 from graphdoctor.analysis.graph import consumers, iter_graph_sites, node_label, opset_version
 from graphdoctor.engine import RuleContext
-from graphdoctor.rule import Finding, Message, RuleKind, RuleMeta, Severity
+from graphdoctor.rule import Finding, FixSafety, Message, RuleKind, RuleMeta, Severity
 from graphdoctor.targets import Target, version_text
 from graphdoctor.targets import tensorrt as trt_facts
-from graphdoctor.targets.tensorrt_importer import CHECKED, NodeView, Rejection, node_rejections
+from graphdoctor.targets.tensorrt_importer import CHECKED, NodeView, Rejection, computed_from_constants, node_rejections
 
 __all__ = ["META", "check", "describe_target"]
 
 _ONNX_DOMAINS = ("", "ai.onnx")
+_FOLD_BUDGET = 1024  # bytes: the constants TensorRT needs are axes, depths and counts
+_REMOVABLE = folding.FOLDABLE_OPS | {"Shape", "Size", "Constant"}  # side-effect free: removed once unread
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 META = RuleMeta(
@@ -120,6 +126,11 @@ META = RuleMeta(
         "not-constant": Message(
             "{op} {subject} is {what}: {reason}; {target} refuses it{accepted}",
             help="{advice}",
+        ),
+        "foldable": Message(
+            "{op} {subject} is {what}: {reason}; {target} refuses it{accepted}",
+            help="fold it: `graphdoctor fix` (safe) stores {folded} as a constant and removes the nodes only it needed",
+            fix=FixSafety.SAFE,
         ),
         "note": Message("{op} {subject}: {reason}", help="{advice}", severity=Severity.INFO),
         "dtype": Message("'{name}' is {dtype}: {reason}{accepted}", help="{advice}"),
@@ -259,8 +270,47 @@ def _rejection_finding(ctx: RuleContext, node: ir.Node, target: Target, rejectio
         return ctx.report("note", **common)
     accepted = _accepted(target, rejection.accepted_from)
     if rejection.not_constant:
+        folded = _folded(ctx.analysis.model, rejection.value)
+        if folded is not None:
+            return ctx.report(
+                "foldable",
+                what=rejection.not_constant,
+                target=target.label,
+                accepted=accepted,
+                folded=_preview(folded),
+                repair=_fold(rejection.value, folded),
+                **common,
+            )
         return ctx.report("not-constant", what=rejection.not_constant, target=target.label, accepted=accepted, **common)
     return ctx.report("refused", target=target.label, accepted=accepted, **common)
+
+
+def _folded(model: ir.Model, value: ir.Value | None) -> np.ndarray | None:
+    """The value of an input computed from constants, when ONNX's reference runtime folds it (integer
+    results within 1 KiB: axes, depths, counts)."""
+    if value is None or not computed_from_constants(value):
+        return None
+    versions = (opset_version(model) or 1, model.ir_version)
+    return folding.constant_value(value, versions, _FOLD_BUDGET)
+
+
+def _fold(value: ir.Value, array: np.ndarray):
+    """Store the input as an initializer, then remove the nodes that computed only it."""
+
+    def repair() -> bool:
+        producer = value.producer()
+        if producer is None or not rewrite.is_attached(producer):
+            return False
+        rewrite.replace_value(value, rewrite.store_constant(producer, value, array, as_initializer=True))
+        folding.remove_dead(producer, _REMOVABLE)
+        return True
+
+    return repair
+
+
+def _preview(array: np.ndarray) -> str:
+    values = ", ".join(str(v) for v in array.reshape(-1)[:8].tolist())
+    return f"{{{values}{', ...' if array.size > 8 else ''}}}"
 
 
 def _custom_node(node: ir.Node, ctx: RuleContext, target: Target) -> Iterator[Finding]:
@@ -353,6 +403,8 @@ def _earlier(finding: Finding, earliest: Target) -> Finding:
     data = {"text": finding.message, "earliest": version_text(earliest.version), "major": earliest.version[0]}
     return dataclasses.replace(
         finding,
+        fix=None,  # nothing to repair for the target itself
+        repair=None,
         severity=message.severity,
         message=message.text.format(**data),
         help=message.help.format(**data),

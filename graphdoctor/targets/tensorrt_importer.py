@@ -22,7 +22,7 @@ from graphdoctor.analysis.constants import const_array, const_tensor
 from graphdoctor.analysis.graph import node_label
 from graphdoctor.targets import Target
 
-__all__ = ["CHECKED", "NodeView", "Rejection", "node_rejections"]
+__all__ = ["CHECKED", "NodeView", "Rejection", "computed_from_constants", "node_rejections"]
 
 _FOLD = (
     "fold it into a constant: `graphdoctor fix` folds static shape arithmetic; `polygraphy surgeon sanitize"
@@ -44,6 +44,7 @@ class Rejection:
     accepted_from: tuple[int, int] | None = None  # the first TensorRT version that accepts it, if any
     not_constant: str = ""  # for inputs that must be constant: what the value is instead
     info: bool = False  # worth knowing, builds anyway
+    value: ir.Value | None = None  # the input that must be constant
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def _weights_problem(value: ir.Value, resolvable: bool = False) -> str:
         return "a graph input" if value.graph is not None and value in value.graph.inputs else "an outer-scope value"
     if resolvable and _is_static_shape(producer):
         return ""
-    if _computed_from_constants(producer, depth=0):
+    if computed_from_constants(value):
         return f"computed from constants by {producer.op_type} '{node_label(producer)}' at build time, not folded"
     return f"computed at run time by {producer.op_type} '{node_label(producer)}'"
 
@@ -97,6 +98,12 @@ def _weights_problem(value: ir.Value, resolvable: bool = False) -> str:
 def _is_static_shape(node: ir.Node) -> bool:
     """A Shape node of a value whose dims are all known: its output is known before run time."""
     return node.op_type == "Shape" and NodeView.static_dims(_input(node, 0)) is not None
+
+
+def computed_from_constants(value: ir.Value) -> bool:
+    """Whether a value that is not itself a constant comes from constants only (then it can be folded)."""
+    producer = value.producer()
+    return producer is not None and _computed_from_constants(producer, depth=0)
 
 
 def _computed_from_constants(node: ir.Node, depth: int) -> bool:
@@ -124,13 +131,14 @@ def _must_be_constant(
         return
     problem = _weights_problem(value, resolvable)
     if problem:
-        advice = _FOLD if problem.startswith("computed from constants") else "make it a constant in the model code"
+        advice = _FOLD if computed_from_constants(value) else "make it a constant in the model code"
         yield Rejection(
             f"input {index} '{value.name}' ({role})",
             "the importer needs it as a build-time constant",
             advice,
             accepted_from=accepted_from,
             not_constant=problem,
+            value=value,
         )
 
 
