@@ -21,6 +21,7 @@ import click
 
 from graphdoctor import __version__
 from graphdoctor.errors import GraphDoctorError, Interrupted
+from graphdoctor.targets import DEFAULT_TARGET
 
 __all__ = ["cli", "main"]
 
@@ -100,7 +101,7 @@ def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--ignore", multiple=True, metavar="RULES", help="Skip these rules (codes, prefixes or names).")
     @click.option(
         "--target",
-        default="tensorrt-10",
+        default=DEFAULT_TARGET.name,
         show_default=True,
         metavar="TARGET",
         help="The runtime the rules check for: tensorrt-8.6, tensorrt-10 (any 10.x; tensorrt-10.N for one),"
@@ -330,9 +331,11 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
     from graphdoctor.config import find_config, load_config
 
     config = load_config(options.pop("config_path") or find_config(model), "fix")
-    target = options["target"]
-    if ctx.get_parameter_source("target") is click.core.ParameterSource.DEFAULT:
-        target = config.settings.get("target", target)
+    for option, key in (("target", "target"), ("output_format", "format")):  # the file, unless the command line
+        if ctx.get_parameter_source(option) is click.core.ParameterSource.DEFAULT and key in config.settings:
+            options[option] = config.settings[key]
+    if options["output_format"] not in FORMATS:
+        raise GraphDoctorError(f"configuration: format must be one of {FORMATS}")
     select = _split(options["select"]) or _split(_as_list(config.settings.get("select", [])))
     ignore = _split(options["ignore"]) or _split(_as_list(config.settings.get("ignore", [])))
     result = api.fix(
@@ -352,7 +355,7 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
         seed=options["seed"],
         fp16=_fp16_options(options),
         strip_metadata=options["strip_metadata"],
-        target=target,
+        target=options["target"],
     )
     if options["output_format"] == "json":
         from graphdoctor.report import json as json_report

@@ -250,7 +250,7 @@ class _Pipeline:
         """The original with only these rules' fixes (to find which fix fails the gate, or to build the
         reference when fixes change outputs on purpose)."""
         loaded = load_model(source)
-        single = _Pipeline(list(rules), self.policy, self.rule_options, None)
+        single = _Pipeline(list(rules), self.policy, self.rule_options, None, self.target)
         single.run(loaded.model, loaded.path)
         return loaded, single
 

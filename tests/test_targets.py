@@ -277,12 +277,13 @@ EXPORT_CASES = [
         {
             ("error", "no-importer", "CastLike"),
             ("error", "no-importer", "Gelu"),
-            ("error", "not-constant", "Slice"),
+            ("error", "foldable", "Slice"),
             OPSET_RANGE,
         },
     ),
     # torch's optimize=False export computes ReduceMean axes with Reshape nodes; the importer folds none
-    ("dynamo_cnn_unoptimized", TRT10, {("error", "not-constant", "ReduceMean")}),
+    # (`graphdoctor fix` does: tests/fix/test_tensorrt_unsupported.py)
+    ("dynamo_cnn_unoptimized", TRT10, {("error", "foldable", "ReduceMean")}),
 ]
 
 
@@ -295,8 +296,8 @@ def test_gd013_on_real_exports(name, target, expected):
     findings = api.lint(torch_exports.path(name), select=["GD013"], target=target).findings
     assert refusals(findings) == expected
     for finding in findings:
-        if finding.message_id == "not-constant":
-            assert "computed from constants" in finding.message
+        if finding.message_id == "foldable":
+            assert "computed from constants at run time" in finding.message and finding.fix is not None
         if finding.message_id == "no-importer":
             assert finding.message.startswith(f"{finding.data['op']} has no importer in TensorRT 8.6")
         if finding.message_id == "opset-range":

@@ -205,7 +205,7 @@ def render_fix(result, stream: TextIO, color: bool) -> None:
     out.line(f"[bold]fix[/bold] {_escape(head.removeprefix('fix '))}", plain=head)
     out.line(f"[dim]target: {_escape(result.target.label)}[/dim]", plain=f"target: {result.target.label}")
     if not result.changed:
-        out.line("nothing to fix: no selected rule has a fix to apply")
+        out.line("nothing to fix: no finding of the selected rules has a fix to apply here")
     for fixes in result.fixes:
         line = _fix_line(fixes)
         out.line(f"  {_escape(line)}", plain=f"  {line}")

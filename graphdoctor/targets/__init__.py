@@ -30,7 +30,7 @@ _PATTERN = re.compile(r"tensorrt-(\d+)(?:\.(\d+))?")
 class Target:
     """A runtime and, for TensorRT, the version (major, minor) whose parser decides what builds."""
 
-    name: str  # as the user wrote it: 'tensorrt-10', 'tensorrt-10.3', 'onnxruntime'
+    name: str  # canonical: 'tensorrt-10', 'tensorrt-10.3', 'onnxruntime'
     runtime: str
     version: tuple[int, int] = (0, 0)
     family: bool = False  # 'tensorrt-10': any 10.x; the facts are those of the newest minor read
@@ -84,11 +84,11 @@ def parse_target(text: str) -> Target:
     match = _PATTERN.fullmatch(name)
     if match:
         major, minor = int(match.group(1)), match.group(2)
-        if major in _NEWEST_MINOR:
-            if minor is None:
-                return Target(name, TENSORRT, (major, _NEWEST_MINOR[major]), family=major != 8)
-            if _FAMILY_FIRST_MINOR[major] <= int(minor) <= _NEWEST_MINOR[major]:
-                return Target(name, TENSORRT, (major, int(minor)))
+        if major in _NEWEST_MINOR and minor is None and major != 8:
+            return Target(f"tensorrt-{major}", TENSORRT, (major, _NEWEST_MINOR[major]), family=True)
+        version = (major, _NEWEST_MINOR[major] if minor is None else int(minor)) if major in _NEWEST_MINOR else None
+        if version is not None and _FAMILY_FIRST_MINOR[major] <= version[1] <= _NEWEST_MINOR[major]:
+            return Target(f"tensorrt-{version_text(version)}", TENSORRT, version)  # 'tensorrt-8' is 8.6
     raise GraphDoctorError(
         f"unknown target '{text}' (choose from {', '.join(TARGET_CHOICES)}; or an exact TensorRT 10 minor,"
         f" tensorrt-10.0 to tensorrt-10.{_NEWEST_MINOR[10]})"

@@ -91,7 +91,7 @@ def _weights_problem(value: ir.Value, resolvable: bool = False) -> str:
     if resolvable and _is_static_shape(producer):
         return ""
     if computed_from_constants(value):
-        return f"computed from constants by {producer.op_type} '{node_label(producer)}' at build time, not folded"
+        return f"computed from constants at run time by {producer.op_type} '{node_label(producer)}' (nothing folded it)"
     return f"computed at run time by {producer.op_type} '{node_label(producer)}'"
 
 
