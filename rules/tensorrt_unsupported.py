@@ -29,8 +29,11 @@ What it finds
     - dtypes TensorRT cannot hold: STRING, INT16, UINT16/32/64, complex, FP8 other than E4M3FN, UINT4 and FP4
       anywhere; INT8, INT4 and FP8 outside QuantizeLinear/DequantizeLinear; UINT8 except as network input
       or output (and cast at once); BFLOAT16 on 8.6;
-    - ai.onnx opsets below 7 (the parser refuses them: error) or outside the range the version documents
-      (warning: ops whose signature changed since are read by rules written for older opsets).
+    - attributes the importer does not read, so that the engine builds and computes something else (error):
+      8.6's Resize antialias and keep_aspect_ratio_policy and ScatterND/ScatterElements reduction, and the
+      recurrent layers' `layout`;
+    - ai.onnx opsets outside the range the version documents (warning: below 7 the parser itself warns
+      that it may not work; above, ops whose signature changed are read by rules written for older forms).
 
     For a family target (`tensorrt-10`, which checks what the newest 10.x read accepts) it also says, as
     info, what the family's first minor (10.0) still refuses. Constants are what the importer holds as
@@ -132,12 +135,13 @@ META = RuleMeta(
             help="fold it: `graphdoctor fix` (safe) stores {folded} as a constant and removes the nodes only it needed",
             fix=FixSafety.SAFE,
         ),
+        "ignored": Message(
+            "{op} {subject}: {reason}; {target}'s importer does not read it, so the engine builds and computes"
+            " something else than the model says{accepted}",
+            help="{advice}",
+        ),
         "note": Message("{op} {subject}: {reason}", help="{advice}", severity=Severity.INFO),
         "dtype": Message("'{name}' is {dtype}: {reason}{accepted}", help="{advice}"),
-        "opset-refused": Message(
-            "ai.onnx opset {opset}: TensorRT's parser refuses models below opset 7",
-            help="re-export at opset 13 or later",
-        ),
         "opset-range": Message(
             "ai.onnx opset {opset} is outside opsets {first}-{last}, the range {target} documents: ops whose"
             " signature changed since are imported by rules written for their older form",
@@ -211,10 +215,8 @@ def _opset_findings(model: ir.Model, ctx: RuleContext, target: Target) -> Iterat
     opset = opset_version(model)
     if opset is None:
         return
-    refused_below, first, last = trt_facts.opset_range(target)
-    if opset < refused_below:
-        yield ctx.report("opset-refused", opset=opset)
-    elif not first <= opset <= last:
+    first, last = trt_facts.opset_range(target)
+    if not first <= opset <= last:
         yield ctx.report("opset-range", opset=opset, first=first, last=last, target=target.label)
 
 
@@ -269,6 +271,8 @@ def _rejection_finding(ctx: RuleContext, node: ir.Node, target: Target, rejectio
     if rejection.info:
         return ctx.report("note", **common)
     accepted = _accepted(target, rejection.accepted_from)
+    if rejection.ignored:
+        return ctx.report("ignored", target=target.label, accepted=accepted, **common)
     if rejection.not_constant:
         folded = _folded(ctx.analysis.model, rejection.value)
         if folded is not None:
@@ -287,8 +291,9 @@ def _rejection_finding(ctx: RuleContext, node: ir.Node, target: Target, rejectio
 
 def _folded(model: ir.Model, value: ir.Value | None) -> np.ndarray | None:
     """The value of an input computed from constants, when ONNX's reference runtime folds it (integer
-    results within 1 KiB: axes, depths, counts)."""
-    if value is None or not computed_from_constants(value):
+    results within 1 KiB: axes, depths, counts). Only in the main graph: functions hold no initializers,
+    and a subgraph's constants are its owner's business."""
+    if value is None or not computed_from_constants(value) or value.producer().graph is not model.graph:
         return None
     versions = (opset_version(model) or 1, model.ir_version)
     return folding.constant_value(value, versions, _FOLD_BUDGET)
@@ -421,7 +426,7 @@ def describe_target(target: Target) -> list[str]:
     later = sorted(
         (since, op) for op in trt_facts.imported_ops() if not target.accepts_from(since := trt_facts.importer_since(op))
     )
-    refused_below, first, last = trt_facts.opset_range(target)
+    first, last = trt_facts.opset_range(target)
     lines = [f"ops no version imports: {', '.join(never)}; custom-domain ops without a plugin"]
     if later:
         lines.append(
@@ -436,5 +441,5 @@ def describe_target(target: Target) -> list[str]:
     elif not target.accepts_from((10, 0)):
         never_types.append("INT4 (from 10.0)")
     lines.append(f"dtypes: {'; '.join(never_types)}; INT8/INT4/FP8 outside Q/DQ; UINT8 except as network I/O")
-    lines.append(f"opsets: below {refused_below} refused; outside {first}-{last} a warning")
+    lines.append(f"opsets: outside {first}-{last} a warning (below 7 the parser itself warns)")
     return lines

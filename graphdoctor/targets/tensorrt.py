@@ -141,13 +141,12 @@ REFUSE_UINT8_INPUT = _names(
         ConvTranspose MatMul Gemm"""
 )
 
-# ai.onnx opsets each version reads: below the first the parser refuses the model (ModelImporter.cpp: "at
-# least opset 7"); beyond the documented range it parses, but ops whose signature changed since (Reduce
-# axes and Split sizes as inputs in 18, Resize antialias in 18) are imported by rules written for older ones.
+# ai.onnx opsets each version documents. Outside them the parser parses anyway (below 7 it warns "not
+# guaranteed to work", ModelImporter.cpp), but ops whose signature changed since (Reduce axes and Split
+# sizes as inputs in 18, Resize antialias in 18) are imported by rules written for older ones.
 # 8.6: "up to Opset 17" (operators.md 8.6-GA); 10.0/10.1: "opset 9 to opset 20"; 10.15 imports TensorScatter,
 # an opset-24 op (inference from its table); 11 reads up to 25 (NVIDIA's opset guide).
 _OPSETS = {(8, 6): (7, 17), (10, 0): (9, 20), (10, 15): (9, 24), (11, 0): (9, 25)}
-_REFUSED_BELOW = 7
 
 
 def importer_since(op_type: str) -> tuple[int, int] | None:
@@ -167,11 +166,9 @@ def is_known_op(op_type: str) -> bool:
     return importer_since(op_type) is not None or op_type in UNSUPPORTED_ADVICE
 
 
-def opset_range(target: Target) -> tuple[int, int, int]:
-    """(refused below, documented from, documented up to) for the ai.onnx domain."""
-    known = max(version for version in _OPSETS if version <= target.version)
-    first, last = _OPSETS[known]
-    return _REFUSED_BELOW, first, last
+def opset_range(target: Target) -> tuple[int, int]:
+    """(documented from, documented up to) for the ai.onnx domain."""
+    return _OPSETS[max(version for version in _OPSETS if version <= target.version)]
 
 
 _D = ir.DataType

@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphdoctor.analysis.constants import const_array, const_tensor
+from graphdoctor.analysis.format import format_shape
 from graphdoctor.analysis.graph import node_label
 from graphdoctor.targets import Target
 
@@ -28,6 +29,7 @@ _FOLD = (
     "fold it into a constant: `graphdoctor fix` folds static shape arithmetic; `polygraphy surgeon sanitize"
     " --fold-constants` or onnxsim fold the rest"
 )
+_NO_CACHE = "export attention without a KV cache (or as MatMul and Softmax, which keep one in graph inputs)"
 _TOPK_MAX_K = 3840  # ITopKLayer: K must be below it (the 10.x tables)
 _RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners")
 # INT8 and UINT8 are refused outside Q/DQ and network I/O whatever reads them (GD013's dtype check).
@@ -44,6 +46,7 @@ class Rejection:
     accepted_from: tuple[int, int] | None = None  # the first TensorRT version that accepts it, if any
     not_constant: str = ""  # for inputs that must be constant: what the value is instead
     info: bool = False  # worth knowing, builds anyway
+    ignored: bool = False  # the importer does not read it: the engine builds and computes something else
     value: ir.Value | None = None  # the input that must be constant
 
 
@@ -103,7 +106,7 @@ def _is_static_shape(node: ir.Node) -> bool:
 def computed_from_constants(value: ir.Value) -> bool:
     """Whether a value that is not itself a constant comes from constants only (then it can be folded)."""
     producer = value.producer()
-    return producer is not None and _computed_from_constants(producer, depth=0)
+    return producer is not None and (_is_static_shape(producer) or _computed_from_constants(producer, depth=0))
 
 
 def _computed_from_constants(node: ir.Node, depth: int) -> bool:
@@ -160,14 +163,21 @@ def _resize(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
                 "tf_half_pixel_for_nn is imported only with round_prefer_floor",
                 "use nearest_mode='round_prefer_floor' or another coordinate transformation",
             )
+    ignores = view.target.version < (9, 0)  # 8.6's importer predates these opset-18 attributes
     if _attr(node, "antialias", 0):
-        yield Rejection("attribute antialias=1", "TensorRT has no antialiased resize", "export with antialias=False")
+        yield Rejection(
+            "attribute antialias=1",
+            "TensorRT has no antialiased resize",
+            "export with antialias=False",
+            ignored=ignores,
+        )
     policy = _attr(node, "keep_aspect_ratio_policy", "stretch")
     if policy != "stretch":
         yield Rejection(
             f"attribute keep_aspect_ratio_policy='{policy}'",
             "only 'stretch' is imported",
             "compute the output size in the model code and pass sizes",
+            ignored=ignores,
         )
     yield from _resize_scales(node, view, mode)
 
@@ -253,27 +263,31 @@ def _topk(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
 
 
 def _scatter_nd(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
+    """8.6's importer never reads `reduction` (it overwrites); 10.0-10.14's refuses the attribute itself, even
+    'none'; 10.15's table refuses only reductions other than none."""
     reduction = _attr(node, "reduction")
-    if reduction is None:
+    if reduction is None or (reduction == "none" and not (9, 0) <= view.target.version < (10, 15)):
         return
-    # 10.1's importer refuses the attribute itself; 10.15's table only reductions other than none.
-    if reduction != "none" or view.target.version < (10, 15):
-        yield Rejection(
-            f"attribute reduction='{reduction}'",
-            "ScatterND is imported without reduction",
-            "drop the attribute for plain writes; accumulate with ScatterElements (reduction from TensorRT 10.0)",
-            accepted_from=(10, 15) if reduction == "none" else None,
-        )
+    yield Rejection(
+        f"attribute reduction='{reduction}'",
+        "ScatterND is imported without reduction",
+        "drop the attribute for plain writes; accumulate with ScatterElements (reduction from TensorRT 10.0)",
+        accepted_from=(10, 15) if reduction == "none" else None,
+        ignored=view.target.version < (9, 0),
+    )
 
 
 def _scatter_elements(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
+    """10.0 imports reductions (Changelog 10.0 EA: through the bundled ScatterElements plugin); 8.6's
+    importer does not read the attribute."""
     reduction = _attr(node, "reduction", "none")
-    if reduction != "none":
+    if reduction != "none" and not view.target.accepts_from((10, 0)):
         yield Rejection(
             f"attribute reduction='{reduction}'",
-            "ScatterElements' reduction is imported from TensorRT 10.0 on (Changelog 10.0 EA)",
+            "ScatterElements' reduction is imported from TensorRT 10.0 on",
             "target TensorRT 10, or accumulate outside the engine",
             accepted_from=(10, 0),
+            ignored=True,
         )
 
 
@@ -346,20 +360,36 @@ def _slice(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
 
 
 def _pad(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
-    if view.opset >= 18 and not view.target.accepts_from((10, 4)):
+    """8.6 refuses any `axes` input ("TensorRT does not support dynamic axes for pad!"); 10.0-10.3 refuse
+    axes that are not constants; 10.4 takes them all."""
+    axes = _input(node, 3)
+    if view.opset < 18 or axes is None or not axes.name:
+        return
+    if view.target.version < (9, 0):
+        yield Rejection(
+            f"input 3 '{axes.name}' (axes)",
+            "TensorRT 8.6 imports Pad without an axes input",
+            "give pads for every dim and no axes",
+            accepted_from=(10, 0),
+        )
+    elif not view.target.accepts_from((10, 4)):
         yield from _must_be_constant(node, 3, "axes", accepted_from=(10, 4))
 
 
 def _hardmax(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
+    """The importer builds a OneHot as deep as the axis: its length must be static. Before opset 13 the
+    default axis is 1 and the dims from it on are flattened into it."""
     data = _input(node, 0)
-    axis = _attr(node, "axis", -1)
-    if data is None or data.shape is None:
+    axis = _attr(node, "axis", -1 if view.opset >= 13 else 1)
+    if data is None or data.shape is None or not -len(data.shape) <= axis < len(data.shape):
         return
     dims = list(data.shape)
-    if -len(dims) <= axis < len(dims) and not isinstance(dims[axis], int):
+    depth = dims[axis:] if view.opset < 13 else [dims[axis]]
+    dynamic = [d for d in depth if not isinstance(d, int)]
+    if dynamic:
         yield Rejection(
-            f"axis {axis} of dynamic size '{dims[axis]}'",
-            "Hardmax's axis dim must be known when the engine is built",
+            f"axis {axis} of dynamic size ({', '.join(str(d) for d in dynamic)})",
+            "Hardmax's axis length must be known when the engine is built",
             "export with a static size on that axis",
         )
 
@@ -368,7 +398,7 @@ def _eye_like(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
     data = _input(node, 0)
     if data is not None and data.shape is not None and (len(data.shape) != 2 or view.static_dims(data) is None):
         yield Rejection(
-            f"input of shape {list(data.shape)}",
+            f"input of shape {format_shape(data.shape)}",
             "EyeLike is imported for 2-D inputs with static dims only",
             "store the identity matrix as an initializer",
         )
@@ -377,7 +407,11 @@ def _eye_like(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
 def _depth_space(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
     rank = view.rank(_input(node, 0))
     if rank is not None and rank != 4:
-        yield Rejection(f"input 0 of rank {rank}", f"{node.op_type} is imported for NCHW (4-D) inputs only", "")
+        yield Rejection(
+            f"input 0 of rank {rank}",
+            f"{node.op_type} is imported for NCHW (4-D) inputs only",
+            "reshape to 4-D around it",
+        )
 
 
 def _einsum(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
@@ -401,10 +435,17 @@ def _einsum(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
 
 
 def _recurrent(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
-    if node.op_type == "LSTM":
-        for name in ("input_forget", "layout"):
-            if _attr(node, name, 0):
-                yield Rejection(f"attribute {name}={_attr(node, name)}", f"LSTM is imported with {name}=0 only", "")
+    if node.op_type == "LSTM" and _attr(node, "input_forget", 0):
+        yield Rejection(
+            "attribute input_forget=1", "coupled input and forget gates are not imported", "export with input_forget=0"
+        )
+    if node.op_type in ("LSTM", "GRU", "RNN") and _attr(node, "layout", 0):
+        yield Rejection(  # no importer reads `layout`: batch-first inputs are read as sequence-first
+            f"attribute layout={_attr(node, 'layout')}",
+            "the importer does not read layout and takes inputs as [seq, batch, ...]",
+            "export with batch_first=False (layout=0), transposing around the layer",
+            ignored=True,
+        )
     activations = _attr(node, "activations")
     if _attr(node, "direction", "forward") == "bidirectional" and activations:
         half = len(activations) // 2
@@ -418,7 +459,7 @@ def _recurrent(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
 
 def _mod(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
     data = _input(node, 0)
-    if _attr(node, "fmod", 0) == 0 and data is not None and data.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
+    if _attr(node, "fmod", 0) == 0 and data is not None and data.dtype is not None and data.dtype.is_floating_point():
         yield Rejection(
             "attribute fmod=0 on floating-point inputs",
             "integer modulo is imported for INT32 and INT64 only",
@@ -474,10 +515,12 @@ def _attention(node: ir.Node, view: NodeView) -> Iterator[Rejection]:
     for index, role in ((4, "past_key"), (5, "past_value"), (6, "nonpad_kv_seqlen")):
         value = _input(node, index)
         if value is not None and value.name:
-            yield Rejection(f"input {index} '{value.name}' ({role})", f"Attention is imported without {role}", "")
+            yield Rejection(
+                f"input {index} '{value.name}' ({role})", f"Attention is imported without {role}", _NO_CACHE
+            )
     for index, role in ((1, "present_key"), (2, "present_value"), (3, "qk_matmul_output")):
         if index < len(node.outputs) and node.outputs[index].name:
-            yield Rejection(f"output {index} ({role})", f"Attention is imported without {role}", "")
+            yield Rejection(f"output {index} ({role})", f"Attention is imported without {role}", _NO_CACHE)
     for name in ("qk_matmul_output_mode", "softcap"):
         if _attr(node, name, 0):
             yield Rejection(f"attribute {name}={_attr(node, name)}", f"Attention is imported without {name}", "")
@@ -580,10 +623,10 @@ CHECKED = {
     "Squeeze, Unsqueeze": "axes that are not constants (10.15: resolvable, Shape of static dims too); Squeeze"
     " without axes on dynamic dims",
     "Slice": "axes that are not constants (before 10.3)",
-    "Pad": "axes that are not constants (before 10.4)",
+    "Pad": "an axes input (8.6), axes that are not constants (before 10.4)",
     "TopK": "K of 3840 or more (sorted=0: info)",
-    "ScatterND": "a reduction attribute (10.15: one other than none)",
-    "ScatterElements": "reduction other than none (before 10.0)",
+    "ScatterND": "a reduction attribute (8.6 ignores it; 10.15: only one other than none)",
+    "ScatterElements": "reduction other than none (8.6 ignores it)",
     "GridSample": "inputs other than 4-D",
     "LayerNormalization": "declared Mean or InvStdDev outputs",
     "Loop": "scan outputs with a trip count that is not constant",
@@ -592,7 +635,8 @@ CHECKED = {
     "EyeLike": "inputs other than 2-D with static dims",
     "DepthToSpace, SpaceToDepth": "inputs other than 4-D",
     "Einsum": "upper-case subscripts; on 8.6 ellipsis and diagonals",
-    "LSTM, GRU, RNN": "LSTM input_forget or layout; bidirectional with different activations per direction",
+    "LSTM, GRU, RNN": "LSTM input_forget; layout=1 (never read); bidirectional with different activations per"
+    " direction",
     "Mod": "fmod=0 on floating-point inputs",
     "MatMul, Gemm, Conv, ConvTranspose, PRelu": "INT32 or INT64 inputs",
     "QuantizeLinear, DequantizeLinear": "non-zero, UINT8 or non-constant zero points",

@@ -3,8 +3,8 @@
 For every check a model that breaks it and one that keeps it: where the target's parser refuses the model,
 the finding (message id, severity, node, and what it names: the attribute or input, and the first version
 that accepts it); where the parser builds it, nothing at warning or error. The expectations are read from
-onnx-tensorrt's importers and checkers (8.6-GA, 10.0-GA, 10.1-GA) and the 10.x support tables; where GD013
-departs from that source the test states the source's behaviour and is marked xfail.
+onnx-tensorrt's importers and checkers (8.6-GA, 10.0-GA, 10.1-GA) and the 10.x support tables; where the
+two disagree, the source wins (the last tests).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from graphdoctor.rule import Finding, Severity
 ALL = ("tensorrt-8.6", "tensorrt-10", "tensorrt-10.3", "tensorrt-11")
 SINCE_10 = ("tensorrt-10", "tensorrt-10.3", "tensorrt-11")
 # The targets an opset 18-20 model builds on without a warning: 8.6 documents opsets up to 17.
+TRT8 = ("tensorrt-8.6",)
 TRT10 = ("tensorrt-10", "tensorrt-10.0", "tensorrt-10.3")
 
 
@@ -204,6 +205,11 @@ def refused(name, model, node, subject, reported_by=ALL, silent_for=(), since=No
     return Case(name, model, "refused", node, reported_by, silent_for, {"subject": subject, **names}, since)
 
 
+def ignored(name, model, node, subject, reported_by=ALL, since=None) -> Case:
+    """An attribute the importer does not read: the engine builds, computing something else."""
+    return Case(name, model, "ignored", node, reported_by, (), {"subject": subject}, since)
+
+
 RESIZE_VALID = {
     "half-pixel": resize('mode="linear", coordinate_transformation_mode="half_pixel"'),
     "align-corners": resize('mode="linear", coordinate_transformation_mode="align_corners"'),
@@ -211,7 +217,7 @@ RESIZE_VALID = {
     "linear-innermost-3": resize('mode="linear"', "1.0, 2.0, 2.0, 2.0", "float[1,2,4,4]"),
 }
 # Resize-18's antialias and keep_aspect_ratio_policy are refused by 10.x's checkers (onnxOpCheckers.cpp); 8.6's
-# importer never reads them, so 8.6 is left out of those two.
+# importer never reads them: the engine builds and resizes without them.
 RESIZE = [
     refused(
         "resize-tf-crop-and-resize",
@@ -220,6 +226,14 @@ RESIZE = [
         "coordinate_transformation_mode='tf_crop_and_resize'",
     ),
     refused("resize-antialias", resize('mode="linear", antialias=1', opset=18), "resize", "antialias=1", TRT10),
+    ignored("resize-antialias-8.6", resize('mode="linear", antialias=1', opset=18), "resize", "antialias=1", TRT8),
+    ignored(
+        "resize-keep-aspect-ratio-8.6",
+        resize('keep_aspect_ratio_policy="not_larger"', opset=18),
+        "resize",
+        "keep_aspect_ratio_policy='not_larger'",
+        TRT8,
+    ),
     refused(
         "resize-keep-aspect-ratio",
         resize('keep_aspect_ratio_policy="not_larger"', opset=18),
@@ -403,7 +417,8 @@ SCATTERND_NONE = scatter("ScatterND", 'reduction="none"')
 IF_UNSQUEEZED = if_branches("float[1,2]", "zero = Constant<value = int64[1] {0}>()\n b = Unsqueeze(x, zero)")
 IF_NEGATED = if_branches("float[2]", "b = Neg(x)")
 STRUCTURE = [
-    refused("scatternd-add", scatter("ScatterND", 'reduction="add"'), "scatter", "reduction='add'"),
+    refused("scatternd-add", scatter("ScatterND", 'reduction="add"'), "scatter", "reduction='add'", SINCE_10),
+    ignored("scatternd-add-8.6", scatter("ScatterND", 'reduction="add"'), "scatter", "reduction='add'", TRT8),
     refused(
         "scatternd-none-10.1",
         SCATTERND_NONE,
@@ -422,13 +437,14 @@ STRUCTURE = [
         names={"text": "reduction='none'"},
         severity=Severity.INFO,
     ),
-    refused(
+    Case(
         "scatterelements-add",
         scatter("ScatterElements", 'reduction="add"'),
+        "ignored",
         "scatter",
-        "reduction='add'",
-        ("tensorrt-8.6",),
+        TRT8,
         ("tensorrt-10", "tensorrt-10.0"),
+        {"subject": "reduction='add'"},
         since="10.0",
     ),
     refused(
@@ -493,14 +509,14 @@ SHAPES = [
         "squeeze",
         "no axes, on an input with dynamic dims",
     ),
-    not_constant(
+    Case(  # a Shape of static dims is known before run time: `graphdoctor fix` folds it for 10.1
         "unsqueeze-shape-axes-10.1",
         UNSQUEEZE_SHAPE_AXES,
+        "foldable",
         "unsqueeze",
-        "input 1 'axes' (axes)",
-        "by Shape 'dims'",
         ("tensorrt-10.1",),
         ("tensorrt-10.15", "tensorrt-10"),  # 10.15 resolves the Shape of static dims
+        {"subject": "input 1 'axes' (axes)", "what": "by Shape 'dims'"},
     ),
     Case(
         "unsqueeze-shape-axes-before-10.15",
@@ -536,10 +552,11 @@ SHAPES = [
         "pad",
         "input 3 'axes' (axes)",
         "a graph input",
-        ("tensorrt-8.6", "tensorrt-10.3"),
+        ("tensorrt-10.3",),
         ("tensorrt-10.4", "tensorrt-10"),
         since="10.4",
     ),
+    refused("pad-axes-input-8.6", PAD_AXES_INPUT, "pad", "input 3 'axes' (axes)", TRT8, since="10.0"),
     Case(
         "pad-axes-input-before-10.4",
         PAD_AXES_INPUT,
@@ -596,7 +613,7 @@ LAYOUTS = [
         since="10.0",
     ),
     refused("einsum-upper-case", einsum("IJ,JK->IK"), "einsum", "'IJ,JK->IK'"),
-    refused("lstm-layout", recurrent("LSTM", "layout=1", x="float[1,2,3]"), "lstm", "layout=1"),
+    ignored("lstm-layout", recurrent("LSTM", "layout=1", x="float[1,2,3]"), "lstm", "layout=1"),
     refused(
         "rnn-activations-per-direction",
         recurrent("RNN", 'direction="bidirectional", activations=["Tanh", "Relu"]'),
@@ -677,7 +694,8 @@ DTYPES = [
 # --- 16-17. opsets, Constant ---------------------------------------------------------------------------------
 
 OPSETS = [
-    Case("opset-6", unary("Relu", opset=6), "opset-refused", None, ALL, names={"opset": "6"}),
+    # below 7 the parser warns "not guaranteed to work" and parses on (ModelImporter.cpp)
+    Case("opset-6", unary("Relu", opset=6), "opset-range", None, ALL, names={"opset": "6"}, severity=Severity.WARNING),
     Case(
         "opset-18",
         unary("Relu", opset=18),
@@ -752,28 +770,11 @@ def reported_params():
     return [pytest.param(case, target, id=f"{case.name}@{target}") for case in CASES for target in case.reported_by]
 
 
-_SCATTER_ELEMENTS_ON_10 = (
-    "10.x imports ScatterElements' reduction through the ScatterElements plugin of libnvinfer_plugin"
-    " (scatterPluginHelper, onnxOpImporters.cpp 10.0-GA and 10.1); GD013's check yields the refusal whatever"
-    " the target, so 10.x 'refuses it'"
-)
-# Where GD013 is wrong, by test id: strict xfails, so that the fix shows.
-KNOWN_WRONG = {
-    "scatterelements-add@tensorrt-10": _SCATTER_ELEMENTS_ON_10,
-    "scatterelements-add@tensorrt-10.0": _SCATTER_ELEMENTS_ON_10,
-}
-
-
 def silent_params():
     from_cases = [(case.name, case.model, target) for case in CASES for target in case.silent_for]
     from_valid = [(name, model, target) for name, (model, targets) in VALID.items() for target in targets]
     keyed = [(f"{name}@{target}", model, target) for name, model, target in from_cases + from_valid]
-    return [pytest.param(model, target, id=key, marks=known_wrong(key)) for key, model, target in keyed]
-
-
-def known_wrong(key: str) -> list[pytest.MarkDecorator]:
-    reason = KNOWN_WRONG.get(key)
-    return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    return [pytest.param(model, target, id=key) for key, model, target in keyed]
 
 
 @pytest.mark.parametrize(("case", "target"), reported_params())
@@ -799,54 +800,27 @@ def test_onnxruntime_target_reports_nothing(gd013, case: Case):
     assert gd013(case.model, "onnxruntime") == []
 
 
-# --- where GD013 departs from onnx-tensorrt's source ---------------------------------------------------------
+# --- what onnx-tensorrt's source says where the tables are vague ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ModelImporter.cpp (8.6-GA, 10.0-GA, 10.1) only logs a warning below opset 7 ('not guaranteed to"
-    " work') and parses on; GD013 reports it as an error",
-)
-@pytest.mark.parametrize("target", ["tensorrt-8.6", "tensorrt-10"])
-def test_opset_below_7_is_a_parser_warning(gd013, target):
-    [finding] = gd013(unary("Relu", opset=6), target)
-    assert finding.severity == Severity.WARNING
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="8.6's ScatterND importer (builtin_op_importers.cpp) never reads `reduction`: reduction='none' is"
-    " what it builds; GD013 refuses the attribute on every version before 10.15",
-)
 def test_scatternd_reduction_none_builds_on_8_6(gd013):
+    """8.6's ScatterND importer never reads `reduction`: 'none' is what it builds anyway."""
     assert blocking(gd013(SCATTERND_NONE, "tensorrt-8.6")) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="8.6's Pad importer refuses any `axes` input ('TensorRT does not support dynamic axes for pad!'),"
-    " an initializer too; GD013 checks only that axes are constant",
-)
 def test_pad_constant_axes_refused_on_8_6(gd013):
+    """8.6's Pad importer refuses any `axes` input, an initializer too ("TensorRT does not support dynamic
+    axes for pad!")."""
     findings = gd013(pad(axes_input=False), "tensorrt-8.6")
     assert [f.node for f in findings if f.message_id in ("refused", "not-constant")] == ["pad"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tensorrt_importer._eye_like formats the shape as a list of onnx_ir dims: the message reads"
-    " \"[SymbolicDim('N'), 3]\"",
-)
 def test_eyelike_names_its_dims(gd013):
     [finding] = [f for f in gd013(EYELIKE_DYNAMIC, "tensorrt-10") if f.node == "eyelike"]
-    assert "input of shape [N, 3]" in finding.message
+    assert "input of shape [N,3]" in finding.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="below opset 13 Hardmax's axis defaults to 1 and the importer flattens the dims from it into one"
-    " (onnxOpImporters.cpp 10.0-GA, 10.1): N*3 here, dynamic; _hardmax reads the default as -1 and sees 3",
-)
 def test_hardmax_opset_11_flattens_a_dynamic_dim_into_its_axis(gd013):
+    """Below opset 13 the axis defaults to 1 and the importer flattens the dims from it into one: N*3 here."""
     findings = gd013(unary("Hardmax", opset=11, x="float[2,N,3]", y="float[2,N,3]"), "tensorrt-10")
     assert [f.node for f in findings if f.message_id == "refused"] == ["hardmax"]
