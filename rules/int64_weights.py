@@ -9,7 +9,8 @@ What it finds
 
     - values that all fit in INT32: one summary finding (info) for all of them;
     - values outside INT32 used as clamp-safe sentinels (info, per tensor): Slice `starts`/`ends`
-      (INT64_MAX, INT64_MIN: "to the end", "from the end") and a Loop trip count; and, separately, bounds
+      (INT64_MAX, INT64_MIN: "to the end", "from the end"), a Loop trip count and NonMaxSuppression's
+      max_output_boxes_per_class (torchvision's INT64_MAX: every box); and, separately, bounds
       that clamping leaves without effect on INT32 values (a Min or Clip `max` above INT32, a Max or Clip
       `min` below it); reached directly or through nodes that only move values (Concat, Unsqueeze,
       Squeeze, Reshape, Identity, Cast to INT64, Gather/Slice/Split/Expand/Tile/Transpose/Flatten of the
@@ -41,10 +42,11 @@ Why it matters
 
 How to fix
     `graphdoctor fix` (safe: outputs bit-identical, graph I/O unchanged):
-    - clamps sentinels read only as Slice starts/ends or a Loop trip count to INT32 (2147483647 or
-      -2147483648) in the file, keeping the tensor INT64 (ONNX requires INT64 for some inputs, and Slice
-      accepts it): Slice clamps starts and ends to the dimension, so the result is the same for every
-      dimension below 2^31 elements, as it is for a loop that stops before 2^31 iterations;
+    - clamps sentinels read only as Slice starts/ends, a Loop trip count or an NMS box limit to INT32
+      (2147483647 or -2147483648) in the file, keeping the tensor INT64 (ONNX requires INT64 for some
+      inputs, and Slice accepts it): Slice clamps starts and ends to the dimension, so the result is the
+      same for every dimension below 2^31 elements, as it is for a loop that stops before 2^31 iterations
+      and for a class with fewer than 2^31 candidate boxes;
     - folds shape arithmetic on static shapes into constants (evaluated with ONNX's reference runtime,
       integer and bool results only, each at most `fold_max_bytes` or no larger than its inputs) and
       removes the nodes only it needed. It never folds in functions or subgraphs.
@@ -354,6 +356,8 @@ def _clamp_safe_role(sink: _Sink, value_range: _Range) -> tuple[str, str] | None
         return role, "selects the same elements unless the sliced dimension reaches 2^31"
     if op == "Loop" and index == 0 and above_only:
         return "the trip count", "loops the same unless the loop runs 2^31 times or more"
+    if op == "NonMaxSuppression" and index == 2 and above_only:  # torchvision's "keep every box"
+        return "max_output_boxes_per_class", "keeps the same boxes unless a class has 2^31 candidates"
     if (op == "Min" and above_only) or (op == "Max" and below_only):
         return "a bound", "bounds INT32 values the same"
     if op == "Clip" and ((index == 1 and below_only) or (index == 2 and above_only)):
@@ -366,7 +370,8 @@ def _selects_the_same(sink: _Sink) -> bool:
     and ends (clamped to the dimension anyway), a Loop's trip count (for loops of fewer than 2^31 steps)."""
     node = sink.node
     return node is not None and (
-        (node.op_type == "Slice" and sink.index in (1, 2)) or (node.op_type == "Loop" and sink.index == 0)
+        (node.op_type == "Slice" and sink.index in (1, 2))
+        or (node.op_type in ("Loop", "NonMaxSuppression") and sink.index == (0 if node.op_type == "Loop" else 2))
     )
 
 

@@ -282,7 +282,7 @@ def _rejection_finding(ctx: RuleContext, node: ir.Node, target: Target, rejectio
                 target=target.label,
                 accepted=accepted,
                 folded=_preview(folded),
-                repair=_fold(rejection.value, folded),
+                repair=_fold(rejection.value, folded, ctx.analysis.model.graph),
                 **common,
             )
         return ctx.report("not-constant", what=rejection.not_constant, target=target.label, accepted=accepted, **common)
@@ -291,22 +291,23 @@ def _rejection_finding(ctx: RuleContext, node: ir.Node, target: Target, rejectio
 
 def _folded(model: ir.Model, value: ir.Value | None) -> np.ndarray | None:
     """The value of an input computed from constants, when ONNX's reference runtime folds it (integer
-    results within 1 KiB: axes, depths, counts). Only in the main graph: functions hold no initializers,
-    and a subgraph's constants are its owner's business."""
-    if value is None or not computed_from_constants(value) or value.producer().graph is not model.graph:
+    results within 1 KiB: axes, depths, counts)."""
+    if value is None or not computed_from_constants(value):
         return None
     versions = (opset_version(model) or 1, model.ir_version)
     return folding.constant_value(value, versions, _FOLD_BUDGET)
 
 
-def _fold(value: ir.Value, array: np.ndarray):
-    """Store the input as an initializer, then remove the nodes that computed only it."""
+def _fold(value: ir.Value, array: np.ndarray, main_graph: ir.Graph):
+    """Store the input as an initializer (a Constant node in a subgraph or function, where the importer
+    takes those as weights too), then remove the nodes that computed only it."""
 
     def repair() -> bool:
         producer = value.producer()
         if producer is None or not rewrite.is_attached(producer):
             return False
-        rewrite.replace_value(value, rewrite.store_constant(producer, value, array, as_initializer=True))
+        constant = rewrite.store_constant(producer, value, array, as_initializer=producer.graph is main_graph)
+        rewrite.replace_value(value, constant)
         folding.remove_dead(producer, _REMOVABLE)
         return True
 

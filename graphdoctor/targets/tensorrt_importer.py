@@ -25,10 +25,7 @@ from graphdoctor.targets import Target
 
 __all__ = ["CHECKED", "NodeView", "Rejection", "computed_from_constants", "node_rejections"]
 
-_FOLD = (
-    "fold it into a constant: `graphdoctor fix` folds static shape arithmetic; `polygraphy surgeon sanitize"
-    " --fold-constants` or onnxsim fold the rest"
-)
+_FOLD = "fold it into a constant (`polygraphy surgeon sanitize --fold-constants`, or onnxsim)"
 _NO_CACHE = "export attention without a KV cache (or as MatMul and Softmax, which keep one in graph inputs)"
 _TOPK_MAX_K = 3840  # ITopKLayer: K must be below it (the 10.x tables)
 _RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners")

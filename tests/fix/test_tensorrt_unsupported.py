@@ -48,6 +48,36 @@ def test_reshaped_axes_are_folded_bit_exactly(tmp_path):
     assert findings(fixed, tmp_path) == []
 
 
+# torchvision's detection heads as the TorchScript exporter writes them: a Slice in an If branch whose axes
+# are an Unsqueeze of a Constant (TensorRT before 10.3 refuses axes that are not constants)
+SLICE_IN_BRANCH = model_from_text(
+    f"""{HEADER.replace("18", "17")}
+g (float[4,6] x, bool flag) => (float[N,M] y) {{
+  [branch] y = If(flag) <
+    then_branch = then_g () => (float[4,6] t) {{ [copy] t = Identity(x) }},
+    else_branch = else_g () => (float[N,M] e) {{
+      [zero] z = Constant <value = int64 {{0}}> ()
+      [one] one = Constant <value = int64[1] {{1}}> ()
+      [three] three = Constant <value = int64[1] {{3}}> ()
+      [first] first = Constant <value = int64[1] {{0}}> ()
+      [axes] axes = Unsqueeze(z, first)
+      [slice] e = Slice(x, one, three, axes)
+    }}
+  >
+}}"""
+)
+
+
+def test_axes_in_a_subgraph_become_a_constant_node(tmp_path):
+    [before] = findings(SLICE_IN_BRANCH, tmp_path, target="tensorrt-8.6")
+    assert (before.message_id, before.graph, before.node) == ("foldable", "branch.else_branch", "slice")
+    fixed, fixes = fix_proto(SLICE_IN_BRANCH, RULE, target="tensorrt-8.6")
+    assert [dict(f.repairs) for f in fixes] == [{"foldable": 1}]
+    for flag in (True, False):
+        assert_bit_exact(SLICE_IN_BRANCH, fixed, {"x": X.reshape(-1)[:24].reshape(4, 6), "flag": np.array(flag)})
+    assert findings(fixed, tmp_path, target="tensorrt-8.6") == []
+
+
 def test_input_axes_cannot_be_folded(tmp_path):
     [finding] = findings(INPUT_AXES, tmp_path)
     assert (finding.message_id, finding.fix) == ("not-constant", None)

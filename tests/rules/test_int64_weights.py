@@ -128,6 +128,12 @@ WHILE_LOOP = graph(  # a while loop: trip count INT64_MAX, the condition ends it
     }>""",
 )
 
+NMS_EVERY_BOX = graph(  # torchvision's batched_nms as the TorchScript exporter writes it: keep every box
+    "(float[1,6,4] boxes, float[1,1,6] scores) => (int64[K,3] keep)",
+    f"int64[1] max_boxes = {{{I64_MAX}}}, float[1] iou = {{0.5}}",
+    "[nms] keep = NonMaxSuppression(boxes, scores, max_boxes, iou)",
+)
+
 WRONG_WAY_BOUND = graph(  # Max(x, INT64_MAX) is INT64_MAX; clamped, it becomes INT32_MAX
     "(int64[N] x) => (int64[N] y)",
     f"int64 hi = {{{I64_MAX}}}",
@@ -183,6 +189,12 @@ def test_while_loop_trip_count_is_a_sentinel(lint_proto):
     findings = by_message(lint_proto(WHILE_LOOP, "GD001"))
     [sentinel] = findings["sentinel"]
     assert (sentinel.node, sentinel.values, sentinel.data["role"]) == ("while_loop", ("trips",), "the trip count")
+
+
+def test_nms_box_limit_is_a_sentinel(lint_proto):
+    """INT64_MAX boxes per class, clamped to INT32_MAX, still keeps every box."""
+    [sentinel] = by_message(lint_proto(NMS_EVERY_BOX, "GD001"))["sentinel"]
+    assert (sentinel.node, sentinel.data["role"]) == ("nms", "max_output_boxes_per_class")
 
 
 def test_bound_that_clamping_changes_is_an_error(lint_proto):
