@@ -28,7 +28,7 @@ from graphdoctor.verify import sample_inputs
 if TYPE_CHECKING:
     from graphdoctor.verify.compare import VerifyResult
 
-__all__ = ["FixResult", "LintResult", "fix", "lint", "verify"]
+__all__ = ["FixResult", "LintFailure", "LintResult", "fix", "lint", "verify"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,16 @@ class LintResult:
 
     def fails(self, fail_on: Severity) -> bool:
         return any(f.severity >= fail_on for f in self.findings)
+
+
+@dataclass(frozen=True)
+class LintFailure:
+    """A model that could not be linted (missing, not ONNX, malformed beyond reading): every report format
+    names it, and the run exits with the worst code (2 beats 1)."""
+
+    path: Path
+    error: str  # one line, as the CLI prints it
+    exit_code: int = 2
 
 
 def lint(
