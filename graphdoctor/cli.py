@@ -6,7 +6,9 @@ input error, printed as one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import logging
 import math
 import os
@@ -28,6 +30,7 @@ __all__ = ["cli", "main"]
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 SEVERITIES = ("error", "warning", "info")
 FORMATS = ("text", "json")
+LINT_FORMATS = (*FORMATS, "sarif", "github", "junit")
 
 
 class _FilePath(click.Path):
@@ -68,6 +71,15 @@ class _FiniteFloat(click.FloatRange):
         return number
 
 
+def _log_verbosely(_ctx: click.Context, _param: click.Parameter, verbose: bool) -> None:
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+
+
+# `-v` after the subcommand too (`graphdoctor lint -v model.onnx`), as ruff and pytest take it
+verbose_option = click.option(
+    "-v", "--verbose", is_flag=True, expose_value=False, callback=_log_verbosely, help="Log what graphdoctor does."
+)
 SEED = click.IntRange(0, 2**32 - 1)  # what numpy's default_rng takes, stated in --help
 TOLERANCE = _FiniteFloat(min=0)
 
@@ -114,10 +126,10 @@ def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def output_options(command: Callable[..., Any], formats: tuple[str, ...] = FORMATS) -> Callable[..., Any]:
     """--format and --config, shared by the commands that report."""
 
-    @click.option("--format", "output_format", type=click.Choice(FORMATS), default="text", show_default=True)
+    @click.option("--format", "output_format", type=click.Choice(formats), default="text", show_default=True)
     @click.option(
         "--config",
         "config_path",
@@ -132,9 +144,25 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
+@verbose_option
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @selection_options
-@output_options
+@functools.partial(output_options, formats=LINT_FORMATS)
+@click.option(
+    "--output",
+    "report_path",
+    type=_FilePath(output=True),
+    help="Write the report to this file (atomically) instead of stdout.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Models linted at once, each in a process of its own (default: one per core).",
+)
+@click.option("--show-info", is_flag=True, help="Every info finding in full (default: grouped per rule and message).")
+@click.option("-q", "--quiet", is_flag=True, help="Errors, warnings and the summary only.")
+@click.option("--statistics", is_flag=True, help="Counts per rule instead of the findings.")
 @click.option(
     "--fail-on",
     type=click.Choice(SEVERITIES),
@@ -160,58 +188,80 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of generated sample inputs.")
 @click.pass_context
 def lint(ctx: click.Context, models: tuple[Path, ...], **options: Any) -> None:
-    """Check MODELS for what breaks between a PyTorch export and a TensorRT engine.
+    """Check MODELS (files, or folders searched for *.onnx) for what breaks between a PyTorch export and a
+    TensorRT engine.
 
-    Never modifies the model. Settings come from the command line, then [tool.graphdoctor] in the
-    nearest pyproject.toml (or .graphdoctor.toml), then the defaults.
+    Never modifies the model. Several models are linted in parallel, each in its own process; one that
+    cannot be linted is reported in its place, the others still are, and the exit code is the worst (2 for
+    a model that could not be read, 1 for findings at --fail-on). Settings come from the command line, then
+    [tool.graphdoctor] in the nearest pyproject.toml (or .graphdoctor.toml), then the defaults.
     """
     from graphdoctor import api
+    from graphdoctor.batch import lint_paths
     from graphdoctor.config import find_config, load_config
     from graphdoctor.rule import Severity
 
     config_path = options.pop("config_path") or find_config(models[0])
     config = load_config(config_path, "lint")
-    settings = _merge(ctx, options, config.settings)
-    results = [
-        api.lint(
-            model,
-            select=_split(settings["select"]),
-            ignore=_split(settings["ignore"]),
-            rule_options=config.rule_options,
-            deep=options["deep"],
-            inputs=options["inputs_path"],
-            shapes=_parse_shapes(options["shapes"], options["inputs_path"]),
-            seed=options["seed"],
-            target=settings["target"],
-        )
-        for model in models
-    ]
-    _render(results, settings["output_format"])
-    failed = any(result.fails(Severity.parse(settings["fail_on"])) for result in results)
-    ctx.exit(1 if failed and not settings["exit_zero"] else 0)
+    settings = _merge(ctx, options, config.settings, LINT_FORMATS)
+    results = lint_paths(
+        models,
+        api.lint,
+        jobs=options["jobs"],
+        select=_split(settings["select"]),
+        ignore=_split(settings["ignore"]),
+        rule_options=config.rule_options,
+        deep=options["deep"],
+        inputs=options["inputs_path"],
+        shapes=_parse_shapes(options["shapes"], options["inputs_path"]),
+        seed=options["seed"],
+        target=settings["target"],
+    )
+    fail_on = Severity.parse(settings["fail_on"])
+    failures = [result for result in results if isinstance(result, api.LintFailure)]
+    for failure in failures:
+        click.echo(f"graphdoctor: error: {failure.error}", err=True)
+    _render(results, settings["output_format"], options, fail_on)
+    failed = any(isinstance(r, api.LintResult) and r.fails(fail_on) for r in results) and not settings["exit_zero"]
+    ctx.exit(max([1 if failed else 0, *(failure.exit_code for failure in failures)]))
 
 
-def _merge(ctx: click.Context, options: dict[str, Any], file_settings: dict[str, Any]) -> dict[str, Any]:
+def _merge(
+    ctx: click.Context, options: dict[str, Any], file_settings: dict[str, Any], formats: tuple[str, ...] = FORMATS
+) -> dict[str, Any]:
     """Command line over configuration file over defaults."""
     merged = dict(options)
     for key, value in file_settings.items():
         target = "output_format" if key == "format" else key
         if ctx.get_parameter_source(target) is click.core.ParameterSource.DEFAULT:
             merged[target] = [value] if target in ("select", "ignore") and isinstance(value, str) else value
-    if merged["output_format"] not in FORMATS or merged["fail_on"] not in SEVERITIES:
-        raise GraphDoctorError(f"configuration: format must be one of {FORMATS}, fail-on one of {SEVERITIES}")
+    if merged["output_format"] not in formats or merged["fail_on"] not in SEVERITIES:
+        raise GraphDoctorError(f"configuration: format must be one of {formats}, fail-on one of {SEVERITIES}")
     return merged
 
 
-def _render(results: list[Any], output_format: str) -> None:
-    if output_format == "json":
-        from graphdoctor.report import json as json_report
+def _render(results: list[Any], output_format: str, options: dict[str, Any], fail_on) -> None:
+    """The report in its format, to stdout or atomically to --output."""
+    from graphdoctor.report import output
 
-        json_report.render_lint(results, sys.stdout)
-    else:
+    path = options["report_path"]
+    with contextlib.nullcontext(sys.stdout) if path is None else output.report_file(path) as stream:
+        _write_report(results, output_format, stream, options, fail_on, color=path is None and _use_color())
+
+
+def _write_report(results, output_format: str, stream, options: dict[str, Any], fail_on, color: bool) -> None:
+    if output_format == "text":
         from graphdoctor.report import text
 
-        text.render_lint(results, sys.stdout, color=_use_color())
+        shown = {key: options[key] for key in ("show_info", "quiet", "statistics")}
+        text.render_lint(results, stream, color=color, fail_on=fail_on, **shown)
+    elif output_format == "junit":
+        from graphdoctor.report import junit
+
+        junit.render_lint(results, stream, fail_on=fail_on)
+    else:
+        module = importlib.import_module(f"graphdoctor.report.{output_format}")
+        module.render_lint(results, stream)
 
 
 def _use_color() -> bool:
@@ -241,6 +291,7 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
+@verbose_option
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=_FilePath(output=True), help="Where to write (default: NAME.fixed.onnx).")
 @click.option("--in-place", is_flag=True, help="Overwrite MODEL (atomically, after verification).")
@@ -416,6 +467,7 @@ def _as_list(value: Any) -> list[str]:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
+@verbose_option
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidate", required=False, type=click.Path(path_type=Path))
 @click.option(
@@ -509,6 +561,7 @@ def _why_not_run(verdict) -> str:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
+@verbose_option
 @click.option(
     "--target", metavar="TARGET", help="Also list what each rule holds against this runtime (tensorrt-8.6, ...)."
 )
@@ -522,6 +575,7 @@ def rules(target: str | None) -> None:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
+@verbose_option
 @click.argument("rule")
 def explain(rule: str) -> None:
     """Print the documentation of RULE (a code such as GD001, or a name such as int64-weights)."""

@@ -1,11 +1,13 @@
 """The machine-readable report. Schema (version 1):
 
     {"schema_version": 1, "tool": "graphdoctor", "version": "0.1.0",
+     "summary": {"models": int, "not_linted": int, "error": int, "warning": int, "info": int},
      "models": [{"path": str, "target": str, "file_size": int, "seconds": float, "rules": [code, ...],
                  "summary": {"error": int, "warning": int, "info": int},
                  "findings": [{"code", "name", "severity", "message", "help", "message_id",
                                "node", "values", "graph", "nbytes", "data", "fix"}]}]}
 
+A model that could not be linted is {"path": str, "error": str, "exit_code": int} in `models`.
 `data` holds the numbers behind the message (placeholder values); `node` and `nbytes` may be null;
 `fix` is "safe", "unsafe" or null (no automatic fix).
 """
@@ -18,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 from graphdoctor import __version__
-from graphdoctor.api import LintResult
+from graphdoctor.api import LintFailure, LintResult
 from graphdoctor.rule import Finding, Severity
 
 __all__ = ["SCHEMA_VERSION", "render_fix", "render_lint", "render_verify"]
@@ -26,12 +28,19 @@ __all__ = ["SCHEMA_VERSION", "render_fix", "render_lint", "render_verify"]
 SCHEMA_VERSION = 1
 
 
-def render_lint(results: Iterable[LintResult], stream: TextIO) -> None:
+def render_lint(results: Iterable[LintResult | LintFailure], stream: TextIO) -> None:
+    results = list(results)
+    linted = [r for r in results if isinstance(r, LintResult)]
     document = {
         "schema_version": SCHEMA_VERSION,
         "tool": "graphdoctor",
         "version": __version__,
-        "models": [_model(result) for result in results],
+        "models": [_model(result) if isinstance(result, LintResult) else _failure(result) for result in results],
+        "summary": {
+            "models": len(results),
+            "not_linted": len(results) - len(linted),
+            **{str(s): sum(r.count(s) for r in linted) for s in (Severity.ERROR, Severity.WARNING, Severity.INFO)},
+        },
     }
     json.dump(document, stream, indent=2, default=_jsonable)
     stream.write("\n")
@@ -47,6 +56,10 @@ def _model(result: LintResult) -> dict[str, Any]:
         "summary": {str(s): result.count(s) for s in (Severity.ERROR, Severity.WARNING, Severity.INFO)},
         "findings": [_finding(f) for f in result.findings],
     }
+
+
+def _failure(failure: LintFailure) -> dict[str, Any]:
+    return {"path": str(failure.path), "error": failure.error, "exit_code": failure.exit_code}
 
 
 def _finding(finding: Finding) -> dict[str, Any]:
