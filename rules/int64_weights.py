@@ -110,8 +110,8 @@ META = RuleMeta(
     name="int64-weights",
     kind=RuleKind.PROBLEM,
     severity=Severity.ERROR,
-    summary="INT64 constants: harmless, clamp-safe sentinels, or values TensorRT's cast to INT32 corrupts;"
-    " INT64 shape arithmetic on static shapes",
+    summary="INT64 constants that TensorRT 8.x's cast to INT32 corrupts or clamps safely; INT64 shape arithmetic"
+    " on static shapes",
     messages={
         "fit": Message(
             "{summary} in INT32: TensorRT's cast to INT32 is lossless for them, so its INT64-weights"
