@@ -203,7 +203,7 @@ def lint(ctx: click.Context, models: tuple[Path, ...], **options: Any) -> None:
 
     config_path = options.pop("config_path") or find_config(models[0])
     config = load_config(config_path, "lint")
-    settings = _merge(ctx, options, config.settings, LINT_FORMATS)
+    settings = _merge(ctx, options, config, LINT_FORMATS)
     results = lint_paths(
         models,
         api.lint,
@@ -226,17 +226,17 @@ def lint(ctx: click.Context, models: tuple[Path, ...], **options: Any) -> None:
     ctx.exit(max([1 if failed else 0, *(failure.exit_code for failure in failures)]))
 
 
-def _merge(
-    ctx: click.Context, options: dict[str, Any], file_settings: dict[str, Any], formats: tuple[str, ...] = FORMATS
-) -> dict[str, Any]:
-    """Command line over configuration file over defaults."""
+def _merge(ctx: click.Context, options: dict[str, Any], config, formats: tuple[str, ...] = FORMATS) -> dict[str, Any]:
+    """Command line over configuration file over defaults; a value the file sets wrong is named with it."""
     merged = dict(options)
-    for key, value in file_settings.items():
+    for key, value in config.settings.items():
         target = "output_format" if key == "format" else key
         if ctx.get_parameter_source(target) is click.core.ParameterSource.DEFAULT:
             merged[target] = [value] if target in ("select", "ignore") and isinstance(value, str) else value
-    if merged["output_format"] not in formats or merged["fail_on"] not in SEVERITIES:
-        raise GraphDoctorError(f"configuration: format must be one of {formats}, fail-on one of {SEVERITIES}")
+    for key, allowed in (("output_format", formats), ("fail_on", SEVERITIES)):
+        if merged[key] not in allowed:
+            shown = "format" if key == "output_format" else "fail-on"
+            raise GraphDoctorError(f"{config.path}: {shown} must be one of {', '.join(allowed)}, got {merged[key]!r}")
     return merged
 
 

@@ -1,8 +1,10 @@
 """GD002 redundant-cast: Casts that change nothing, round trips that undo themselves, and Casts of constants.
 
 What it finds
-    - `Cast`/`CastLike` to the type its input already has: a no-op (warning on float tensors; info on
-      integer and bool tensors, the index and mask arithmetic where exporters leave `.long()`/`.bool()`).
+    - `Cast`/`CastLike` to the type its input already has: a no-op (info). On integer and bool tensors it is
+      the index and mask arithmetic where exporters leave `.long()`/`.bool()`; on float tensors it is the
+      `.to(torch.float32)` of code written for mixed precision. Where it sits between two ops that runtimes
+      fuse (MatMul and its bias Add, Conv and an activation), the finding names the pair.
     - Round trips `A → B → A` where every A value is exact in B (float16→float32→float16, bfloat16→float32,
       float32→float64→float32, int32→int64→int32, uint8/int8/int16→float32→back, int32→float64→int32,
       bool→any number→bool): the pair is a no-op. When the intermediate value has other readers, only the
@@ -15,9 +17,12 @@ What it finds
     does them on purpose. A Cast whose input type is unknown is never reported.
 
 Why it matters
-    Every Cast is a kernel launch and a full read and write of the tensor. A no-op Cast between MatMul and
-    Add, or Conv and Relu, blocks the fusions TensorRT and ONNX Runtime would make, and FP16 converters
-    leave float16→float32→float16 pairs behind by the hundred. The lossy round trips are the opposite trap:
+    A no-op Cast is clutter, not a cost on the usual runtimes: ONNX Runtime's CastElimination and
+    TensorRT's builder drop it when they load the model, before they fuse. Only between ops that fuse
+    (MatMul+Add into Gemm or a bias epilogue, Conv+Relu/Sigmoid/Tanh/LeakyRelu/Clip/HardSigmoid into one
+    kernel) does a Cast left in place cost a kernel launch and a fusion, on runtimes or pattern-matching
+    tools that keep it (ONNX Runtime with graph optimizations disabled). FP16 converters leave
+    float16→float32→float16 pairs behind by the hundred. The lossy round trips are the opposite trap:
     ONNX Runtime's `convert_float_to_float16` and `onnxslim --dtype fp32` collapse float→int64→float pairs,
     silently turning a truncation into an identity (4.05 instead of 4.0).
 
@@ -90,6 +95,13 @@ _INT_RANGE = {
 # (with its `saturate` attribute), int4 and strings are left alone.
 _FOLDABLE = {_D.BOOL, *_INT_RANGE, *_FLOAT_BITS}
 _CAST_OPS = ("Cast", "CastLike")
+# Ops that ONNX Runtime and TensorRT fuse with the op read after them (ONNX Runtime's MatMulAddFusion and
+# ConvActivationFusion; TensorRT's MatMul+bias and Conv+activation fusions): a no-op Cast between such a pair
+# is the one place where one left in the graph stands in a fusion's way.
+_FUSES_WITH = {
+    "MatMul": frozenset({"Add"}),
+    "Conv": frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid"}),
+}
 _FIX_HELP = "`graphdoctor fix` (safe)"
 
 
@@ -109,8 +121,17 @@ META = RuleMeta(
     # The fix safety is per message: the lossy round trips have none, so that no report calls them fixable.
     messages={
         "same_dtype": Message(
-            "{op} '{cast}' casts {dtype} to {dtype} (no-op): an extra kernel that can block fusions such as MatMul+Add",
+            "{op} '{cast}' casts {dtype} to {dtype} (no-op): clutter that ONNX Runtime and TensorRT drop at load time",
+            help=f"nothing to do for them; to tidy the file: {_FIX_HELP}",
+            severity=Severity.INFO,
+            fix=FixSafety.SAFE,
+        ),
+        "same_dtype_fusion": Message(
+            "{op} '{cast}' casts {dtype} to {dtype} (no-op) between {before_op} '{before}' and {after_op} '{after}',"
+            " which runtimes fuse: ONNX Runtime and TensorRT drop the Cast at load time and still fuse them; a runtime"
+            " or tool that keeps it runs them as separate kernels",
             help=f"remove it: {_FIX_HELP}",
+            severity=Severity.INFO,
             fix=FixSafety.SAFE,
         ),
         "same_dtype_index": Message(
@@ -184,22 +205,39 @@ def _check_cast(node: ir.Node, ctx: RuleContext) -> Finding | None:
     if source is None or target is None or source.dtype is None:
         return None  # unknown types: never guess
     if source.dtype == target:
-        fence = ctx.options.keep_float32_fences and target == _D.FLOAT
-        return ctx.report(
-            "same_dtype" if target.is_floating_point() else "same_dtype_index",
-            node=node,
-            values=[source, *node.outputs],
-            op=node.op_type,
-            cast=node_label(node),
-            dtype=format_dtype(target),
-            repair=None if fence else _remove_cast(node, source),
-        )
+        return _no_op(node, source, target, ctx)
     first = source.producer()
     if first is not None and first.op_type in _CAST_OPS and first.domain in ("", "ai.onnx"):
         return _round_trip(first, node, ctx)
     if const_tensor(source) is not None and not source.is_graph_input():
         return _constant_cast(node, source, target, ctx)
     return None
+
+
+def _no_op(node: ir.Node, source: ir.Value, target: ir.DataType, ctx: RuleContext) -> Finding:
+    """A Cast to its input's type; on floats, the fusing pair it sits in, if any, is named."""
+    fence = ctx.options.keep_float32_fences and target == _D.FLOAT
+    pair = _fused_pair(node, source) if target.is_floating_point() else None
+    names = {"op": node.op_type, "cast": node_label(node), "dtype": format_dtype(target)}
+    if pair is None:
+        message_id = "same_dtype" if target.is_floating_point() else "same_dtype_index"
+    else:
+        message_id = "same_dtype_fusion"
+        before, after = pair
+        names |= {"before_op": before.op_type, "before": node_label(before)}
+        names |= {"after_op": after.op_type, "after": node_label(after)}
+    repair = None if fence else _remove_cast(node, source)
+    return ctx.report(message_id, node=node, values=[source, *node.outputs], repair=repair, **names)
+
+
+def _fused_pair(node: ir.Node, source: ir.Value) -> tuple[ir.Node, ir.Node] | None:
+    """The producer of `source` and the first reader of the Cast's output when runtimes fuse the two."""
+    producer = source.producer()
+    if producer is None or producer.domain not in ("", "ai.onnx") or producer.op_type not in _FUSES_WITH:
+        return None
+    readers = [n for n in consumers(node.outputs[0]) if n.domain in ("", "ai.onnx")]
+    fused = [n for n in readers if n.op_type in _FUSES_WITH[producer.op_type]]
+    return (producer, fused[0]) if fused else None
 
 
 def _target(node: ir.Node) -> ir.DataType | None:

@@ -1,42 +1,96 @@
-"""The terminal report: findings grouped by rule, worst first within a rule, and a summary line.
+"""The terminal report: per model its findings grouped by rule, worst first within a rule, and a summary line;
+with several models, an overall summary.
 
+Errors and warnings are what a deployment engineer acts on, so they are always shown in full. Info findings
+come by the hundred on real exports (one per folded shape computation): each rule's info findings of one
+message are one entry, with a count and the first places, unless asked for in full.
 Colour comes from rich, and only when writing to a terminal: CI logs and pipes get plain text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from itertools import groupby
 from typing import TextIO
 
 from graphdoctor.analysis.format import format_bytes
-from graphdoctor.api import LintResult
+from graphdoctor.api import LintFailure, LintResult
 from graphdoctor.rule import Finding, Rule, Severity
 from graphdoctor.targets import TARGET_CHOICES, Target, parse_target
 
 __all__ = ["render_explain", "render_lint", "render_rules", "render_verify"]
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+_SEVERITIES = (Severity.ERROR, Severity.WARNING, Severity.INFO)
+_LISTED_PLACES = 3  # places an entry of grouped info findings names; --show-info lists them all
 
 
-def render_lint(results: Iterable[LintResult], stream: TextIO, color: bool) -> None:
+def render_lint(
+    results: Iterable[LintResult | LintFailure],
+    stream: TextIO,
+    color: bool,
+    *,
+    show_info: bool = False,
+    quiet: bool = False,
+    statistics: bool = False,
+    fail_on: Severity = Severity.WARNING,
+) -> None:
+    """Each model: its path and target, its findings, its summary line; a model that could not be linted,
+    its path and the error. Info findings are grouped per rule and message unless `show_info`; `quiet`
+    leaves them out (it wins over `show_info`); `statistics` replaces the findings by a table of counts per
+    rule and severity. With more than one model, an overall summary ends the report, counting the models
+    that fail at `fail_on`."""
     out = _Writer(stream, color)
-    for result in results:
-        _render_one(result, out)
+    shown = list(results)
+    for result in shown:
+        if isinstance(result, LintFailure):
+            _render_failure(result, out)
+        elif statistics:
+            _render_head(result, out)
+            _render_statistics(result.findings, out)
+            _render_summary(result, out)
+        else:
+            _render_one(result, out, show_info=show_info and not quiet, quiet=quiet)
+    if len(shown) > 1:
+        _render_overall(shown, out, fail_on, statistics)
 
 
-def _render_one(result: LintResult, out: _Writer) -> None:
-    out.line(f"[bold]{result.path}[/bold]", plain=str(result.path))
+def _render_head(result: LintResult, out: _Writer) -> None:
+    out.line(f"[bold]{_escape(str(result.path))}[/bold]", plain=str(result.path))
     out.line(f"[dim]target: {_escape(result.target.label)}[/dim]", plain=f"target: {result.target.label}")
+
+
+def _render_one(result: LintResult, out: _Writer, *, show_info: bool, quiet: bool) -> None:
+    _render_head(result, out)
     for (code, name), group in groupby(result.findings, key=lambda f: (f.code, f.name)):
-        findings = sorted(group, key=lambda f: -f.severity)
+        entries = _entries(sorted(group, key=lambda f: -f.severity), show_info=show_info, quiet=quiet)
+        if not entries:
+            continue
+        count = sum(len(entry) for entry in entries)
         out.line("")
-        out.line(f"[bold]{code}[/bold] {name} ({len(findings)})", plain=f"{code} {name} ({len(findings)})")
-        for finding in findings:
-            _render_finding(finding, out)
-    out.line("")
-    summary = _summary(result)
-    out.line(summary, plain=summary)
+        out.line(f"[bold]{code}[/bold] {name} ({count})", plain=f"{code} {name} ({count})")
+        for entry in entries:
+            if len(entry) == 1:
+                _render_finding(entry[0], out)
+            else:
+                _render_group(entry, out)
+    _render_summary(result, out)
+
+
+def _entries(findings: list[Finding], *, show_info: bool, quiet: bool) -> list[list[Finding]]:
+    """What a rule's section shows, one entry per list: every error and warning alone; info findings alone
+    with `show_info`, none with `quiet`, else one entry per message id."""
+    entries = [[f] for f in findings if f.severity > Severity.INFO]
+    infos = [f for f in findings if f.severity == Severity.INFO]
+    if quiet:
+        return entries
+    if show_info:
+        return entries + [[f] for f in infos]
+    by_message: dict[str, list[Finding]] = {}
+    for finding in infos:
+        by_message.setdefault(finding.message_id, []).append(finding)
+    return entries + list(by_message.values())
 
 
 def _render_finding(finding: Finding, out: _Writer) -> None:
@@ -48,14 +102,91 @@ def _render_finding(finding: Finding, out: _Writer) -> None:
         out.line(f"          [dim]fix: {_escape(finding.help)}[/dim]", plain=f"          fix: {finding.help}")
 
 
+def _render_group(findings: list[Finding], out: _Writer) -> None:
+    """Findings of one rule, message and severity as one entry: how many, where the first are, the first's
+    message as the example; the advice as `fix:` when all share it, else the first's as `fix, e.g.:`."""
+    first = findings[0]
+    label = f"{first.severity!s:<7}"
+    style = _STYLE[first.severity]
+    places = "; ".join(f.location for f in findings[:_LISTED_PLACES])
+    more = len(findings) - _LISTED_PLACES
+    where = f"{len(findings)} alike: {places}" + (f"; and {more} more (--show-info lists each)" if more > 0 else "")
+    out.line(f"  [{style}]{label}[/{style}] {_escape(where)}", plain=f"  {label} {where}")
+    example = f"e.g. {first.message}"
+    out.line(f"          {_escape(example)}", plain=f"          {example}")
+    if first.help:
+        advice = "fix" if all(f.help == first.help for f in findings) else "fix, e.g."
+        line = f"{advice}: {first.help}"
+        out.line(f"          [dim]{_escape(line)}[/dim]", plain=f"          {line}")
+
+
+def _render_summary(result: LintResult, out: _Writer) -> None:
+    out.line("")
+    summary = _summary(result)
+    out.line(_escape(summary), plain=summary)
+
+
+def _render_failure(failure: LintFailure, out: _Writer) -> None:
+    """The path, then the error without the path it usually starts with."""
+    error = failure.error.removeprefix(f"{failure.path}: ")
+    out.line(f"[bold]{_escape(str(failure.path))}[/bold]", plain=str(failure.path))
+    out.line(f"[bold red]error:[/bold red] {_escape(error)}", plain=f"error: {error}")
+
+
+def _render_statistics(findings: Sequence[Finding], out: _Writer) -> None:
+    """Counts per rule and severity, worst severity first, then most frequent (as `ruff --statistics`)."""
+    out.line("")
+    if not findings:
+        out.line("  no findings")
+        return
+    counts = Counter((f.code, f.name, f.severity) for f in findings)
+    fixable = Counter((f.code, f.name, f.severity) for f in findings if f.fix is not None)
+    rows = sorted(counts, key=lambda key: (-key[2], -counts[key], key[0]))
+    width = max(len(name) for _, name, _ in rows)
+    head = f"  {'count':>5}  {'code':<6} {'rule':<{width}}  {'severity':<8}  fixable"
+    out.line(f"[dim]{head}[/dim]", plain=head)
+    for key in rows:
+        code, name, severity = key
+        line = f"  {counts[key]:>5}  {code:<6} {name:<{width}}  {severity!s:<8}  {fixable[key]:>7}"
+        out.line(_escape(line), plain=line)
+
+
+def _render_overall(results: list[LintResult | LintFailure], out: _Writer, fail_on: Severity, statistics: bool) -> None:
+    """Models linted and not, findings per severity over all, and how many models fail the gate."""
+    linted = [r for r in results if isinstance(r, LintResult)]
+    findings = [f for result in linted for f in result.findings]
+    out.line("")
+    out.line("[bold]overall[/bold]", plain="overall")
+    if statistics:
+        _render_statistics(findings, out)
+        out.line("")
+    unlinted = len(results) - len(linted)
+    failing = sum(1 for result in linted if result.fails(fail_on))
+    parts = [
+        f"{_plural(len(results), 'model')}: {len(linted)} linted"
+        + (f", {unlinted} could not be linted" if unlinted else ""),
+        _findings_phrase(findings),
+        f"{failing} of {len(linted)} linted {'fails' if failing == 1 else 'fail'} --fail-on {fail_on}",
+    ]
+    line = "; ".join(parts)
+    style = "bold red" if failing or unlinted else "bold green"
+    out.line(f"[{style}]{_escape(line)}[/{style}]", plain=line)
+
+
+def _findings_phrase(findings: Sequence[Finding]) -> str:
+    """'60 findings (1 warning, 59 info)'."""
+    counts = Counter(f.severity for f in findings)
+    detail = ", ".join(
+        _plural(counts[s], str(s)) if s != Severity.INFO else f"{counts[s]} info" for s in _SEVERITIES if counts[s]
+    )
+    return _plural(len(findings), "finding") + (f" ({detail})" if detail else "")
+
+
 def _summary(result: LintResult) -> str:
-    counts = [(result.count(s), s) for s in (Severity.ERROR, Severity.WARNING, Severity.INFO)]
-    total = len(result.findings)
-    detail = ", ".join(_plural(n, str(s)) if s != Severity.INFO else f"{n} info" for n, s in counts if n)
     wasted = sum(f.nbytes or 0 for f in result.findings if f.nbytes)
     size = f"; {format_bytes(wasted)} at stake" if wasted else ""
-    head = _plural(total, "finding") + (f" ({detail})" if detail else "")
-    return f"{head}{size}; {_plural(len(result.rules), 'rule')} in {result.seconds:.2f} s"
+    rules = _plural(len(result.rules), "rule")
+    return f"{_findings_phrase(result.findings)}{size}; {rules} in {result.seconds:.2f} s"
 
 
 def _plural(count: int, noun: str) -> str:

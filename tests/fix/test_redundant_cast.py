@@ -23,7 +23,7 @@ RULE = "GD002"
 RNG = np.random.default_rng(2)
 FLOAT_IN = {"x": RNG.standard_normal(2).astype(np.float32)}
 F16_IN = {"x": RNG.standard_normal(2).astype(np.float16)}
-FIXABLE = {"same_dtype", "same_dtype_index", "lossless_round_trip", "constant_cast"}
+FIXABLE = {"same_dtype", "same_dtype_fusion", "same_dtype_index", "lossless_round_trip", "constant_cast"}
 
 
 def fixed(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]):
@@ -60,7 +60,7 @@ def test_same_type_cast_between_matmul_and_add_is_removed(tmp_path):
     feeds["b"] = RNG.standard_normal(4).astype(np.float32)
     result, [fixes] = fixed(model, feeds)
     assert ops(result) == ["MatMul", "Add"]
-    assert (dict(fixes.repairs), fixes.nodes_removed, fixes.safety) == ({"same_dtype": 1}, 1, {FixSafety.SAFE})
+    assert (dict(fixes.repairs), fixes.nodes_removed, fixes.safety) == ({"same_dtype_fusion": 1}, 1, {FixSafety.SAFE})
     assert lint(result, tmp_path) == []
 
 

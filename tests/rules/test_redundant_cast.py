@@ -66,24 +66,72 @@ def test_valid(lint_proto, case):
     assert lint_proto(VALID[case], RULE) == []
 
 
-def test_same_type_cast_on_floats_is_a_warning(lint_proto):
+def test_same_type_cast_between_matmul_and_add_is_info_naming_the_fusion(lint_proto):
+    """ONNX Runtime and TensorRT drop the no-op at load time: info, and the fusion it sits in is named."""
     model = graph(
         "float[1,4] x, float[4,4] w, float[4] b",
         "float[1,4] y",
         '[mm] t = MatMul(x, w)\n["enc/Cast_12"] u = Cast <to = 1> (t)\n[add] y = Add(u, b)',
     )
     [finding] = lint_proto(model, RULE)
-    assert (finding.node, finding.severity, finding.message_id) == ("enc/Cast_12", Severity.WARNING, "same_dtype")
+    assert (finding.node, finding.severity, finding.message_id) == ("enc/Cast_12", Severity.INFO, "same_dtype_fusion")
     assert finding.data["dtype"] == "float32"
-    assert finding.message.startswith("Cast 'enc/Cast_12' casts float32 to float32 (no-op)")
+    assert finding.message.startswith("Cast 'enc/Cast_12' casts float32 to float32 (no-op) between MatMul 'mm' and Add")
+    assert "drop the Cast at load time" in finding.message
     assert "graphdoctor fix" in finding.help and "safe" in finding.help
     assert finding.values == ("t", "u")
 
 
-def test_same_type_castlike_is_a_warning(lint_proto):
+@pytest.mark.parametrize("activation", ["Relu", "Sigmoid", "Clip"])
+def test_same_type_cast_between_conv_and_an_activation_names_the_fusion(lint_proto, activation):
+    body = f"[conv] t = Conv(x, w)\n[c1] u = Cast <to = 1> (t)\n[act] y = {activation}(u)"
+    [finding] = lint_proto(graph("float[1,1,3,3] x, float[1,1,1,1] w", "float[1,1,3,3] y", body), RULE)
+    assert (finding.message_id, finding.data["before"], finding.data["after_op"]) == (
+        "same_dtype_fusion",
+        "conv",
+        activation,
+    )
+
+
+NOT_FUSED = {
+    "Gather, then Add (GPT-2's embeddings)": (
+        "int64[2] ids, float[8,4] table, float[2,4] pos",
+        "float[2,4] y",
+        "[gather] t = Gather(table, ids)\n[c1] u = Cast <to = 1> (t)\n[add] y = Add(u, pos)",
+    ),
+    "Add, then Pow (T5's LayerNorm)": (
+        "float[2] x, float[2] r",
+        "float[2] y",
+        "[add] t = Add(x, r)\n[c1] u = Cast <to = 1> (t)\n[pow] y = Pow(u, r)",
+    ),
+    "Conv, then Add": (
+        "float[1,1,3,3] x, float[1,1,1,1] w, float[1,1,3,3] r",
+        "float[1,1,3,3] y",
+        "[conv] t = Conv(x, w)\n[c1] u = Cast <to = 1> (t)\n[add] y = Add(u, r)",
+    ),
+    "MatMul, then Relu": (
+        "float[1,4] x, float[4,4] w",
+        "float[1,4] y",
+        "[mm] t = MatMul(x, w)\n[c1] u = Cast <to = 1> (t)\n[relu] y = Relu(u)",
+    ),
+    "a graph input": ("float[2] x", "float[2] y", "[c1] u = Cast <to = 1> (x)\n[neg] y = Neg(u)"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_FUSED)
+def test_same_type_float_cast_elsewhere_is_info_with_no_fusion_claim(lint_proto, case):
+    [finding] = lint_proto(graph(*NOT_FUSED[case]), RULE)
+    assert (finding.node, finding.severity, finding.message_id) == ("c1", Severity.INFO, "same_dtype")
+    assert "fus" not in finding.message
+    assert "ONNX Runtime and TensorRT drop at load time" in finding.message
+    assert finding.help.startswith("nothing to do for them")
+
+
+def test_same_type_castlike_is_info(lint_proto):
     model = graph("float16[2] x, float16[2] like", "float16[2] y", "[cl] y = CastLike(x, like)")
     [finding] = lint_proto(model, RULE)
     assert (finding.node, finding.message_id, finding.data["op"]) == ("cl", "same_dtype", "CastLike")
+    assert finding.severity == Severity.INFO
 
 
 @pytest.mark.parametrize("dtype", ["int64", "bool"])
@@ -214,13 +262,15 @@ def test_one_finding_per_cast_in_a_long_chain(lint_proto):
 
 @pytest.mark.torch
 @pytest.mark.parametrize(
-    "name", ["resnet50", "mobilenet_v3_large", "efficientnet_b0", "bert_opset14", "bert_opset17", "yolo"]
+    "name",
+    ["resnet50", "mobilenet_v3_large", "efficientnet_b0", "bert_opset14", "bert_opset17", "yolo", "t5_encoder"],
 )
 def test_real_exports_have_no_warning(lint_proto_path, name):
-    """BERT and YOLO exports hold a few int64/bool no-op Casts (`.long()`, `.bool()`): info, not warnings."""
+    """BERT and YOLO exports hold a few int64/bool no-op Casts (`.long()`, `.bool()`), T5's LayerNorm a
+    float32 one (`.to(torch.float32)` after a residual Add): info, and none sits in a fusing pair."""
     findings = lint_proto_path(name, RULE)
     assert [f for f in findings if f.severity >= Severity.WARNING] == []
-    assert {f.message_id for f in findings} <= {"same_dtype_index"}
+    assert {f.message_id for f in findings} <= {"same_dtype_index", "same_dtype"}
 
 
 @pytest.fixture
