@@ -2,7 +2,8 @@
 
 Models load into onnx-ir with external data memory-mapped, so a 2 GB model costs megabytes until a rule
 reads a tensor. Everything that can go wrong with a file becomes a `ModelLoadError` with one clear line:
-a missing path, a directory, a pipe, an empty or truncated file, a file that is not ONNX, external data
+a missing path, a directory, a pipe, an empty or truncated file, a file that is not ONNX (saying what it is
+when the first bytes tell: a PyTorch checkpoint, a TensorRT engine; see `describe_foreign_file`), external data
 without a byte size (STRING, negative dims), and external data whose location escapes the model's folder,
 in any graph, subgraph or function body (we never open a file outside it). External data that is missing or
 shorter than declared does not stop loading: rule GD014 reports it, and readers of tensor values skip it.
@@ -24,9 +25,11 @@ import shutil
 import signal
 import stat
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 import onnx_ir as ir
@@ -39,6 +42,7 @@ __all__ = [
     "LoadedModel",
     "StagedModel",
     "check_references",
+    "describe_foreign_file",
     "disk_size",
     "input_files",
     "iter_external_tensors",
@@ -205,7 +209,7 @@ def _check_is_model_file(file: Path) -> int:
     if not file.exists():
         raise ModelLoadError(f"{file}: no such file")
     if file.is_dir():
-        raise ModelLoadError(f"{file}: is a directory, not an ONNX model file")
+        raise _not_onnx(file, "is a directory, not an ONNX model file")
     try:
         status = file.stat()
         if not stat.S_ISREG(status.st_mode):  # opening a FIFO would block forever
@@ -224,18 +228,140 @@ def _parse_model_proto(file: Path) -> onnx.ModelProto:
     try:
         return onnx.load_model(os.fspath(file), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as error:
-        raise ModelLoadError(
-            f"{file}: not a valid ONNX model: the protobuf does not parse ({first_line(error)});"
-            " the file is truncated or not ONNX"
+        raise _not_onnx(
+            file,
+            f"not a valid ONNX model: the protobuf does not parse ({first_line(error)});"
+            " the file is truncated or not ONNX",
         ) from None
 
 
 def _check_is_onnx(file: Path, proto: onnx.ModelProto) -> None:
     """A protobuf parser accepts many non-ONNX byte strings; require the fields every ONNX model has."""
     if proto.ir_version <= 0 or not proto.HasField("graph"):
-        raise ModelLoadError(f"{file}: not an ONNX model (no ir_version or no graph)")
+        raise _not_onnx(file, "not an ONNX model (no ir_version or no graph)")
     if not proto.opset_import:
         raise ModelLoadError(f"{file}: not a valid ONNX model: it imports no opset (truncated file?)")
+
+
+def _not_onnx(file: Path, otherwise: str) -> ModelLoadError:
+    """The error for a file that did not load as ONNX: what it is and what to do, when its bytes tell;
+    `otherwise` when they do not."""
+    description = describe_foreign_file(file)
+    if description is None:
+        return ModelLoadError(f"{file}: {otherwise}")
+    return ModelLoadError(f"{file}: not a valid ONNX model: this is {description}")
+
+
+_TO_ONNX = "export the model with torch.onnx.export first"
+_TF2ONNX = "convert it with tf2onnx (python -m tf2onnx.convert {option} {path} --output model.onnx)"
+_ENGINE = "which graphdoctor cannot read: lint the ONNX model it was built from"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_ENGINE_MAGIC = b"ftrt"  # a serialized engine's first bytes (torch-tensorrt's _TRTEngine tests for them too)
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")  # pickled first
+_HEAD_BYTES = 32
+
+
+def describe_foreign_file(path: str | os.PathLike[str]) -> str | None:
+    """What a file or folder that is not ONNX is and what to do with it, as a phrase ("a PyTorch checkpoint
+    (torch.save zip): export the model with ..."), or None when nothing in it is recognised. Models that
+    users pass by mistake are told by their first bytes, a zip archive's member names and a SavedModel's
+    file name; nothing is unpickled, decompressed or loaded, so a hostile file costs a few reads."""
+    file = Path(path)
+    if file.is_dir():
+        return _describe_saved_model(file) if _holds_saved_model(file) else None
+    if file.name in _SAVED_MODEL_FILES:
+        return _describe_saved_model(file.parent)
+    try:
+        with file.open("rb") as stream:
+            return _describe_by_head(file, stream) or _describe_zip(stream)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zipfile.LargeZipFile):
+        return None  # the description explains an error; failing to make one must not replace it
+
+
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+def _holds_saved_model(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in _SAVED_MODEL_FILES)
+
+
+def _describe_saved_model(folder: Path) -> str:
+    advice = _TF2ONNX.format(option="--saved-model", path=folder)
+    return f"a TensorFlow SavedModel: {advice}"
+
+
+def _describe_by_head(file: Path, stream: BinaryIO) -> str | None:
+    """Formats told by their first bytes: HDF5, TensorRT engines (bare or behind Ultralytics' JSON
+    metadata), pickles and safetensors."""
+    head = stream.read(_HEAD_BYTES)
+    if head.startswith(_HDF5_MAGIC):
+        advice = _TF2ONNX.format(option="--keras", path=file)
+        return f"an HDF5 file (a Keras .h5 model?): for a Keras model, {advice}"
+    if head.startswith(_ENGINE_MAGIC):
+        return f"a TensorRT engine, {_ENGINE}"
+    if _is_ultralytics_engine(stream, head):
+        return f"a TensorRT engine (with Ultralytics' metadata header), {_ENGINE}"
+    if head.startswith(_TORCH_LEGACY_MAGIC):
+        return f"a PyTorch checkpoint (torch.save pickle): {_TO_ONNX}"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return f"a Python pickle (a PyTorch checkpoint?): {_TO_ONNX}"
+    if _is_safetensors(stream, head):
+        return (
+            "a safetensors file: weights only, not a model: export the model that loads them with"
+            " torch.onnx.export (for Hugging Face models: optimum-cli export onnx) and lint that"
+        )
+    return None
+
+
+def _is_ultralytics_engine(stream: BinaryIO, head: bytes) -> bool:
+    """Ultralytics writes a 4-byte little-endian length, that much JSON metadata, then the engine."""
+    length = int.from_bytes(head[:4], "little")
+    return head[4:5] == b"{" and _read_at(stream, 4 + length, len(_ENGINE_MAGIC)) == _ENGINE_MAGIC
+
+
+def _is_safetensors(stream: BinaryIO, head: bytes) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON object of that many bytes (padded
+    with spaces to align the data)."""
+    length = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and length >= 2 and _read_at(stream, 8 + length - 1, 1) in (b"}", b" ")
+
+
+def _read_at(stream: BinaryIO, offset: int, count: int) -> bytes:
+    """`count` bytes at `offset`, or fewer past the end (a length field read from a foreign file can be
+    anything up to 2^64, which seek refuses)."""
+    if offset >= os.fstat(stream.fileno()).st_size:
+        return b""
+    stream.seek(offset)
+    return stream.read(count)
+
+
+def _describe_zip(stream: BinaryIO) -> str | None:
+    """torch.save, torch.jit.save and torch.export.save all write zip archives, told apart by their members
+    (all under one folder named after the file, except in torch ≤ 2.7's .pt2); so does Keras 3 (.keras).
+    Only the archive's directory is read."""
+    if not zipfile.is_zipfile(stream):
+        return None
+    with zipfile.ZipFile(stream) as archive:
+        names = set(archive.namelist())
+    inner = {name.partition("/")[2] for name in names if "/" in name}
+    legacy_pt2 = "serialized_exported_program.json" in names
+    if legacy_pt2 or "archive_format" in inner or any(n.startswith("models/") for n in inner):
+        return _describe_pt2(Path(stream.name))
+    if "constants.pkl" in inner and any(n.startswith("code/") for n in inner):
+        return f"a TorchScript archive (torch.jit.save): {_TO_ONNX}"
+    if "data.pkl" in inner:
+        return f"a PyTorch checkpoint (torch.save zip): {_TO_ONNX}"
+    if "config.json" in names and ("metadata.json" in names or "model.weights.h5" in names):
+        return "a Keras model (.keras archive): convert it with tf2onnx (tf2onnx.convert.from_keras)"
+    return None
+
+
+def _describe_pt2(file: Path) -> str:
+    return (
+        "a torch.export program (.pt2, torch.export.save): export it with"
+        f" torch.onnx.export(torch.export.load({str(file)!r})) first; then `graphdoctor verify model.onnx"
+        f" --torch {file}` compares the ONNX model with it"
+    )
 
 
 def _refuse_unsized(file: Path, tensor: ir.ExternalTensor) -> None:
