@@ -83,6 +83,23 @@ def plain_pickle(tmp: Path) -> Path:
     return path
 
 
+def legacy_pt2(tmp: Path) -> Path:
+    """torch.export.save up to torch 2.7: the records at the archive's root, no archive_format marker."""
+    path = tmp / "program.pt2"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in ("serialized_exported_program.json", "serialized_state_dict.pt", "version"):
+            archive.writestr(name, b"{}")
+    return path
+
+
+def pt2_description(path: Path) -> str:
+    return (
+        "a torch.export program (.pt2, torch.export.save): export it with"
+        f" torch.onnx.export(torch.export.load({str(path)!r})) first; then `graphdoctor verify model.onnx --torch"
+        f" {path}` compares the ONNX model with it"
+    )
+
+
 def tf2onnx(option: str, path: Path) -> str:
     return f"convert it with tf2onnx (python -m tf2onnx.convert {option} {path} --output model.onnx)"
 
@@ -107,6 +124,7 @@ SAMPLES: dict[str, tuple[Callable[[Path], Path], Callable[[Path], str]]] = {
     ),
     "saved_model_file": (saved_model_file, lambda p: f"a TensorFlow SavedModel: {tf2onnx('--saved-model', p.parent)}"),
     "plain_pickle": (plain_pickle, lambda _: f"a Python pickle (a PyTorch checkpoint?): {TO_ONNX}"),
+    "legacy_pt2": (legacy_pt2, pt2_description),
 }
 
 
@@ -184,11 +202,7 @@ TORCH_DESCRIPTIONS = {
     "state_dict.pt": lambda _: f"a PyTorch checkpoint (torch.save zip): {TO_ONNX}",
     "legacy.pt": lambda _: f"a PyTorch checkpoint (torch.save pickle): {TO_ONNX}",
     "scripted.pt": lambda _: f"a TorchScript archive (torch.jit.save): {TO_ONNX}",
-    "program.pt2": lambda p: (
-        "a torch.export program (.pt2, torch.export.save): export it with"
-        f" torch.onnx.export(torch.export.load({str(p)!r})) first; then `graphdoctor verify model.onnx --torch {p}`"
-        " compares the ONNX model with it"
-    ),
+    "program.pt2": pt2_description,
 }
 
 
