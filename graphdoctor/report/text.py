@@ -51,7 +51,7 @@ def render_lint(
             _render_statistics(result.findings, out)
             _render_summary(result, out)
         else:
-            _render_one(result, out, show_info=show_info and not quiet, quiet=quiet)
+            _render_one(result, out, show_info=show_info, quiet=quiet)
     if len(shown) > 1:
         _render_overall(shown, out, fail_on, statistics)
 
