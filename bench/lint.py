@@ -33,6 +33,7 @@ from measure import (
     Limits,
     Run,
     Series,
+    default_judge,
     describe_environment,
     format_number,
     format_size,
@@ -209,14 +210,8 @@ def measure_startup(runs: int, limits: Limits) -> Row:
     """The floor: interpreter, click and graphdoctor's own import, no model, no onnx-ir."""
     _progress(f"start-up: graphdoctor --version × {runs}")
     command = [str(BIN / "graphdoctor"), "--version"]
-    return Row("(start-up)", None, "graphdoctor --version", measure_warm(command, runs, limits, bench_env()))
-
-
-def measure_warm(command: list[str], runs: int, limits: Limits, env: dict[str, str]) -> Series:
-    """One unmeasured run first: it writes bytecode caches and fills the page cache with the model and the
-    tool's files, so the first measured run costs what every later call of the tool costs."""
-    run_once(command, limits, lambda returncode, tail: "", env)
-    return measure(command, runs, limits, env=env)
+    run_once(command, limits, default_judge, bench_env())  # unmeasured: bytecode caches, page cache
+    return Row("(start-up)", None, "graphdoctor --version", measure(command, runs, limits, env=bench_env()))
 
 
 def tiny_model() -> Path:
@@ -238,19 +233,30 @@ def bench_model(name: str, model_files: dict[str, Path], tools: list[Tool], runs
         return [Row(name, None, "—", None, skipped=str(error))]
     size = model_size(path)
     count = runs or (3 if is_large(path) else 5)
-    rows = []
-    for tool in tools:
-        _progress(f"{name} ({format_size(size)}): {tool.name} × {count}")
-        rows.append(Row(name, size, tool.name, run_tool(tool, path, count, limits)))
-    return rows
+    _progress(f"{name} ({format_size(size)}): {', '.join(tool.name for tool in tools)}, round-robin × {count}")
+    series = run_round_robin(tools, path, count, limits)
+    return [Row(name, size, tool.name, tool_series) for tool, tool_series in zip(tools, series, strict=True)]
 
 
-def run_tool(tool: Tool, path: Path, runs: int, limits: Limits) -> Series:
-    command = tool.command(path)
-    if not Path(command[0]).exists():
-        missing = Run(0.0, None, None, False, f"{Path(command[0]).name} is not installed in {BIN.parent}")
-        return Series(command, [missing])
-    return measure_warm(command, runs, limits, bench_env(tool.env() if tool.env else None))
+def run_round_robin(tools: list[Tool], path: Path, runs: int, limits: Limits) -> list[Series]:
+    """Run i of every tool before run i + 1 of any, so load that drifts on a shared machine hits every tool
+    alike (as bench/verify.py does). Each tool first runs once unmeasured (bytecode caches, page cache) and
+    stops at its first failure, as `measure` does: failures here are deterministic."""
+    commands = [tool.command(path) for tool in tools]
+    envs = [bench_env(tool.env() if tool.env else None) for tool in tools]
+    series = [Series(command, []) for command in commands]
+    for command, env, tool_series in zip(commands, envs, series, strict=True):
+        if Path(command[0]).exists():
+            run_once(command, limits, default_judge, env)
+        else:
+            tool_series.runs.append(
+                Run(0.0, None, None, False, f"{Path(command[0]).name} is not installed in {Path(command[0]).parent}")
+            )
+    for _ in range(runs):
+        for command, env, tool_series in zip(commands, envs, series, strict=True):
+            if tool_series.ok or not tool_series.runs:
+                tool_series.runs.append(run_once(command, limits, default_judge, env))
+    return series
 
 
 # --- reporting ---------------------------------------------------------------------------------------------
