@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from graphdoctor.errors import GraphDoctorError, first_line
+from graphdoctor.model import describe_foreign_file
 
 __all__ = ["find_models", "lint_paths"]
 
@@ -30,7 +31,7 @@ def find_models(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     found: dict[Path, None] = {}
     for raw in paths:
         path = Path(raw)
-        if path.is_dir() and not _is_saved_model(path):
+        if path.is_dir() and describe_foreign_file(path) is None:  # a SavedModel folder is one (wrong) model
             found.update(dict.fromkeys(_models_under(path)))
         else:
             found[path] = None
@@ -45,12 +46,6 @@ def _models_under(folder: Path) -> Iterator[Path]:
         for name in sorted(files):
             if name.endswith(_MODEL_SUFFIX) and not name.startswith("."):
                 yield Path(root, name)
-
-
-def _is_saved_model(folder: Path) -> bool:
-    """A TensorFlow SavedModel folder is one model (of the wrong kind), not a folder of models: loading it
-    says what it is."""
-    return (folder / "saved_model.pb").is_file()
 
 
 def lint_paths(paths: Iterable[str | os.PathLike[str]], lint: Callable[..., Any], jobs: int | None = None, **options):
