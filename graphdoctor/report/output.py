@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from graphdoctor.errors import GraphDoctorError, first_line
+from graphdoctor.errors import GraphDoctorError
+from graphdoctor.files import replace_whole
 
 __all__ = ["report_file"]
 
@@ -26,19 +26,8 @@ def report_file(path: Path) -> Iterator[TextIO]:
     _refuse_non_file(path)
     buffer = io.StringIO()
     yield buffer
-    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(temp, "x", encoding="utf-8") as file:
-            file.write(buffer.getvalue())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except OSError as error:
-        reason = error.strerror or first_line(error)
-        raise GraphDoctorError(f"cannot write the report to {path}: {reason}; nothing was written") from None
-    finally:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
+    content = buffer.getvalue().encode("utf-8")
+    replace_whole(path, lambda file: file.write(content), "the report")
 
 
 def _refuse_non_file(path: Path) -> None:

@@ -28,7 +28,6 @@ import contextlib
 import math
 import os
 import re
-import secrets
 import stat
 import zipfile
 import zlib
@@ -41,6 +40,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphdoctor.errors import GraphDoctorError, first_line
+from graphdoctor.files import replace_whole
 
 __all__ = [
     "INPUTS_BUDGET",
@@ -584,19 +584,7 @@ def save_inputs(inputs: Mapping[str, np.ndarray], path: str | os.PathLike[str]) 
         target = target.with_suffix(".npz")
     if target.exists():
         _regular_size(target)  # a FIFO or a folder: refused, not replaced
-    temp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(temp, "xb") as file:
-            _write_npz(file, inputs)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, target)
-    except OSError as error:
-        reason = error.strerror or first_line(error)
-        raise GraphDoctorError(f"cannot write inputs to {target}: {reason}; nothing was written") from None
-    finally:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
+    replace_whole(target, lambda file: _write_npz(file, inputs), "inputs")
     return target
 
 
