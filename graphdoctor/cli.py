@@ -31,6 +31,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 SEVERITIES = ("error", "warning", "info")
 FORMATS = ("text", "json")
 LINT_FORMATS = (*FORMATS, "sarif", "github", "junit")
+VERIFY_FORMATS = (*FORMATS, "junit")
 
 
 class _FilePath(click.Path):
@@ -511,7 +512,13 @@ def _as_list(value: Any) -> list[str]:
     metavar="N",
     help="With --layerwise: expose N tensors per run (default: as many as fit 256 MiB for both models).",
 )
-@click.option("--format", "output_format", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(VERIFY_FORMATS), default="text", show_default=True)
+@click.option(
+    "--output",
+    "report_path",
+    type=_FilePath(output=True),
+    help="Write the report to this file (atomically) instead of stdout.",
+)
 @click.pass_context
 def verify(ctx: click.Context, reference: Path, candidate: Path | None, **options: Any) -> None:
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output, per backend.
@@ -542,17 +549,24 @@ def verify(ctx: click.Context, reference: Path, candidate: Path | None, **option
         layerwise=options["layerwise"],
         layers_per_run=options["layers_per_run"],
     )
-    if options["output_format"] == "json":
-        from graphdoctor.report import json as json_report
-
-        json_report.render_verify(result, sys.stdout)
-    else:
-        from graphdoctor.report import text
-
-        text.render_verify(result, sys.stdout, color=_use_color())
+    _render_verify(result, options["output_format"], options["report_path"])
     if not any(v.ran for v in result.verdicts):
         raise GraphDoctorError("no backend could run: " + "; ".join(_why_not_run(v) for v in result.verdicts))
     ctx.exit(0 if result.passed else 1)
+
+
+def _render_verify(result, output_format: str, path: Path | None) -> None:
+    """The verify report in its format, to stdout or atomically to --output."""
+    from graphdoctor.report import output
+
+    with contextlib.nullcontext(sys.stdout) if path is None else output.report_file(path) as stream:
+        if output_format == "text":
+            from graphdoctor.report import text
+
+            text.render_verify(result, stream, color=path is None and _use_color())
+        else:
+            module = importlib.import_module(f"graphdoctor.report.{output_format}")
+            module.render_verify(result, stream)
 
 
 def _why_not_run(verdict) -> str:

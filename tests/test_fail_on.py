@@ -147,7 +147,6 @@ def test_missing_model_exit_two_beats_findings_exit_one(gd, project: Path, missi
     assert "missing.onnx" in err
 
 
-@pytest.mark.xfail(strict=False, reason="multi-model runs keep going: issue 14 item 2")
 @MISSING_FIRST_OR_LAST
 def test_missing_model_still_reports_the_good_models_findings(gd, project: Path, missing_first: bool):
     code, out, _ = lint_with_a_missing_model(gd, project, missing_first)

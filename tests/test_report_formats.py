@@ -358,3 +358,15 @@ def test_junit_verify_of_a_torch_export(tmp_path):
     assert [child.tag for child in tensorrt] == (
         ["skipped"] if result.verdicts[1].status == "skipped" else ["system-out"]
     )
+
+
+@pytest.mark.parametrize(("candidate", "code", "failures"), [("reference", 0, "0"), ("off", 1, "1")])
+def test_verify_cli_writes_junit_to_output(gd, tmp_path, candidate, code, failures):
+    """`verify --format junit --output FILE`: the file holds the report, stdout nothing, the exit code the
+    verdict's, for a CI job that uploads the file whatever the outcome."""
+    models = verify_models(tmp_path)
+    report = tmp_path / "verify.xml"
+    command = ["verify", str(models["reference"]), str(models[candidate]), "--format", "junit", "--output", str(report)]
+    assert gd(*command)[:2] == (code, "")
+    suite = parse_junit(report.read_text())
+    assert (suite.get("tests"), suite.get("failures")) == ("1", failures)

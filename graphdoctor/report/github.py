@@ -15,15 +15,15 @@ the totals, and --select/--ignore keep what matters in view.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
 from graphdoctor.api import LintFailure, LintResult
+from graphdoctor.report.output import workspace_path
 from graphdoctor.rule import Finding, Severity
 
-__all__ = ["render_lint", "workspace_path"]
+__all__ = ["render_lint"]
 
 _COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
@@ -62,16 +62,6 @@ def _summary_line(results: list[LintResult | LintFailure]) -> str:
     failed = len(results) - len(linted)
     models = f"{len(results)} model{'' if len(results) == 1 else 's'}" + (f", {failed} not linted" if failed else "")
     return f"graphdoctor: {models}; {counts} findings"
-
-
-def workspace_path(path: Path) -> Path:
-    """The path relative to the current directory when it lies under it, else absolute: where CI tools such as
-    GitHub's annotations and code scanning expect a repository's files. Symlinks are kept, not resolved."""
-    absolute = Path(os.path.abspath(path))
-    try:
-        return absolute.relative_to(Path.cwd())
-    except ValueError:
-        return absolute
 
 
 def _escape_data(text: str) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from graphdoctor.api import LintFailure, LintResult
-from graphdoctor.report.text import _comparison_line
+from graphdoctor.report.text import comparison_line
 from graphdoctor.rule import Finding, Severity
 
 __all__ = ["render_lint", "render_verify"]
@@ -88,7 +88,7 @@ def _verify_case(suite: ET.Element, verdict) -> None:
     lines = [f"precision: {verdict.precision}"]
     if verdict.tolerance is not None:
         lines.append(f"tolerance: {verdict.tolerance.describe()}")
-    lines += [_comparison_line(c) for c in verdict.outputs]
+    lines += [comparison_line(c) for c in verdict.outputs]
     report = _text("\n".join(lines))
     if verdict.status == "skipped":
         _element(case, "skipped", message=verdict.reason)

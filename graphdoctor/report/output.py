@@ -17,7 +17,7 @@ from typing import TextIO
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.files import replace_whole
 
-__all__ = ["report_file"]
+__all__ = ["report_file", "workspace_path"]
 
 
 @contextlib.contextmanager
@@ -40,3 +40,13 @@ def _refuse_non_file(path: Path) -> None:
         raise GraphDoctorError(f"cannot write the report to {path}: {error.strerror or error}") from None
     if not stat.S_ISREG(mode):
         raise GraphDoctorError(f"cannot write the report to {path}: it is not a regular file")
+
+
+def workspace_path(path: Path) -> Path:
+    """The path relative to the current directory when it lies under it, else absolute: where CI tools such as
+    GitHub's annotations and code scanning expect a repository's files. Symlinks are kept, not resolved."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(Path.cwd())
+    except ValueError:
+        return absolute

@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 from graphdoctor import __version__
 from graphdoctor.api import LintFailure, LintResult
-from graphdoctor.report.github import workspace_path
+from graphdoctor.report.output import workspace_path
 from graphdoctor.rule import Finding, Rule, Severity
 
 __all__ = ["FINGERPRINT", "SCHEMA_URI", "render_lint"]

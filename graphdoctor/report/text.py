@@ -19,7 +19,7 @@ from graphdoctor.api import LintFailure, LintResult
 from graphdoctor.rule import Finding, Rule, Severity
 from graphdoctor.targets import TARGET_CHOICES, Target, parse_target
 
-__all__ = ["render_explain", "render_lint", "render_rules", "render_verify"]
+__all__ = ["comparison_line", "render_explain", "render_lint", "render_rules", "render_verify"]
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 _SEVERITIES = (Severity.ERROR, Severity.WARNING, Severity.INFO)
@@ -280,14 +280,15 @@ def _render_verdict(verdict, out: _Writer) -> None:
     if verdict.reason:
         out.line(f"  {_escape(verdict.reason)}", plain=f"  {verdict.reason}")
     for comparison in verdict.outputs:
-        line = _comparison_line(comparison)
+        line = comparison_line(comparison)
         out.line(f"  {_escape(line)}", plain=f"  {line}")
     for name, renderer in _DETAIL_RENDERERS.items():
         if name in verdict.details:
             renderer(verdict.details[name], out)
 
 
-def _comparison_line(c) -> str:
+def comparison_line(c) -> str:
+    """One output's comparison on one line: the verify text report's and the JUnit report's."""
     mark = "ok  " if c.passed else "FAIL"
     parts = [
         f"{mark} {c.name}{list(c.shape)}",
