@@ -48,8 +48,8 @@ import numpy as np
 from graphdoctor.analysis.ranges import FP16_MAX, FP16_OVERFLOW, float_tensor_names, merge_ranges, range_of
 from graphdoctor.analysis.types import infer_types
 from graphdoctor.model import load_model
+from graphdoctor.verify.backends.onnxruntime import quiet_session_options, session_model
 from graphdoctor.verify.inputs import bind_inputs, generate_inputs
-from graphdoctor.verify.runners import quiet_session_options, session_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = (

@@ -124,8 +124,8 @@ def verify(
     (`layers_per_run` tensors, else a 256 MiB budget), and names the first node beyond tolerance."""
     from graphdoctor.errors import GraphDoctorError
     from graphdoctor.verify import inputs as verify_inputs
+    from graphdoctor.verify.backends import get_backend
     from graphdoctor.verify.compare import verify_models
-    from graphdoctor.verify.runners import get_backend
 
     if torch_program is not None and candidate is not None:
         raise GraphDoctorError("--torch compares REFERENCE with the program it was exported from: give no CANDIDATE")

@@ -373,7 +373,7 @@ def _check_valid(written: Path) -> None:
 def _check_deployable(staged, pipeline: _Pipeline) -> None:
     """A converted model must load where users load it: a default ONNX Runtime session, all optimizations
     on, where fusions meet FP16 patterns no test of ours runs (models of 1 GiB or less)."""
-    from graphdoctor.verify.runners import check_loads_as_deployed
+    from graphdoctor.verify.backends.onnxruntime import check_loads_as_deployed
 
     converted = pipeline.fp16 is not None and not pipeline.fp16.already_fp16
     if converted and staged.size() <= SEGMENTED_ABOVE:
@@ -388,7 +388,7 @@ def _check_loads(staged, pipeline: _Pipeline) -> None:
     """Without the gate, still never write what does not load: ONNX Runtime builds a session from the staged
     model (nothing is run). Models over 1 GiB are left to the reference check that staging did, and BF16
     models to ONNX's checker (ONNX Runtime's CPU provider has no BF16 kernel for most ops)."""
-    from graphdoctor.verify.runners import check_loads
+    from graphdoctor.verify.backends.onnxruntime import check_loads
 
     bf16 = pipeline.fp16_options is not None and pipeline.fp16_options.precision.key == "bf16"
     if staged.size() <= SEGMENTED_ABOVE and not bf16:
@@ -483,14 +483,15 @@ class _Gate:
         return dataclasses.replace(result, verdicts=[*result.verdicts, deployed])
 
     def _exact_backend(self):
-        from graphdoctor.verify.runners import OnnxruntimeBackend
+        from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
         from graphdoctor.verify.segmented import SegmentedOnnxruntimeBackend
 
         return SegmentedOnnxruntimeBackend() if self.large else OnnxruntimeBackend("onnxruntime-cpu", optimize=False)
 
     def _fp16_backends(self, key: str):
         """The emulation of `key` ('fp16', 'bf16'), ONNX Runtime CPU, and the GPU backends present."""
-        from graphdoctor.verify.runners import OnnxruntimeBackend, get_backend
+        from graphdoctor.verify.backends import get_backend
+        from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
 
         if self.large:
             segmented = self._exact_backend()
@@ -516,9 +517,9 @@ class _Gate:
         why, and whether it was an inf or NaN. When that node is FP32 already, the error came in through its
         inputs (x + 1000 rounded in FP16, then `- 1000` in FP32 cancels what is left): the producer of its most
         diverged input is the one to keep."""
+        from graphdoctor.verify.backends import get_backend
         from graphdoctor.verify.layerwise import LayerwiseOptions, compare_layerwise
         from graphdoctor.verify.metrics import tolerance_for
-        from graphdoctor.verify.runners import get_backend
 
         if self.large:
             return None
@@ -606,9 +607,9 @@ def _as_deployed(reference: Path, candidate: Path, feeds, codes: list[str]):
     ONNX Runtime fuses nodes and packs weights, and a fix can change which kernel runs (a MatMul reading its
     weight through an Identity is not prepacked). So both models also run in a default session: bit-exact
     there too, or the verdict says by how much they differ, and fails beyond the fp32 preset."""
+    from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
     from graphdoctor.verify.compare import BackendVerdict, compare_outputs
     from graphdoctor.verify.metrics import tolerance_for
-    from graphdoctor.verify.runners import OnnxruntimeBackend
 
     backend = OnnxruntimeBackend("onnxruntime-cpu")
     expected, actual = backend.run(reference, feeds), backend.run(candidate, feeds)

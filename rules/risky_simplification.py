@@ -63,10 +63,10 @@ from graphdoctor.simplify import (
     installed_simplifiers,
     run_simplifier,
 )
+from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
 from graphdoctor.verify.compare import compare_outputs
 from graphdoctor.verify.inputs import generate_inputs, input_specs
 from graphdoctor.verify.metrics import PRESETS, TensorComparison
-from graphdoctor.verify.runners import OnnxruntimeBackend
 
 __all__ = ["META", "Options", "check"]
 

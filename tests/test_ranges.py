@@ -21,9 +21,9 @@ from graphdoctor.analysis.ranges import (
 )
 from graphdoctor.analysis.types import infer_types
 from graphdoctor.model import load_model
+from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
 from graphdoctor.verify.inputs import load_input_batches, save_inputs
 from graphdoctor.verify.ranges import sample_ranges, value_ranges, value_ranges_over
-from graphdoctor.verify.runners import OnnxruntimeBackend
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 F32 = np.float32

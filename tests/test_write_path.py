@@ -193,7 +193,7 @@ INTERRUPTER = textwrap.dedent(
     """
     import os, signal, sys
     from graphdoctor.cli import main
-    from graphdoctor.verify import runners
+    from graphdoctor.verify.backends import onnxruntime as runners
 
     run = runners.OnnxruntimeBackend.run
 

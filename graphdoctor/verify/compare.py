@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from graphdoctor.errors import GraphDoctorError, first_line
+from graphdoctor.verify.backends import Backend
+from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
 from graphdoctor.verify.metrics import TensorComparison, Tolerance, compare_values
-from graphdoctor.verify.runners import Backend, OnnxruntimeBackend
 
 if TYPE_CHECKING:
     from graphdoctor.verify.layerwise import LayerwiseOptions

@@ -72,8 +72,9 @@ from graphdoctor.analysis.fp16_ops import (
 from graphdoctor.analysis.graph import holds_tensor, holds_type, iter_graph_sites, node_label
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.errors import GraphDoctorError, first_line
+from graphdoctor.verify.backends import Backend
+from graphdoctor.verify.backends.onnxruntime import EXTERNAL_FOLDER, as_declared, quiet_session_options
 from graphdoctor.verify.ranges import iter_slices
-from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend, as_declared, quiet_session_options
 
 __all__ = [
     "BF16_NAME",
@@ -582,7 +583,7 @@ def _first_overflow(prepared: _Prepared, inputs: Mapping[str, np.ndarray]) -> di
 def _first_nonfinite(prepared: _Prepared, candidate: Path, inputs: Mapping[str, np.ndarray]) -> dict | None:
     """The first rounded tensor holding inf/NaN where the candidate run as is on ONNX Runtime CPU holds finite
     values: what breaks without overflowing (a division by a value FP16 flushed to 0)."""
-    from graphdoctor.verify.runners import OnnxruntimeBackend
+    from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
 
     reference = OnnxruntimeBackend("onnxruntime-cpu")
     by_name = {r.tensor: r for r in prepared.emulation.rounded}

@@ -48,8 +48,9 @@ import onnx_ir as ir
 from graphdoctor.analysis.format import format_dtype
 from graphdoctor.analysis.graph import is_constant_node
 from graphdoctor.errors import GraphDoctorError
+from graphdoctor.verify.backends import Backend
+from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend, weights_outside
 from graphdoctor.verify.metrics import PRESETS, Tolerance, compare_values
-from graphdoctor.verify.runners import Backend, OnnxruntimeBackend, weights_outside
 
 __all__ = [
     "DEFAULT_BUDGET_BYTES",

@@ -1,7 +1,7 @@
 """Measuring activation ranges: run the FP32 model on sample inputs and reduce each tensor as it comes.
 
 The reductions (`TensorRange`, what FP16 would do to a tensor) and the mask heuristics are pure and live in
-`analysis.ranges`; running a model belongs here, with the other runners. Memory stays bounded: tensors are
+`analysis.ranges`; running a model belongs here, with the backends. Memory stays bounded: tensors are
 fetched a slice at a time (as extra graph outputs of one run), reduced to a few numbers each, and dropped
 before the next slice; several batches of inputs are measured one at a time and merged per tensor.
 """
@@ -149,7 +149,7 @@ def _typed_model(model_path: str | Path) -> ir.Model:
 
 
 def _onnxruntime_batch_run(model_path: Path) -> BatchRun:
-    from graphdoctor.verify.runners import OnnxruntimeBackend
+    from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
 
     backend = OnnxruntimeBackend("onnxruntime-cpu")
     return lambda feeds, names: backend.run(model_path, feeds, outputs=names)

@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 
 from graphdoctor.errors import GraphDoctorError, first_line
-from graphdoctor.verify.runners import EXTERNAL_FOLDER, Backend, as_written, quiet_session_options
+from graphdoctor.verify.backends import Backend
+from graphdoctor.verify.backends.onnxruntime import EXTERNAL_FOLDER, as_written, quiet_session_options
 
 __all__ = ["SEGMENT_BYTES", "SegmentedOnnxruntimeBackend"]
 

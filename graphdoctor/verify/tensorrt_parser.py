@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from graphdoctor.errors import first_line
 from graphdoctor.rule import Finding, Severity
-from graphdoctor.verify.tensorrt_backend import import_tensorrt, tensorrt_logger
+from graphdoctor.verify.backends.tensorrt import import_tensorrt, tensorrt_logger
 
 if TYPE_CHECKING:
     from graphdoctor.engine import RuleContext

@@ -13,7 +13,7 @@ import pytest
 from graphdoctor.engine import FixPolicy, RuleFixes, apply_fixes, select_rules
 from graphdoctor.rule import load_rules
 from graphdoctor.targets import parse_target
-from graphdoctor.verify.runners import as_written
+from graphdoctor.verify.backends.onnxruntime import as_written
 
 
 def fix_proto(

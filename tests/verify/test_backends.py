@@ -13,9 +13,9 @@ import pytest
 
 from fixtures.handmade import save
 from graphdoctor.errors import GraphDoctorError
+from graphdoctor.verify.backends import BACKENDS, get_backend
 from graphdoctor.verify.compare import BackendVerdict, VerifyResult, verify_models
 from graphdoctor.verify.metrics import PRESETS
-from graphdoctor.verify.runners import BACKENDS, get_backend
 from tests.verify.builders import UNKNOWN_OP, linear
 
 X = np.array([[1.0, 2.0, -1.0, 0.5], [0.0, -3.0, 2.0, 1.0], [4.0, 0.25, 0.0, -2.0]], dtype=np.float32)

@@ -16,8 +16,8 @@ import pytest
 from fixtures.handmade import model_from_text, save
 from graphdoctor import api
 from graphdoctor.analysis.types import infer_types
+from graphdoctor.verify.backends import get_backend
 from graphdoctor.verify.fp16_emulation import PRECISION, Fp16EmulationBackend, emulate_fp16
-from graphdoctor.verify.runners import get_backend
 from tests.conftest import exported_with_inputs
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'

@@ -22,6 +22,7 @@ import pytest
 from fixtures import divergence
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.model import load_model
+from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
 from graphdoctor.verify.inputs import generate_inputs
 from graphdoctor.verify.layerwise import (
     LayerwiseOptions,
@@ -31,7 +32,6 @@ from graphdoctor.verify.layerwise import (
     layerwise_details,
 )
 from graphdoctor.verify.metrics import PRESETS
-from graphdoctor.verify.runners import OnnxruntimeBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 Pair = tuple[Path, Path]
@@ -353,7 +353,7 @@ def bucket_pair(folder: Path, table: np.ndarray) -> tuple[Pair, dict[str, np.nda
 def fp16_emulation():
     """The gate's FP16 backend: every FP16 tensor rounded as a GPU stores it. ONNX Runtime CPU is no oracle here:
     it runs Mul and Floor of the FP16 model in FP32 and rounds only where a tensor is exposed."""
-    from graphdoctor.verify.runners import get_backend
+    from graphdoctor.verify.backends import get_backend
 
     return get_backend("fp16-emulation")
 

@@ -12,9 +12,9 @@ import onnx
 import pytest
 
 from graphdoctor.errors import GraphDoctorError
+from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
 from graphdoctor.verify.compare import verify_models
 from graphdoctor.verify.metrics import PRESETS, compare_arrays, compare_values, tolerance_for
-from graphdoctor.verify.runners import OnnxruntimeBackend
 
 EXACT, FP32, FP16 = PRESETS["exact"], PRESETS["fp32"], PRESETS["fp16"]
 RNG = np.random.default_rng(0)

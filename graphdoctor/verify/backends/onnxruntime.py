@@ -1,9 +1,7 @@
-"""Backends that run a model on inputs: ONNX Runtime's execution providers, and more registered by name.
+"""ONNX Runtime's execution providers as backends, and the session helpers the rest of graphdoctor shares.
 
-A backend states its name and the precision its arithmetic really has, because a verdict is only as good
-as the backend behind it: ONNX Runtime's CPU provider runs most FP16 nodes in FP32 (it inserts Casts around
-them), so it proves that an FP16 model loads and what its rounded weights do, never FP16 overflow. Backends
-that need a GPU or an optional package say why they are unavailable instead of failing.
+ONNX Runtime's CPU provider runs most FP16 nodes in FP32 (it inserts Casts around them), so it proves that an
+FP16 model loads and what its rounded weights do, never FP16 overflow.
 
 Any tensor of the graph can be fetched, not only the outputs: `run(..., outputs=[names])` exposes them for
 that run only (layer-wise comparison fetches a few at a time to bound memory).
@@ -13,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,40 +19,21 @@ from pathlib import Path
 import numpy as np
 
 from graphdoctor.errors import GraphDoctorError, first_line
+from graphdoctor.verify.backends import Backend
 
 __all__ = [
-    "BACKENDS",
     "EXTERNAL_FOLDER",
-    "Backend",
     "OnnxruntimeBackend",
     "as_declared",
     "as_written",
     "check_loads",
     "check_loads_as_deployed",
-    "get_backend",
     "quiet_session_options",
     "session_model",
     "weights_outside",
 ]
 
 EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
-
-
-class Backend:
-    """A way to run an ONNX file. Subclasses set `name` and `precision` and implement `run`."""
-
-    name: str = ""
-    precision: str = ""  # what the arithmetic really is, in words, for the verdict
-    computes_fp16: bool = False  # its arithmetic is FP16 (then the fp16 tolerance preset applies)
-
-    def unavailable_reason(self) -> str | None:
-        """None when this backend can run here; else why not (missing package, no GPU)."""
-        return None
-
-    def run(
-        self, model: Path, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]:
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -236,41 +215,3 @@ def weights_outside(model: Path, min_file_bytes: int = 64 * 1024 * 1024) -> Iter
         )
         del proto
         yield target
-
-
-BACKENDS: dict[str, Callable[[], Backend]] = {key: (lambda key=key: OnnxruntimeBackend(key)) for key in _PROVIDERS}
-
-
-def _fp16_emulation() -> Backend:
-    """FP16 storage emulated on ONNX Runtime CPU; its module loads only when the backend is asked for."""
-    from graphdoctor.verify.fp16_emulation import Fp16EmulationBackend
-
-    return Fp16EmulationBackend()
-
-
-def _bf16_emulation() -> Backend:
-    """BF16 storage emulated on ONNX Runtime CPU, which has no BF16 Add, MatMul or Conv; loaded when asked for."""
-    from graphdoctor.verify.fp16_emulation import Bf16EmulationBackend
-
-    return Bf16EmulationBackend()
-
-
-BACKENDS["fp16-emulation"] = _fp16_emulation
-BACKENDS["bf16-emulation"] = _bf16_emulation
-
-
-def _tensorrt(fp16: bool) -> Backend:
-    """Native TensorRT; its module imports tensorrt only when asked whether it can run."""
-    from graphdoctor.verify.tensorrt_backend import TensorrtBackend
-
-    return TensorrtBackend(fp16=fp16)
-
-
-BACKENDS["tensorrt"] = lambda: _tensorrt(fp16=False)
-BACKENDS["tensorrt-fp16"] = lambda: _tensorrt(fp16=True)
-
-
-def get_backend(name: str) -> Backend:
-    if name not in BACKENDS:
-        raise GraphDoctorError(f"unknown backend '{name}' (choose from {', '.join(sorted(BACKENDS))})")
-    return BACKENDS[name]()

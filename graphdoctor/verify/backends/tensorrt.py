@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from graphdoctor.errors import GraphDoctorError, first_line
-from graphdoctor.verify.runners import Backend
+from graphdoctor.verify.backends import Backend
 
 __all__ = ["TensorrtBackend", "import_tensorrt", "tensorrt_logger"]
 
