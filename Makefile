@@ -13,11 +13,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.runtime: setup.cfg pyproject.toml | $(BIN)/python
-	$(PIP) -e .
+	$(PIP) -e '.[cpu]'
 	touch $@
 
 $(VENV)/.test: setup.cfg pyproject.toml | $(BIN)/python
-	$(PIP) -e '.[test,fixtures]'
+	$(PIP) -e '.[cpu,test,fixtures]'
 	touch $(VENV)/.runtime $@
 
 demo: $(VENV)/.runtime

@@ -82,6 +82,10 @@ def lint(
     chosen = [
         r for r in select_rules(load_rules() if rules is None else rules, select, ignore) if deep or not r.meta.deep
     ]
+    if inputs is not None or shapes or deep:
+        from graphdoctor.verify.backends import require_onnxruntime
+
+        require_onnxruntime("lint with sample inputs or --deep (the rules run the model)")
     loaded = load_model(path)
     samples = sample_inputs(loaded.model, inputs, shapes, seed) if inputs is not None or shapes else None
     analysis = Analysis(loaded.model, loaded.path, loaded.file_size, samples, target=deploy, deep=deep)
@@ -124,9 +128,10 @@ def verify(
     (`layers_per_run` tensors, else a 256 MiB budget), and names the first node beyond tolerance."""
     from graphdoctor.errors import GraphDoctorError
     from graphdoctor.verify import inputs as verify_inputs
-    from graphdoctor.verify.backends import get_backend
+    from graphdoctor.verify.backends import get_backend, require_onnxruntime
     from graphdoctor.verify.compare import verify_models
 
+    require_onnxruntime("verify (ONNX Runtime CPU computes the reference)")
     if torch_program is not None and candidate is not None:
         raise GraphDoctorError("--torch compares REFERENCE with the program it was exported from: give no CANDIDATE")
     if layerwise and torch_program is not None:

@@ -123,7 +123,10 @@ def fix(
     output or data file that is one of the input's files or a link to one, a malformed model, and external data
     that is missing or shorter than declared (what it holds cannot be written)."""
     from graphdoctor.engine import FixPolicy
+    from graphdoctor.verify.backends import require_onnxruntime
 
+    if not dry_run:
+        require_onnxruntime("fix (its gate, and the check that what it writes loads)")
     start = time.perf_counter()
     source = Path(path)
     destination = _fix_target(source, output, in_place, f".{fp16.precision.key}" if fp16 is not None else ".fixed")
@@ -489,14 +492,16 @@ class _Gate:
         return SegmentedOnnxruntimeBackend() if self.large else OnnxruntimeBackend("onnxruntime-cpu", optimize=False)
 
     def _fp16_backends(self, key: str):
-        """The emulation of `key` ('fp16', 'bf16'), ONNX Runtime CPU, and the GPU backends present."""
+        """The emulation of `key` ('fp16', 'bf16'), ONNX Runtime CPU, and the GPU backends present: CUDA, and
+        native TensorRT building the converted model strongly typed (each tensor in the dtype the file gives it,
+        the nodes kept FP32 in FP32), not with the FP16 flag, which lets TensorRT run those in FP16 too."""
         from graphdoctor.verify.backends import get_backend
         from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
 
         if self.large:
             segmented = self._exact_backend()
             return [segmented, _Unavailable(f"{key}-emulation", _TOO_LARGE)], segmented
-        gpus = [get_backend(name) for name in ("onnxruntime-cuda", *(["tensorrt-fp16"] if key == "fp16" else []))]
+        gpus = [get_backend(name) for name in ("onnxruntime-cuda", "tensorrt")]  # tensorrt: strongly typed
         present = [backend for backend in gpus if backend.unavailable_reason() is None]
         return [get_backend(f"{key}-emulation"), OnnxruntimeBackend("onnxruntime-cpu"), *present], None
 

@@ -91,6 +91,7 @@ def render_verify(result, stream: TextIO) -> None:
     "reference_runner" (what computed the reference outputs), "passed",
     "tolerance": {name, atol, rtol, min_cosine, max_mismatch}, "inputs": {name: {"dtype", "shape"}},
     "input_source", "seconds", "verdicts": [{"backend", "precision", "status", "reason",
+    "placement" (where a GPU backend ran the kernels, "" where unknown),
     "outputs": [TensorComparison fields], "details": {...}, "tolerance": {...} | null}]}}
 
     `details` may hold "layerwise" (schema in graphdoctor.verify.layerwise.LayerwiseReport.as_dict),
@@ -118,6 +119,7 @@ def _verification(result) -> dict[str, Any]:
                 "precision": v.precision,
                 "status": v.status,
                 "reason": v.reason,
+                "placement": v.placement,
                 "outputs": [c.as_dict() for c in v.outputs],
                 "details": v.details,
                 "tolerance": dict(v.tolerance.__dict__) if v.tolerance else None,

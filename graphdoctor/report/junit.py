@@ -88,6 +88,8 @@ def _verify_case(suite: ET.Element, verdict) -> None:
     lines = [f"precision: {verdict.precision}"]
     if verdict.tolerance is not None:
         lines.append(f"tolerance: {verdict.tolerance.describe()}")
+    if verdict.placement:
+        lines.append(f"placement: {verdict.placement}")
     lines += [comparison_line(c) for c in verdict.outputs]
     report = _text("\n".join(lines))
     if verdict.status == "skipped":

@@ -277,6 +277,9 @@ def _render_verdict(verdict, out: _Writer) -> None:
     if verdict.tolerance is not None:
         line = f"  tolerance: {verdict.tolerance.describe()}"
         out.line(_escape(line), plain=line)
+    if verdict.placement:
+        line = f"  placement: {verdict.placement}"
+        out.line(_escape(line), plain=line)
     if verdict.reason:
         out.line(f"  {_escape(verdict.reason)}", plain=f"  {verdict.reason}")
     for comparison in verdict.outputs:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from graphdoctor.errors import GraphDoctorError, first_line
-from graphdoctor.verify.backends import Backend
+from graphdoctor.verify.backends import Backend, BackendUnavailable
 from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
 from graphdoctor.verify.metrics import TensorComparison, Tolerance, compare_values
 
@@ -49,6 +49,7 @@ class BackendVerdict:
     details: dict = field(default_factory=dict)  # extra reports (layer-wise, integer tensors) by name
     tolerance: Tolerance | None = None  # what this backend was judged by (None when it did not run)
     cannot_run: str = ""  # status 'error' from a run: 'candidate' or 'reference', the model that could not run
+    placement: str = ""  # where the backend ran the nodes, where it knows ("52 kernels: 50 on CUDA, 2 on CPU")
 
     @property
     def ran(self) -> bool:
@@ -126,7 +127,9 @@ def verify_models(
             return VerifyResult(
                 reference, candidate, first, inputs, input_source, verdicts, time.perf_counter() - start
             )
-    verdicts = [_verdict(backend, candidate, inputs, expected, tolerance_of(backend)) for backend in backends]
+    verdicts = [
+        _verdict(backend, reference, candidate, inputs, expected, tolerance_of(backend)) for backend in backends
+    ]
     if integers and reference_outputs is None:
         verdicts = [
             _with_integer_tensors(verdict, backend, reference, candidate, inputs, oracle)
@@ -142,6 +145,7 @@ def verify_models(
 
 def _verdict(
     backend: Backend,
+    reference: Path,
     candidate: Path,
     inputs: Mapping[str, np.ndarray],
     expected: Mapping[str, np.ndarray],
@@ -152,15 +156,39 @@ def _verdict(
         return BackendVerdict(backend.name, backend.precision, "skipped", reason)
     try:
         actual = backend.run(candidate, inputs)
+    except BackendUnavailable as error:
+        return BackendVerdict(backend.name, backend.precision, "skipped", str(error))
     except GraphDoctorError as error:
-        return _unrunnable(backend, backend.name, "candidate", error)
+        return _limit_of_backend(backend, reference, candidate, inputs) or _unrunnable(
+            backend, backend.name, "candidate", error
+        )
+    placement = backend.placement() or ""
     outputs = compare_outputs(expected, actual, tolerance)
     failed = [c for c in outputs if not c.passed]
     status = "failed" if failed else "passed"
     reason = f"{len(failed)} of {len(outputs)} outputs differ beyond {tolerance.describe()}" if failed else ""
     details = _explain(backend, candidate, inputs, actual) if failed else {}
     reason += "".join(f"; {d['message']}" for d in details.values() if isinstance(d, dict) and "message" in d)
-    return BackendVerdict(backend.name, backend.precision, status, reason, outputs, details, tolerance)
+    return BackendVerdict(
+        backend.name, backend.precision, status, reason, outputs, details, tolerance, placement=placement
+    )
+
+
+def _limit_of_backend(
+    backend: Backend, reference: Path, candidate: Path, inputs: Mapping[str, np.ndarray]
+) -> BackendVerdict | None:
+    """A GPU backend that cannot run the candidate is asked to run the original too: when it cannot either
+    (TensorRT rejects an op both hold), that is a limit of the backend for this model, not a fault of the
+    change, and the verdict is skipped, saying so. None when the original runs (the candidate's fault)."""
+    if not backend.on_gpu or reference == candidate:
+        return None
+    try:
+        backend.run(reference, inputs)
+    except GraphDoctorError as error:
+        cause = _CANNOT_RUN.sub("", first_line(error), count=1)
+        why = f"{backend.name} cannot run the original model either ({cause}): it judges neither model"
+        return BackendVerdict(backend.name, backend.precision, "skipped", why)
+    return None
 
 
 # a runner's own wording of the same thing ("ONNX Runtime CPU cannot run model.onnx: ..."), taken off the cause

@@ -13,6 +13,7 @@ that run only (layer-wise comparison fetches a few at a time to bound memory).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,11 @@ from graphdoctor.errors import GraphDoctorError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "get_backend", "require_onnxruntime"]
+
+# graphdoctor depends on neither ONNX Runtime distribution (a GPU user must get onnxruntime-gpu without the CPU
+# wheel, which would overwrite it): the extras choose
+INSTALL_ONNXRUNTIME = "pip install 'graphdoctor[cpu]', or 'graphdoctor[gpu]' on a machine with an NVIDIA GPU"
 
 
 class Backend:
@@ -31,6 +36,7 @@ class Backend:
     name: str = ""
     precision: str = ""  # what the arithmetic really is, in words, for the verdict
     computes_fp16: bool = False  # its arithmetic is FP16 (then the fp16 tolerance preset applies)
+    on_gpu: bool = False  # runs on a GPU: what it cannot run may be a limit of the GPU stack, not of the model
 
     def unavailable_reason(self) -> str | None:
         """None when this backend can run here; else why not (missing package, no GPU)."""
@@ -60,6 +66,12 @@ BACKENDS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "fp16-emulation": ("graphdoctor.verify.fp16_emulation", "Fp16EmulationBackend", {}),
     "bf16-emulation": ("graphdoctor.verify.fp16_emulation", "Bf16EmulationBackend", {}),
 }
+
+
+def require_onnxruntime(purpose: str) -> None:
+    """One line instead of an ImportError deep inside: `purpose` runs models, and no ONNX Runtime is installed."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise GraphDoctorError(f"{purpose} needs ONNX Runtime, which is not installed: {INSTALL_ONNXRUNTIME}")
 
 
 def get_backend(name: str) -> Backend:

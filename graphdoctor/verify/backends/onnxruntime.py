@@ -9,17 +9,18 @@ that run only (layer-wise comparison fetches a few at a time to bound memory).
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from graphdoctor.errors import GraphDoctorError, first_line
-from graphdoctor.verify.backends import Backend
+from graphdoctor.verify.backends import Backend, BackendUnavailable, gpu
 
 __all__ = [
     "EXTERNAL_FOLDER",
@@ -28,6 +29,7 @@ __all__ = [
     "as_written",
     "check_loads",
     "check_loads_as_deployed",
+    "provider_problem",
     "quiet_session_options",
     "session_model",
     "weights_outside",
@@ -41,25 +43,49 @@ class _Provider:
     name: str  # ONNX Runtime's provider name
     label: str
     precision: str
+    options: dict[str, str] = field(default_factory=dict)  # its provider options
+    fallbacks: tuple[str, ...] = ()  # listed after it, as deployments list them (CPU always comes last)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.name != CPU
 
 
+CPU = "CPUExecutionProvider"
 _PROVIDERS = {
     "onnxruntime-cpu": _Provider(
-        "CPUExecutionProvider",
+        CPU,
         "ONNX Runtime CPU",
         "the model's dtypes; FP16 nodes mostly run in FP32 on this provider, so FP16 overflow is invisible",
     ),
-    "onnxruntime-cuda": _Provider("CUDAExecutionProvider", "ONNX Runtime CUDA", "the model's dtypes, on the GPU"),
+    "onnxruntime-cuda": _Provider(
+        "CUDAExecutionProvider",
+        "ONNX Runtime CUDA",
+        "the model's dtypes on the GPU: FP32 in FP32 (TF32 off, use_tf32=0), FP16 in FP16",
+        {"use_tf32": "0"},
+    ),
     "onnxruntime-tensorrt": _Provider(
-        "TensorrtExecutionProvider", "ONNX Runtime TensorRT EP", "TensorRT FP32 engine built by ONNX Runtime"
+        "TensorrtExecutionProvider",
+        "ONNX Runtime TensorRT EP",
+        "TensorRT engines built by ONNX Runtime in the model's dtypes (trt_fp16_enable off; TF32 off through "
+        "NVIDIA_TF32_OVERRIDE=0), the nodes TensorRT rejects on CUDA",
+        {"trt_fp16_enable": "False"},
+        ("CUDAExecutionProvider",),
     ),
 }
+# A tiny model the probe session runs: a provider that cannot run a Relu cannot run anything.
+_PROBE_TEXT = """<ir_version: 8, opset_import: ["" : 13]>
+probe (float[1, 8] x) => (float[1, 8] y) { y = Relu(x) }"""
 
 
 class OnnxruntimeBackend(Backend):
     """One ONNX Runtime execution provider, with graph optimizations at their default as deployed, or off
     (`optimize=False`): its optimizer folds constants and fuses Conv+BatchNorm as simplifiers do, so a check
-    of a simplifier's rewrite must run both models with every node as written."""
+    of a simplifier's rewrite must run both models with every node as written.
+
+    A GPU provider is available only when a probe session really got it; each session is read back, and one
+    that ONNX Runtime placed on the CPU raises BackendUnavailable; each run is profiled, and `placement()`
+    says how many kernels ran on which provider."""
 
     def __init__(self, key: str, optimize: bool = True) -> None:
         self.provider = _PROVIDERS[key]
@@ -67,13 +93,14 @@ class OnnxruntimeBackend(Backend):
         self.name = key if optimize else f"{key}-unoptimized"
         unoptimized = f"{self.provider.precision}; graph optimizations and weight prepacking off"
         self.precision = self.provider.precision if optimize else unoptimized
+        self.on_gpu = self.provider.on_gpu
+        self._placement: str | None = None
 
     def unavailable_reason(self) -> str | None:
-        import onnxruntime as ort
+        return provider_problem(self.provider.name)
 
-        if self.provider.name not in ort.get_available_providers():
-            return f"{self.provider.name} is not in this onnxruntime build (install onnxruntime-gpu with a GPU)"
-        return None
+    def placement(self) -> str | None:
+        return self._placement
 
     def run(
         self, model: Path, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
@@ -84,13 +111,99 @@ class OnnxruntimeBackend(Backend):
         if not self.optimize:
             as_written(options)
         source = session_model(model, outputs, options)
+        if not self.on_gpu:
+            session = self._session(ort, model, source, options)
+            return self._run(session, model, inputs)
+        with tempfile.TemporaryDirectory(prefix="graphdoctor-profile-") as folder:
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(folder, "run")
+            with gpu.native_output_to_log(self.provider.label):
+                session = self._session(ort, model, source, options)
+                self._check_placed(session)
+                results = self._run(session, model, inputs)
+                self._record_placement(Path(session.end_profiling()))
+        return results
+
+    def _session(self, ort, model: Path, source, options):
         try:
-            session = ort.InferenceSession(source, options, providers=[self.provider.name])
-            names = [o.name for o in session.get_outputs()]
+            return ort.InferenceSession(source, options, providers=_provider_list(self.provider))
+        except Exception as error:  # onnxruntime raises its own exception types for bad models
+            raise GraphDoctorError(f"{self.provider.label} cannot run {model.name}: {first_line(error)}") from None
+
+    def _run(self, session, model: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in session.get_outputs()]
+        try:
             results = session.run(names, as_declared(session, inputs))
-        except Exception as error:  # onnxruntime raises its own exception types for bad models and inputs
+        except Exception as error:  # onnxruntime raises its own exception types for bad inputs
             raise GraphDoctorError(f"{self.provider.label} cannot run {model.name}: {first_line(error)}") from None
         return dict(zip(names, results, strict=True))
+
+    def _check_placed(self, session) -> None:
+        """The session must hold the provider asked for: ONNX Runtime silently falls back to CPU."""
+        if self.provider.name not in session.get_providers():
+            raise BackendUnavailable(
+                f"ONNX Runtime created the session without {self.provider.name} (providers: "
+                f"{', '.join(session.get_providers())}): nothing ran on the GPU"
+            )
+
+    def _record_placement(self, profile: Path) -> None:
+        counts = gpu.kernel_placement(profile)
+        self._placement = f"{gpu.placement_text(counts)} (ONNX Runtime's profile of the run)" if counts else None
+        on_gpu = sum(count for name, count in counts.items() if name != CPU)
+        if counts and not on_gpu:
+            raise BackendUnavailable(f"ONNX Runtime ran every kernel on the CPU ({self._placement}), none on the GPU")
+
+
+def _provider_list(provider: _Provider) -> list:
+    """The provider with its options, then its fallbacks (ONNX Runtime adds the CPU provider last itself)."""
+    return [(provider.name, dict(provider.options)), *provider.fallbacks]
+
+
+@functools.cache
+def provider_problem(name: str) -> str | None:
+    """Why the provider `name` cannot run here, or None: asked once per process (a probe session)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as error:
+        return f"ONNX Runtime cannot be imported ({first_line(error)}): pip install 'graphdoctor[cpu]' (or [gpu])"
+    if name == CPU:
+        return None
+    broken = gpu.broken_stack_reason(name)
+    if broken:
+        return broken
+    if name not in ort.get_available_providers():
+        return f"{name} is not in this onnxruntime build (install onnxruntime-gpu on a machine with a GPU)"
+    if name == "TensorrtExecutionProvider":
+        os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")  # read when CUDA starts: no TF32 for FP32 verdicts
+    return _probe(ort, name)
+
+
+def _probe(ort, name: str) -> str | None:
+    """Create and run the probe model on the provider; None when the session holds it, else what went wrong
+    (ONNX Runtime's own error line where it logged one)."""
+    import onnx
+    import onnx.parser
+
+    provider = next(p for p in _PROVIDERS.values() if p.name == name)
+    probe = onnx.parser.parse_model(_PROBE_TEXT).SerializeToString()
+    options = ort.SessionOptions()
+    options.log_severity_level = 2  # warnings: ONNX Runtime says why a provider did not load
+    error = None
+    ort.set_default_logger_severity(2)  # the provider's library loader logs through the default logger
+    with gpu.native_output_to_log(f"the {name} probe") as native:
+        try:
+            session = ort.InferenceSession(probe, options, providers=_provider_list(provider))
+            held = session.get_providers()
+            if name in held:
+                session.run(None, {"x": np.ones((1, 8), np.float32)})
+        except Exception as exception:  # onnxruntime's own exception types
+            error, held = first_line(exception), []
+        finally:
+            ort.set_default_logger_severity(4)
+    if name in held and error is None:
+        return None
+    why = error or gpu.failure_line(native.text) or "ONNX Runtime logged no reason"
+    return f"ONNX Runtime could not start {name} here (its session fell back to CPU): {why}"
 
 
 def quiet_session_options():
