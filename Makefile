@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test fixtures fuzz bench-lint bench-verify bench-fix bench-fp16 clean
+.PHONY: demo test fixtures fuzz bench-lint bench-verify bench-fix bench-fp16 gpu-check gpu-fallback-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,24 @@ FUZZ_CASES ?= 5000
 FUZZ_SEED ?= 0
 fuzz: $(VENV)/.test
 	$(BIN)/python -m tests.fuzz run --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
+
+# make gpu-check [WHEELS=folder]: on a machine with an NVIDIA GPU, the GPU tests and a table of verdicts,
+# placements and precisions (bench/gpu_check.py), in a venv of its own that sees the machine's torch (it builds
+# resnet50) but installs onnxruntime-gpu and TensorRT 10 over any CPU wheel; WHEELS installs them offline
+GPU_VENV := .cache/gpu-check-venv
+gpu-check:
+	$(PYTHON) -m venv --system-site-packages $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		$(if $(WHEELS),--no-index --find-links $(WHEELS)) -e '.[gpu,tensorrt]' pytest
+	$(GPU_VENV)/bin/python bench/gpu_check.py
+
+# the real onnxruntime-gpu wheel (255 MB) in a venv of its own, for tests/verify/test_gpu_honesty.py's opt-in
+# tests: on a machine without a GPU, no GPU backend may be reported as having run
+gpu-fallback-venv:
+	$(PYTHON) -m venv .cache/ort-gpu-venv
+	.cache/ort-gpu-venv/bin/python -m pip install --quiet --disable-pip-version-check \
+		onnxruntime-gpu onnx onnx-ir numpy click rich 'ml_dtypes<0.7' pytest pyyaml
+	.cache/ort-gpu-venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 
 bench-lint: $(VENV)/.test
 	$(PIP) -e '.[bench]'

@@ -199,33 +199,25 @@ def test_ort_gpu_fix_fp16_gate_runs_no_gpu_backend(tmp_path: Path):
     }
 
 
-@needs_ort_gpu
-def test_two_onnxruntime_distributions_are_named(tmp_path: Path):
-    """What pip leaves after `pip install onnxruntime` beside onnxruntime-gpu: a second dist-info."""
-    info = tmp_path / "site" / "onnxruntime-1.32.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime\nVersion: 1.32.0\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    run = _cli(
-        "verify", "examples/yolo_demo.onnx", "--backend", "onnxruntime-cuda", "--shape", "images:1x3x320x320", env=env
-    )
-    assert run.returncode == 2  # no backend could run
-    assert "onnxruntime 1.32.0 and onnxruntime-gpu 1.31.1 are installed together" in run.stderr
-    assert "Traceback" not in run.stderr
-
-
 def test_cpu_machine_python_is_this_one():
     """The opt-in tests run in a python of their own; this one has the CPU wheel only (not both)."""
     assert len(gpu.installed_versions(gpu.ORT_DISTRIBUTIONS)) == 1, sys.executable
 
 
 def test_onnxruntime_gpu_metadata_beside_the_cpu_wheel_is_named(tmp_path: Path):
-    """What pip leaves after `pip install onnxruntime-gpu` beside onnxruntime: a second dist-info, one package
-    folder (the files of the one installed last). The GPU backends say so instead of probing an accident."""
-    info = tmp_path / "site" / "onnxruntime_gpu-1.31.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: 1.31.1\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    """What pip leaves after `pip install onnxruntime` and `pip install onnxruntime-gpu` into one environment:
+    two dist-infos beside one onnxruntime package folder (the files of the one installed last). The GPU
+    backends say so instead of probing an accident. Laid out in a folder of its own, first on the path, with
+    this environment's real onnxruntime package linked in."""
+    import onnxruntime
+
+    site = tmp_path / "site"
+    for name, version in (("onnxruntime", "1.32.0"), ("onnxruntime_gpu", "1.31.1")):
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n")
+    (site / "onnxruntime").symlink_to(Path(onnxruntime.__file__).parent)
+    env = {**os.environ, "PYTHONPATH": str(site)}
     command = [
         sys.executable,
         "-m",
@@ -239,4 +231,10 @@ def test_onnxruntime_gpu_metadata_beside_the_cpu_wheel_is_named(tmp_path: Path):
     run = subprocess.run([*command, *backends], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     cpu, cuda = json.loads(run.stdout)["verify"]["verdicts"]
     assert (run.returncode, cpu["status"], cuda["status"]) == (0, "passed", "skipped")
-    assert "onnxruntime-gpu 1.31.1 are installed together" in cuda["reason"] and "pip uninstall" in cuda["reason"]
+    assert f"onnxruntime 1.32.0 and onnxruntime-gpu 1.31.1 are installed together in {site}" in cuda["reason"]
+    assert "pip uninstall" in cuda["reason"]
+
+
+def test_two_runtimes_in_different_folders_are_no_conflict():
+    """A CPU wheel in the system's site-packages under a venv's onnxruntime-gpu: the venv's is imported."""
+    assert gpu.broken_stack_reason("CUDAExecutionProvider") is None  # this environment: one runtime

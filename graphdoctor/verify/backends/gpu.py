@@ -68,16 +68,31 @@ def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
 @functools.cache
 def broken_stack_reason(provider: str) -> str | None:
     """Why `provider` cannot work with what is installed, whatever the machine; None when nothing is known wrong."""
-    runtimes = installed_versions(ORT_DISTRIBUTIONS)
-    if len(runtimes) > 1:
-        listed = " and ".join(f"{name} {version}" for name, version in runtimes.items())
-        return (
-            f"{listed} are installed together: they share one package folder and the last one installed wins, "
-            f"so which providers load is an accident ({INSTALL_GPU})"
-        )
-    if provider == "TensorrtExecutionProvider" and "onnxruntime-gpu" in runtimes:
-        return _tensorrt_mismatch(runtimes["onnxruntime-gpu"])
+    for folder, runtimes in _runtimes_by_folder().items():
+        if len(runtimes) > 1:
+            listed = " and ".join(f"{name} {version}" for name, version in sorted(runtimes))
+            return (
+                f"{listed} are installed together in {folder}: they share its onnxruntime package folder and "
+                f"the one installed last wins, so which providers load is an accident ({INSTALL_GPU})"
+            )
+    gpu_runtime = installed_versions(("onnxruntime-gpu",))
+    if provider == "TensorrtExecutionProvider" and gpu_runtime:
+        return _tensorrt_mismatch(gpu_runtime["onnxruntime-gpu"])
     return None
+
+
+def _runtimes_by_folder() -> dict[str, list[tuple[str, str]]]:
+    """The ONNX Runtime distributions per site folder: two in one folder overwrite each other's files (two in
+    different folders do not: the first on sys.path is the one imported, and its providers are what it lists)."""
+    folders: dict[str, list[tuple[str, str]]] = {}
+    for distribution in importlib.metadata.distributions():
+        name = (distribution.metadata["Name"] or "").lower()
+        if name in ORT_DISTRIBUTIONS:
+            entry = (name, distribution.version)
+            runtimes = folders.setdefault(os.fspath(distribution.locate_file("")), [])
+            if entry not in runtimes:
+                runtimes.append(entry)
+    return folders
 
 
 def _tensorrt_mismatch(ort_version: str) -> str | None:
