@@ -107,6 +107,22 @@ def _split(values: Iterable[str]) -> list[str]:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
+def _set_tensorrt_workspace(_ctx: click.Context, _param: click.Parameter, mib: int | None) -> None:
+    """The native TensorRT backend reads its workspace limit from the environment, wherever it is built."""
+    if mib is not None:
+        os.environ["GRAPHDOCTOR_TENSORRT_WORKSPACE_MIB"] = str(mib)
+
+
+tensorrt_workspace_option = click.option(
+    "--tensorrt-workspace",
+    type=click.IntRange(min=1),
+    metavar="MIB",
+    expose_value=False,
+    callback=_set_tensorrt_workspace,
+    help="Native TensorRT's builder workspace limit (default: TensorRT's; env GRAPHDOCTOR_TENSORRT_WORKSPACE_MIB).",
+)
+
+
 def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--select/--ignore: rule codes, code prefixes (GD00), names (dead-code) or plugin/name."""
 
@@ -359,6 +375,7 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
 )
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help="Dynamic dims of the verification inputs.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of generated verification inputs.")
+@tensorrt_workspace_option
 @click.pass_context
 def fix(ctx: click.Context, model: Path, **options: Any) -> None:
     """Repair MODEL (and with --fp16 convert it) and write the result beside it, verified against the original.
@@ -519,6 +536,7 @@ def _as_list(value: Any) -> list[str]:
     type=_FilePath(output=True),
     help="Write the report to this file (atomically) instead of stdout.",
 )
+@tensorrt_workspace_option
 @click.pass_context
 def verify(ctx: click.Context, reference: Path, candidate: Path | None, **options: Any) -> None:
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output, per backend.

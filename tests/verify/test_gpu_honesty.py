@@ -92,10 +92,14 @@ def test_failure_line_keeps_what_failed_without_source_locations(text, line):
 def test_gpu_providers_ask_for_full_fp32_and_list_their_fallbacks():
     cuda, tensorrt = _PROVIDERS["onnxruntime-cuda"], _PROVIDERS["onnxruntime-tensorrt"]
     assert _provider_list(cuda) == [("CUDAExecutionProvider", {"use_tf32": "0"})]
-    assert _provider_list(tensorrt) == [
-        ("TensorrtExecutionProvider", {"trt_fp16_enable": "False"}),
+    (name, options), fallback = _provider_list(tensorrt)
+    assert (name, options["trt_fp16_enable"], fallback) == (
+        "TensorrtExecutionProvider",
+        "False",
         "CUDAExecutionProvider",
-    ]
+    )
+    assert options["trt_timing_cache_enable"] == "True" and Path(options["trt_timing_cache_path"]).is_dir()
+    assert "trt_engine_cache_enable" not in options  # ONNX Runtime's engine cache is not keyed on the weights
     assert "TF32 off" in cuda.precision and "TF32 off" in tensorrt.precision
     assert get_backend("onnxruntime-cuda").on_gpu and not get_backend("onnxruntime-cpu").on_gpu
 
@@ -238,3 +242,11 @@ def test_onnxruntime_gpu_metadata_beside_the_cpu_wheel_is_named(tmp_path: Path):
 def test_two_runtimes_in_different_folders_are_no_conflict():
     """A CPU wheel in the system's site-packages under a venv's onnxruntime-gpu: the venv's is imported."""
     assert gpu.broken_stack_reason("CUDAExecutionProvider") is None  # this environment: one runtime
+
+
+def test_tensorrt_workspace_option_reaches_the_backend_environment(gd, monkeypatch):
+    monkeypatch.delenv("GRAPHDOCTOR_TENSORRT_WORKSPACE_MIB", raising=False)
+    command = ["verify", "examples/yolo_demo.onnx", "--shape", "images:1x3x320x320", "--tensorrt-workspace", "512"]
+    assert gd(*command)[0] == 0
+    assert os.environ["GRAPHDOCTOR_TENSORRT_WORKSPACE_MIB"] == "512"
+    assert gd(*command[:-1], "0")[0] == 2  # at least 1 MiB

@@ -9,8 +9,10 @@ that run only (layer-wise comparison fetches a few at a time to bound memory).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -155,8 +157,21 @@ class OnnxruntimeBackend(Backend):
 
 
 def _provider_list(provider: _Provider) -> list:
-    """The provider with its options, then its fallbacks (ONNX Runtime adds the CPU provider last itself)."""
-    return [(provider.name, dict(provider.options)), *provider.fallbacks]
+    """The provider with its options, then its fallbacks (ONNX Runtime adds the CPU provider last itself).
+    The TensorRT provider shares one timing cache per process, so the gate's repeated builds reuse the
+    tactic timings; not its engine cache, which ONNX Runtime does not key on the weights (a converted model
+    with the graph of the last one would get the last one's engine)."""
+    options = dict(provider.options)
+    if provider.name == "TensorrtExecutionProvider":
+        options |= {"trt_timing_cache_enable": "True", "trt_timing_cache_path": _timing_cache_folder()}
+    return [(provider.name, options), *provider.fallbacks]
+
+
+@functools.cache
+def _timing_cache_folder() -> str:
+    folder = tempfile.mkdtemp(prefix="graphdoctor-trt-timing-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 @functools.cache
