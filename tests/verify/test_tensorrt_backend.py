@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -106,15 +107,14 @@ def test_the_build_mode_follows_the_file_and_the_tensorrt_version():
     assert build_mode(False, True, ("FP16",)) == "strongly-typed"  # TensorRT 10, an FP16 model
     assert build_mode(False, False, ()) == "strongly-typed"  # TensorRT 11 types every network strongly
     assert build_mode(True, True, ("FP16",)) == "fp16"  # tensorrt-fp16: the builder flag, TensorRT chooses
-    assert precision_text("fp32", ()) == "TensorRT FP32 engine (TF32 disabled)"
+    assert precision_text("fp32", ()) == "TensorRT FP32 engine (TF32 off)"
     assert precision_text("strongly-typed", ("FP16",)) == (
-        "TensorRT strongly typed engine: the model's own dtypes (FP16 where the file says FP16; TF32 disabled)"
+        "TensorRT strongly typed engine: the model's own dtypes (FP16 where the file says FP16; TF32 off)"
     )
     assert precision_text("strongly-typed", ("FP16", "BF16")) == (
-        "TensorRT strongly typed engine: the model's own dtypes (FP16/BF16 where the file says FP16/BF16; "
-        "TF32 disabled)"
+        "TensorRT strongly typed engine: the model's own dtypes (FP16/BF16 where the file says FP16/BF16; TF32 off)"
     )
-    fp32_strongly_typed = "TensorRT strongly typed engine: the model's own dtypes (TF32 disabled)"  # TensorRT 11
+    fp32_strongly_typed = "TensorRT strongly typed engine: the model's own dtypes (TF32 off)"  # TensorRT 11
     assert precision_text("strongly-typed", ()) == fp32_strongly_typed
     assert precision_text("fp16", ()) == get_backend("tensorrt-fp16").precision
 
@@ -297,9 +297,12 @@ def test_probing_for_a_cuda_device_never_raises():
 @pytest.mark.parametrize("fp16", [False, True])
 def test_without_tensorrt_the_backend_says_how_to_install_it(tmp_path: Path, fp16):
     backend = TensorrtBackend(fp16=fp16)
-    assert backend.unavailable_reason() == "tensorrt is not installed (pip install graphdoctor[gpu])"
+    missing = (
+        "tensorrt is not installed (pip install 'graphdoctor[tensorrt]' (TensorRT 10) or 'graphdoctor[tensorrt11]')"
+    )
+    assert backend.unavailable_reason() == missing
     model = save(linear(), tmp_path / "linear.onnx")
-    with pytest.raises(GraphDoctorError, match=r"^tensorrt is not installed \(pip install graphdoctor\[gpu\]\)$"):
+    with pytest.raises(GraphDoctorError, match=f"^{re.escape(missing)}$"):
         backend.run(model, {"x": np.zeros((3, 4), np.float32)})
     assert backend.placement() is None
 

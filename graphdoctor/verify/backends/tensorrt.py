@@ -93,10 +93,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WORKSPACE_ENV = "GRAPHDOCTOR_TENSORRT_WORKSPACE_MIB"
-_INSTALL = "pip install graphdoctor[gpu]"
-_FP32 = "TensorRT FP32 engine (TF32 disabled)"
+_INSTALL = "pip install 'graphdoctor[tensorrt]' (TensorRT 10) or 'graphdoctor[tensorrt11]'"
+_FP32 = "TensorRT FP32 engine (TF32 off)"
 _FP16 = "TensorRT FP16 engine (layers may still run in FP32 where TensorRT chooses)"
-_STRONGLY_TYPED = "TensorRT strongly typed engine: the model's own dtypes (TF32 disabled)"
+_STRONGLY_TYPED = "TensorRT strongly typed engine: the model's own dtypes (TF32 off)"
 _ENGINES_KEPT = 4
 _LOW_PRECISION = {ir.DataType.FLOAT16: "FP16", ir.DataType.BFLOAT16: "BF16"}
 
@@ -113,6 +113,7 @@ class TensorrtBackend(Backend):
         self.name = "tensorrt-fp16" if fp16 else "tensorrt"
         self.precision = _FP16 if fp16 else _FP32
         self.computes_fp16 = fp16
+        self.on_gpu = True
         self.unmarked: tuple[str, ...] = ()  # requested tensors the last run could not expose
         self._layers = ""  # the last run's engine layers, in words
 
@@ -220,7 +221,7 @@ def precision_text(mode: str, low_precision: Sequence[str]) -> str:
     if not low_precision:
         return _STRONGLY_TYPED  # TensorRT 11 on an FP32 model: FP32 throughout
     held = "/".join(low_precision)
-    return f"TensorRT strongly typed engine: the model's own dtypes ({held} where the file says {held}; TF32 disabled)"
+    return f"TensorRT strongly typed engine: the model's own dtypes ({held} where the file says {held}; TF32 off)"
 
 
 def workspace_bytes(mib: int | None, environ: Mapping[str, str] = os.environ) -> int | None:
