@@ -1,9 +1,13 @@
 """Measuring activation ranges: run the FP32 model on sample inputs and reduce each tensor as it comes.
 
 The reductions (`TensorRange`, what FP16 would do to a tensor) and the mask heuristics are pure and live in
-`analysis.ranges`; running a model belongs here, with the backends. Memory stays bounded: tensors are
-fetched a slice at a time (as extra graph outputs of one run), reduced to a few numbers each, and dropped
-before the next slice; several batches of inputs are measured one at a time and merged per tensor.
+`analysis.ranges`; running a model belongs here, with the backends. On ONNX Runtime CPU the reductions run
+inside the graph (`verify.statistics`): one session per model and one run per batch give every tensor's
+range as a few scalars, and ONNX Runtime frees each tensor as it goes. Tensors it cannot reach (subgraph
+tensors, unknown types), every tensor when the augmented graph does not load, and every tensor of a custom
+`run` are fetched instead, a slice at a time (as extra graph outputs of one run), reduced to a few numbers
+each, and dropped before the next slice. Several batches of inputs are measured one at a time and merged
+per tensor.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphdoctor.analysis.ranges import TensorRange, float_tensor_names, merge_ranges, range_of
+from graphdoctor.verify.statistics import InGraphStatistics, StatisticsUnavailable, measurable
 
 if TYPE_CHECKING:
     from graphdoctor.analysis.context import Analysis
@@ -55,22 +60,15 @@ def value_ranges(
     at `model_path`, run in FP32 on ONNX Runtime's CPU provider with `inputs`.
 
     `model` is the same model already loaded (its types inferred); `names` limits the tensors; `run` replaces
-    the ONNX Runtime run (it gets tensor names and returns their arrays), e.g. to measure another backend.
-    Subgraph tensors (If/Loop bodies) cannot be fetched from outside and are not measured.
+    the ONNX Runtime run (it gets tensor names and returns their arrays), e.g. to measure another backend,
+    and fetches every tensor a slice at a time. Without it the ranges are reduced inside the graph in one run
+    (`verify.statistics`). Subgraph tensors (If/Loop bodies) cannot be fetched from outside and are not measured.
     """
     if model is None:
         model = _typed_model(model_path)
-    if run is None:
-        run = _bound(_onnxruntime_batch_run(Path(model_path)), inputs)
     wanted = list(names) if names is not None else float_tensor_names(model)
-    producers = _producers(model)
-    ranges: dict[str, TensorRange] = {}
-    for fetched in iter_slices(run, wanted, budget_bytes):
-        for name, array in fetched.items():
-            if isinstance(array, np.ndarray) and array.dtype == np.float32:
-                node = producers.get(name)
-                ranges[name] = range_of(name, array, node)
-    return ranges
+    batch_run = None if run is None else _unbound(run)
+    return _Measurer(Path(model_path), model, wanted, budget_bytes, batch_run).ranges(inputs)
 
 
 def value_ranges_over(
@@ -84,25 +82,77 @@ def value_ranges_over(
 ) -> dict[str, TensorRange]:
     """`value_ranges` on each of `batches`, merged per tensor (`merge_ranges`). One batch is held at a time:
     pass a lazy sequence or a generator (verify.inputs.load_input_batches gives one), not a list of them all.
+    Without `run`, one session measures every batch, one run each.
 
     `run(feeds, names)` replaces the ONNX Runtime run, as `value_ranges`'s `run` does, for any batch.
     Raises ValueError on no batches: ranges measured on nothing would say every tensor is safe.
     """
     if model is None:
         model = _typed_model(model_path)
-    if run is None:
-        run = _onnxruntime_batch_run(Path(model_path))
     wanted = list(names) if names is not None else float_tensor_names(model)
+    measurer = _Measurer(Path(model_path), model, wanted, budget_bytes, run)
     merged: dict[str, TensorRange] | None = None
     for index, feeds in enumerate(batches):
         logger.info("measuring ranges on batch %d", index + 1)
-        measured = value_ranges(
-            model_path, feeds, model=model, names=wanted, budget_bytes=budget_bytes, run=_bound(run, feeds)
-        )
+        measured = measurer.ranges(feeds)
         merged = measured if merged is None else _merge_all(merged, measured)
     if merged is None:
         raise ValueError("value_ranges_over: no batches of inputs")
     return merged
+
+
+class _Measurer:
+    """Ranges of one model, batch after batch. On ONNX Runtime CPU, the tensors `verify.statistics` can reduce
+    inside the graph come from one session, one run a batch; the rest (subgraph tensors, unknown types), or
+    all of them when the augmented graph fails to load or run, are fetched a slice at a time as before. A
+    custom `run` (another backend, a segmented run) fetches every tensor: only it knows how to run the model."""
+
+    def __init__(
+        self, model_path: Path, model: ir.Model, names: Sequence[str], budget_bytes: int, run: BatchRun | None
+    ) -> None:
+        self.names, self.budget_bytes = list(names), budget_bytes
+        self._producers = _producers(model)
+        self._run = run if run is not None else _onnxruntime_batch_run(model_path)
+        inside, self._fetched = measurable(model, self.names) if run is None else ([], self.names)
+        self._statistics: InGraphStatistics | None = None
+        if inside:
+            try:
+                self._statistics = InGraphStatistics(model_path, model, inside)
+            except StatisticsUnavailable as why:
+                self._fallback(why)
+        if self._fetched and self._statistics is not None:
+            logger.info("ranges: %d tensors fetched (not reducible in the graph)", len(self._fetched))
+
+    def _fallback(self, why: Exception) -> None:
+        logger.info("ranges: in-graph statistics unavailable (%s); fetching every tensor instead", why)
+        self._statistics, self._fetched = None, self.names
+
+    def ranges(self, feeds: Mapping[str, np.ndarray]) -> dict[str, TensorRange]:
+        """Every tensor's range on one batch, in the order of `names`."""
+        measured: dict[str, TensorRange] = {}
+        if self._statistics is not None:
+            try:
+                measured = self._statistics.ranges(feeds)
+            except StatisticsUnavailable as why:
+                self._fallback(why)
+        if self._fetched:
+            measured |= _fetched_ranges(_bound(self._run, feeds), self._fetched, self._producers, self.budget_bytes)
+        return {name: measured[name] for name in self.names if name in measured}
+
+
+def _fetched_ranges(
+    run: Callable[[Sequence[str]], Mapping[str, np.ndarray]],
+    names: Sequence[str],
+    producers: Mapping[str, ir.Node],
+    budget_bytes: int,
+) -> dict[str, TensorRange]:
+    """The ranges of the float32 tensors among `names`, fetched a slice at a time by `run`."""
+    ranges: dict[str, TensorRange] = {}
+    for fetched in iter_slices(run, names, budget_bytes):
+        for name, array in fetched.items():
+            if isinstance(array, np.ndarray) and array.dtype == np.float32:
+                ranges[name] = range_of(name, array, producers.get(name))
+    return ranges
 
 
 def _merge_all(merged: Mapping[str, TensorRange], measured: Mapping[str, TensorRange]) -> dict[str, TensorRange]:
@@ -115,6 +165,11 @@ def _merge_all(merged: Mapping[str, TensorRange], measured: Mapping[str, TensorR
 
 def _bound(run: BatchRun, feeds: Mapping[str, np.ndarray]) -> Callable[[Sequence[str]], Mapping[str, np.ndarray]]:
     return lambda names: run(feeds, names)
+
+
+def _unbound(run: Callable[[Sequence[str]], Mapping[str, np.ndarray]]) -> BatchRun:
+    """A run already bound to its inputs, taking (and ignoring) the feeds of the one batch it measures."""
+    return lambda _feeds, names: run(names)
 
 
 def iter_slices(

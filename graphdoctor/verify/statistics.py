@@ -1,0 +1,240 @@
+"""Range statistics computed inside the graph: each watched tensor reduced to a few scalars by nodes added to a
+copy of the model, so that one ONNX Runtime session and one run per batch measure every tensor.
+
+Fetching the tensors themselves (as extra graph outputs) holds them all at once, so `verify.ranges` fetched a
+slice at a time: one session per slice, each run copying every fetched tensor out. Here the reductions run
+where the tensor lives; ONNX Runtime frees each intermediate after its last use, and only scalars come out.
+
+For each float32 tensor `x`, flattened and padded with one NaN (so that an empty tensor still has an element
+to reduce, and the pad counts nowhere but as non-finite, which the host subtracts):
+- `finite`: how many |x| < inf; `shape`: Shape(x), whose product is the size;
+- `argmin`/`argmax` and `min`/`max`: ArgMin/ArgMax (first occurrence) of x with non-finite values replaced by
+  +inf/-inf, and the values there;
+- `nonzero`, `above_flush`, `overflow`: how many finite |x| > 0, > 2^-25, >= 65520 (non-finite set to 0);
+  `overflow_negative`: how many finite x <= -65520.
+Counts are ReduceSum over Cast(bool -> int64), all reductions over every axis with no `axes` (the same in every
+opset: ReduceSum's axes became an input at 13, ReduceMin/Max's at 18). `range_from` turns the scalars into the
+`TensorRange` that `analysis.ranges.range_of` gives on the fetched tensor, number for number: its worst value
+breaks a tie of magnitude (min == -max) by the 1 Mi-element chunk each first occurs in, as range_of does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper
+
+from graphdoctor.analysis.graph import node_label
+from graphdoctor.analysis.ranges import _CHUNK, FP16_FLUSH, FP16_OVERFLOW, TensorRange
+from graphdoctor.errors import first_line
+
+__all__ = [
+    "MIN_OPSET",
+    "PREFIX",
+    "STATISTICS",
+    "InGraphStatistics",
+    "StatisticsUnavailable",
+    "add_statistics",
+    "measurable",
+    "nonempty_tensors",
+    "range_from",
+]
+
+PREFIX = "__gd_stat"
+MIN_OPSET = 9  # Where
+STATISTICS = ("shape", "finite", "argmin", "min", "argmax", "max", "nonzero", "above_flush", "overflow")
+STATISTICS += ("overflow_negative",)
+_BELOW_OVERFLOW = float(np.nextafter(np.float32(FP16_OVERFLOW), np.float32(0)))  # x > this <=> x >= 65520
+
+
+class StatisticsUnavailable(Exception):
+    """The augmented graph cannot be built, loaded or run; the caller fetches the tensors instead."""
+
+
+def measurable(model: ir.Model, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`names` split into those reduced in the graph (float32 tensors of the main graph: its inputs and node
+    outputs, of known type) and the rest (subgraph tensors, unknown types, sequences), left to fetching."""
+    if _opset(model) < MIN_OPSET:
+        return [], list(names)
+    values = {v.name: v for v in model.graph.inputs} | {v.name: v for n in model.graph for v in n.outputs}
+    inside, outside = [], []
+    for name in names:
+        value = values.get(name)
+        typed = value is not None and isinstance(value.type, ir.TensorType) and value.dtype == ir.DataType.FLOAT
+        (inside if typed else outside).append(name)
+    return inside, outside
+
+
+def nonempty_tensors(model: ir.Model) -> set[str]:
+    """Main-graph tensors whose static shape holds no zero (or unknown) dimension: never empty."""
+    values = [*model.graph.inputs, *(v for node in model.graph for v in node.outputs)]
+    return {v.name for v in values if v.shape is not None and all(isinstance(d, int) and d > 0 for d in v.shape)}
+
+
+def _opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.graph.opset_imports.get("", 1))
+
+
+def add_statistics(proto: onnx.ModelProto, names: Sequence[str], nonempty: Collection[str] = ()) -> None:
+    """Make the statistics of `names` the outputs of `proto` (`PREFIX/<i>/<statistic>`, i their index), each
+    tensor's reduction nodes placed right after its producer so that it can be freed early. The model's own
+    outputs are dropped: nodes that feed no statistic are pruned. Tensors in `nonempty` (a static shape
+    without zeros) need no NaN pad."""
+    graph = proto.graph
+    constants = _constants()
+    reductions = {name: _reduction_nodes(name, i, name not in nonempty) for i, name in enumerate(names)}
+    nodes = list(constants) + [n for name in _graph_inputs(graph, reductions) for n in reductions.pop(name)]
+    for node in graph.node:
+        nodes.append(node)
+        for output in node.output:
+            nodes.extend(reductions.pop(output, ()))
+    if reductions:
+        raise StatisticsUnavailable(f"no tensor named {next(iter(reductions))!r} in the main graph")
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.output[:]
+    graph.output.extend(onnx.ValueInfoProto(name=_stat(i, s)) for i in range(len(names)) for s in STATISTICS)
+
+
+def _graph_inputs(graph: onnx.GraphProto, reductions: Mapping[str, object]) -> list[str]:
+    names = [v.name for v in graph.input] + [t.name for t in graph.initializer]
+    return [name for name in dict.fromkeys(names) if name in reductions]
+
+
+def _stat(index: int, statistic: str) -> str:
+    return f"{PREFIX}/{index}/{statistic}"
+
+
+def _constants() -> list[onnx.NodeProto]:
+    """Shared scalars (Constant nodes, valid in every opset and IR version)."""
+    values = {"inf": math.inf, "-inf": -math.inf, "zero": 0.0, "flush": FP16_FLUSH}
+    values |= {"overflow": _BELOW_OVERFLOW, "-overflow": -_BELOW_OVERFLOW}
+    nodes = [_constant(name, TensorProto.FLOAT, [], [value]) for name, value in values.items()]
+    nodes.append(_constant("pad", TensorProto.FLOAT, [1], [math.nan]))
+    nodes.append(_constant("flat", TensorProto.INT64, [1], [-1]))
+    return nodes
+
+
+def _constant(name: str, dtype: int, dims: list[int], values: list) -> onnx.NodeProto:
+    tensor = helper.make_tensor(f"{PREFIX}/{name}", dtype, dims, values)
+    return helper.make_node("Constant", [], [f"{PREFIX}/{name}"], name=f"{PREFIX}/{name}", value=tensor)
+
+
+def _reduction_nodes(name: str, index: int, pad: bool) -> list[onnx.NodeProto]:
+    """The nodes reducing tensor `name` to its statistics (see the module docstring)."""
+    nodes: list[onnx.NodeProto] = []
+
+    def add(op: str, inputs: list[str], out: str, **attributes) -> str:
+        output = out if out.startswith(PREFIX) else f"{PREFIX}/{index}/t/{out}"
+        nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
+        return output
+
+    def const(key: str) -> str:
+        return f"{PREFIX}/{key}"
+
+    def count(mask: str, statistic: str) -> None:
+        counted = add("Cast", [mask], f"{statistic}_f64", to=TensorProto.DOUBLE)
+        add("ReduceSum", [counted], _stat(index, statistic), keepdims=0)
+
+    add("Shape", [name], _stat(index, "shape"))
+    flat = add("Reshape", [name, const("flat")], "flat")
+    padded = add("Concat", [flat, const("pad")], "padded", axis=0) if pad else flat
+    magnitude = add("Abs", [padded], "abs")
+    finite = add("Less", [magnitude, const("inf")], "is_finite")
+    count(finite, "finite")
+    for low, arg, fill in (("min", "ArgMin", "inf"), ("max", "ArgMax", "-inf")):
+        kept = add("Where", [finite, padded, const(fill)], f"for_{low}")
+        position = add(arg, [kept], _stat(index, f"arg{low}"), axis=0, keepdims=0)
+        add("Gather", [kept, position], _stat(index, low), axis=0)
+        if low == "min":
+            count(add("Less", [kept, const("-overflow")], "negative_overflow"), "overflow_negative")
+    finite_magnitude = add("Where", [finite, magnitude, const("zero")], "finite_abs")
+    for statistic, threshold in (("nonzero", "zero"), ("above_flush", "flush"), ("overflow", "overflow")):
+        count(add("Greater", [finite_magnitude, const(threshold)], f"over_{statistic}"), statistic)
+    return nodes
+
+
+def range_from(name: str, node: ir.Node | None, stats: Mapping[str, np.ndarray]) -> TensorRange:
+    """The TensorRange of one tensor from its statistics, equal to what `range_of` gives on the tensor."""
+    shape = tuple(int(d) for d in stats["shape"])
+    size = math.prod(shape)
+    finite = int(stats["finite"])
+    empty = finite == 0
+    low, high = float(stats["min"]), float(stats["max"])
+    worst = math.nan if empty else _worst(low, high, int(stats["argmin"]), int(stats["argmax"]))
+    nonzero = int(stats["nonzero"])
+    return TensorRange(
+        name=name,
+        node=node_label(node) if node is not None else None,
+        op_type=node.op_type if node is not None else None,
+        dtype="float32",
+        shape=shape,
+        size=size,
+        min=math.nan if empty else low,
+        max=math.nan if empty else high,
+        max_abs=abs(worst),
+        worst=worst,
+        overflow=int(stats["overflow"]),
+        overflow_negative=int(stats["overflow_negative"]),
+        flushed=nonzero - int(stats["above_flush"]),
+        nonzero=nonzero,
+        nonfinite=size - finite,
+    )
+
+
+def _worst(low: float, high: float, low_at: int, high_at: int) -> float:
+    """range_of's worst: the extreme of larger magnitude; on a tie, the one whose first occurrence's chunk
+    comes first (the low one within a chunk); 0.0 when every finite value is zero."""
+    if abs(low) != abs(high):
+        return low if abs(low) > abs(high) else high
+    if high == 0:
+        return 0.0
+    return low if low_at // _CHUNK <= high_at // _CHUNK else high
+
+
+class InGraphStatistics:
+    """One ONNX Runtime CPU session over the model with the statistics of `names` as its outputs, as deployed
+    (graph optimizations at their default); `ranges(feeds)` runs it once on a batch.
+
+    Raises StatisticsUnavailable when the augmented graph cannot be built or loaded."""
+
+    def __init__(self, model_path: Path, model: ir.Model, names: Sequence[str]) -> None:
+        import onnxruntime as ort
+
+        from graphdoctor.verify.backends.onnxruntime import EXTERNAL_FOLDER, quiet_session_options
+
+        self.names = list(names)
+        self._producers = {v.name: node for node in model.graph for v in node.outputs if v.name}
+        options = quiet_session_options()
+        options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(model_path.resolve().parent))
+        try:
+            proto = onnx.load_model(os.fspath(model_path), load_external_data=False)
+            add_statistics(proto, self.names, nonempty_tensors(model))
+            source = proto.SerializeToString()
+            del proto
+            self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except StatisticsUnavailable:
+            raise
+        except Exception as error:  # onnx and onnxruntime raise their own exception types
+            raise StatisticsUnavailable(first_line(error)) from None
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def ranges(self, feeds: Mapping[str, np.ndarray]) -> dict[str, TensorRange]:
+        """Every tensor's range on one batch. Raises StatisticsUnavailable when the run fails."""
+        from graphdoctor.verify.backends.onnxruntime import as_declared
+
+        try:
+            results = self._session.run(self._outputs, as_declared(self._session, feeds))
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise StatisticsUnavailable(first_line(error)) from None
+        scalars = dict(zip(self._outputs, results, strict=True))
+        return {
+            name: range_from(name, self._producers.get(name), {s: scalars[_stat(i, s)] for s in STATISTICS})
+            for i, name in enumerate(self.names)
+        }
