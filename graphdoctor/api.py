@@ -11,7 +11,7 @@ import dataclasses
 import gc
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,8 @@ from graphdoctor.verify import sample_inputs
 
 if TYPE_CHECKING:
     from graphdoctor.verify.compare import VerifyResult
+    from graphdoctor.verify.detections import DetectOptions
+    from graphdoctor.verify.images import Preprocessing
 
 __all__ = ["FixResult", "LintFailure", "LintResult", "fix", "lint", "verify"]
 
@@ -116,6 +118,10 @@ def verify(
     torch_program: str | os.PathLike[str] | None = None,
     layerwise: bool = False,
     layers_per_run: int | None = None,
+    task: str = "auto",
+    detect: DetectOptions | None = None,
+    images: Sequence[str | os.PathLike[str]] = (),
+    preprocessing: Preprocessing | None = None,
 ) -> VerifyResult:
     """Run `reference` on ONNX Runtime CPU and `candidate` (default: the reference itself) on each backend,
     on the same inputs, and compare every output at the tolerance preset ('auto': fp16 when either model
@@ -125,7 +131,11 @@ def verify(
     ONNX model exported from it, runs on each backend; no `candidate` then.
 
     `layerwise` also compares every float tensor both models compute under the same name, a slice per run
-    (`layers_per_run` tensors, else a 256 MiB budget), and names the first node beyond tolerance."""
+    (`layers_per_run` tensors, else a 256 MiB budget), and names the first node beyond tolerance.
+
+    `task` 'detect' compares what both models detect (`detect` says how to read detections; the detect preset
+    decides), 'auto' does so when the reference is a detector beyond doubt (saying why), 'tensor' never.
+    `images` (files or folders) are the inputs, preprocessed by `preprocessing` (letterbox, pad, channels)."""
     from graphdoctor.errors import GraphDoctorError
     from graphdoctor.verify import inputs as verify_inputs
     from graphdoctor.verify.backends import get_backend, require_onnxruntime
@@ -140,7 +150,16 @@ def verify(
     cand = load_model(candidate) if candidate is not None else ref
     _refuse_malformed(ref, cand)
     chosen = [get_backend(name) for name in backends]
-    if inputs is not None:
+    pictures, sources = [], []
+    if images:
+        if inputs is not None or shapes:
+            raise GraphDoctorError("--image gives the inputs: it does not combine with --inputs or --shape")
+        from graphdoctor.verify.images import Preprocessing as _Preprocessing
+        from graphdoctor.verify.images import find_images, image_batch
+
+        found = find_images(Path(image) for image in images)
+        feeds, source, pictures, sources = image_batch(ref.model, found, preprocessing or _Preprocessing())
+    elif inputs is not None:
         feeds = verify_inputs.bind_inputs(ref.model, verify_inputs.load_inputs(inputs))
         source = str(inputs)
     else:
@@ -153,10 +172,33 @@ def verify(
     if torch_program is not None:
         return _verify_against_torch(ref, Path(torch_program), chosen, feeds, source, tolerance)
     layers = _layerwise_options(layers_per_run) if layerwise else None
+    detection = _detection_task(task, ref.model, detect, sources, pictures)
     paths = ref.path, cand.path
     del ref, cand  # the parsed graphs hold the weights; the runs read the files themselves
     gc.collect()  # graphs are reference cycles: freed only by the collector
-    return verify_models(*paths, chosen, feeds, source, tolerance, layerwise=layers)
+    return verify_models(*paths, chosen, feeds, source, tolerance, layerwise=layers, detect=detection)
+
+
+def _detection_task(task: str, model, options, sources, pictures):
+    """What `task` asks of the comparison: detections when asked ('detect', or --layout/--boxes given), or,
+    under 'auto', when the model is a detector beyond doubt; None for tensors only."""
+    from graphdoctor.errors import GraphDoctorError
+    from graphdoctor.verify.compare import DetectionTask
+    from graphdoctor.verify.detections import DetectOptions, recognise_detector
+
+    if task not in ("auto", "detect", "tensor"):
+        raise GraphDoctorError(f"unknown task '{task}' (choose from auto, detect, tensor)")
+    if task == "tensor":
+        return None
+    asked = task == "detect" or options is not None
+    options = options or DetectOptions()
+    if options.layout is None and options.boxes is None:
+        recognised = recognise_detector(model)
+        if recognised is None and not asked:
+            return None
+        if recognised is not None:
+            options = dataclasses.replace(options, layout=recognised[0], layout_why=recognised[1])
+    return DetectionTask(options, tuple(sources), tuple(pictures), auto=not asked)
 
 
 def _refuse_malformed(*models) -> None:

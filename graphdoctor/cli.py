@@ -72,6 +72,21 @@ class _FiniteFloat(click.FloatRange):
         return number
 
 
+class _Scale(_FiniteFloat):
+    """A number or a fraction as users write pixel scales: 1/255, 0.00392."""
+
+    name = "scale"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and "/" in value:
+            numerator, _, denominator = value.partition("/")
+            try:
+                value = float(numerator) / float(denominator)
+            except (ValueError, ZeroDivisionError):
+                self.fail(f"{value!r} is not a number or a fraction such as 1/255", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def _log_verbosely(_ctx: click.Context, _param: click.Parameter, verbose: bool) -> None:
     if verbose:
         logging.getLogger().setLevel(logging.INFO)
@@ -121,6 +136,70 @@ tensorrt_workspace_option = click.option(
     callback=_set_tensorrt_workspace,
     help="Native TensorRT's builder workspace limit (default: TensorRT's; env GRAPHDOCTOR_TENSORRT_WORKSPACE_MIB).",
 )
+
+
+def detection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--task and how to read and judge detections; --image and how to preprocess the images."""
+
+    @click.option(
+        "--task",
+        type=click.Choice(["auto", "detect", "tensor"]),
+        default="auto",
+        show_default=True,
+        help="detect: also compare what both models detect (the detect preset decides); auto: when the model "
+        "is a detector beyond doubt (ultralytics' head or metadata, NMS inside), saying so.",
+    )
+    @click.option(
+        "--layout", type=click.Choice(["ultralytics", "yolov5", "end-to-end"]), help="How outputs hold detections."
+    )
+    @click.option("--boxes", metavar="OUTPUT", help="The output holding boxes (x1, y1, x2, y2), for other layouts.")
+    @click.option("--scores", metavar="OUTPUT", help="With --boxes: the scores output ([B, K] or [B, K, classes]).")
+    @click.option("--classes", metavar="OUTPUT", help="With --boxes: the class-index output.")
+    @click.option("--score-threshold", type=_FiniteFloat(0, 1), default=0.25, show_default=True)
+    @click.option("--nms-iou", type=_FiniteFloat(0, 1), default=0.45, show_default=True)
+    @click.option(
+        "--image",
+        "images",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="Images (or folders of them) as the inputs, preprocessed as below. Needs graphdoctor[images].",
+    )
+    @click.option("--letterbox", type=click.IntRange(min=1), metavar="SIZE", help="Letterbox images to SIZE×SIZE.")
+    @click.option("--pad-value", type=_FiniteFloat(0, 255), default=114.0, show_default=True, help="Letterbox padding.")
+    @click.option("--rgb/--bgr", "rgb", default=True, show_default=True, help="Channel order the model takes.")
+    @click.option("--scale", type=_Scale(0, 1), default="1/255", show_default=True, help="Pixel scale (1/255, 1).")
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return command(*args, **kwargs)
+
+    return wrapper
+
+
+def _detection_arguments(options: dict[str, Any]) -> dict[str, Any]:
+    """api.verify's task, detect, images and preprocessing from the command line."""
+    from graphdoctor.verify.detections import DetectOptions
+    from graphdoctor.verify.images import Preprocessing
+
+    named = {key: options[key] for key in ("boxes", "scores", "classes")}
+    given = options["layout"] is not None or any(named.values())
+    if (options["scores"] or options["classes"]) and not options["boxes"]:
+        raise GraphDoctorError("--scores and --classes name outputs with --boxes")
+    defaults = DetectOptions()
+    tuned = (options["score_threshold"], options["nms_iou"]) != (defaults.score_threshold, defaults.nms_iou)
+    detect = (
+        DetectOptions(
+            layout=options["layout"], score_threshold=options["score_threshold"], nms_iou=options["nms_iou"], **named
+        )
+        if given or tuned
+        else None
+    )
+    preprocessing = Preprocessing(
+        size=options["letterbox"],
+        pad_value=options["pad_value"],
+        channels="rgb" if options["rgb"] else "bgr",
+        scale=options["scale"],
+    )
+    return {"task": options["task"], "detect": detect, "images": options["images"], "preprocessing": preprocessing}
 
 
 def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -529,6 +608,7 @@ def _as_list(value: Any) -> list[str]:
     metavar="N",
     help="With --layerwise: expose N tensors per run (default: as many as fit 256 MiB for both models).",
 )
+@detection_options
 @click.option("--format", "output_format", type=click.Choice(VERIFY_FORMATS), default="text", show_default=True)
 @click.option(
     "--output",
@@ -566,6 +646,7 @@ def verify(ctx: click.Context, reference: Path, candidate: Path | None, **option
         torch_program=options["torch_program"],
         layerwise=options["layerwise"],
         layers_per_run=options["layers_per_run"],
+        **_detection_arguments(options),
     )
     _render_verify(result, options["output_format"], options["report_path"])
     if not any(v.ran for v in result.verdicts):

@@ -328,8 +328,10 @@ _DETAIL_RENDERERS: dict = {}
 
 def _register_detail_renderers() -> None:
     """Imported here, at render time: `lint` renders through this module and never needs them."""
+    from graphdoctor.report.detections import render_detections
     from graphdoctor.report.layerwise import render_layerwise
 
+    _DETAIL_RENDERERS.setdefault("detections", render_detections)
     _DETAIL_RENDERERS.setdefault("layerwise", render_layerwise)
 
 

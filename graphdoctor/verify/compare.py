@@ -32,9 +32,10 @@ from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
 from graphdoctor.verify.metrics import TensorComparison, Tolerance, compare_values
 
 if TYPE_CHECKING:
+    from graphdoctor.verify.detections import DetectOptions
     from graphdoctor.verify.layerwise import LayerwiseOptions
 
-__all__ = ["BackendVerdict", "VerifyResult", "compare_outputs", "verify_models"]
+__all__ = ["BackendVerdict", "DetectionTask", "VerifyResult", "compare_outputs", "verify_models"]
 
 ORACLE = "onnxruntime-cpu"
 
@@ -102,6 +103,7 @@ def verify_models(
     layerwise: LayerwiseOptions | None = None,
     oracle: Backend | None = None,
     integers: bool = True,
+    detect: DetectionTask | None = None,
 ) -> VerifyResult:
     """`tolerance` is one for all backends, or a function choosing one per backend (FP16 backends get the
     fp16 preset under 'auto'); `VerifyResult.tolerance` is the first backend's.
@@ -112,6 +114,9 @@ def verify_models(
     `layerwise` adds, to each verdict whose backend ran, the comparison of the tensors both ONNX models
     share (details["layerwise"]). `integers` compares, on each backend that ran, the integer and bool tensors
     both ONNX models compute from float values, exactly (details["integer_tensors"]); a difference fails.
+
+    `detect` compares what both models detect (details["detections"]): the detect preset then decides each
+    verdict that has detections to compare, the tensor metrics stay beside it.
 
     A reference the oracle cannot run gives every available backend a verdict 'error', not an exception."""
     start = time.perf_counter()
@@ -128,7 +133,7 @@ def verify_models(
                 reference, candidate, first, inputs, input_source, verdicts, time.perf_counter() - start
             )
     verdicts = [
-        _verdict(backend, reference, candidate, inputs, expected, tolerance_of(backend)) for backend in backends
+        _verdict(backend, reference, candidate, inputs, expected, tolerance_of(backend), detect) for backend in backends
     ]
     if integers and reference_outputs is None:
         verdicts = [
@@ -150,6 +155,7 @@ def _verdict(
     inputs: Mapping[str, np.ndarray],
     expected: Mapping[str, np.ndarray],
     tolerance: Tolerance,
+    detect: DetectionTask | None = None,
 ) -> BackendVerdict:
     reason = backend.unavailable_reason()
     if reason:
@@ -169,9 +175,49 @@ def _verdict(
     reason = f"{len(failed)} of {len(outputs)} outputs differ beyond {tolerance.describe()}" if failed else ""
     details = _explain(backend, candidate, inputs, actual) if failed else {}
     reason += "".join(f"; {d['message']}" for d in details.values() if isinstance(d, dict) and "message" in d)
+    if detect is not None:
+        status, reason, details = _judged_by_detections(detect, expected, actual, status, reason, details)
     return BackendVerdict(
         backend.name, backend.precision, status, reason, outputs, details, tolerance, placement=placement
     )
+
+
+@dataclass(frozen=True)
+class DetectionTask:
+    """`verify --task detect`: how to read detections, and where the inputs came from (one name per image)."""
+
+    options: DetectOptions
+    sources: tuple[str, ...] = ()
+    images: tuple = ()  # per image, the preprocessed input as uint8 HWC RGB, for the report's drawings
+    auto: bool = False  # not asked for: the model was recognised as a detector
+
+
+def _judged_by_detections(
+    detect: DetectionTask, expected, actual, status: str, reason: str, details: dict
+) -> tuple[str, str, dict]:
+    """The detect preset decides where the reference detected something; the tensor verdict stays beside it.
+    With nothing detected in the reference, the preset would pass anything: the tensor tolerance decides."""
+    from graphdoctor.verify.detections import detection_report
+
+    try:
+        report = detection_report(expected, actual, detect.options, detect.sources, detect.images)
+    except GraphDoctorError as error:
+        return (
+            status,
+            f"{reason}; detections not compared: {error}" if reason else f"detections not compared: {error}",
+            details,
+        )
+    report["auto"] = detect.auto
+    details = {**details, "detections": report}
+    tensors = f" (tensor metrics: {reason})" if reason else ""
+    if not sum(image["reference"] for image in report["images"]):
+        report["decides"] = False
+        why = f"no detection above {detect.options.score_threshold:g} in the reference: the tensor tolerance decides"
+        return status, f"{reason}; {why}" if reason else why, details
+    report["decides"] = True
+    if report["passed"]:
+        return "passed", f"{report['message']}{tensors}", details
+    return "failed", f"detections changed beyond the {detect.options.preset.describe()}{tensors}", details
 
 
 def _limit_of_backend(
