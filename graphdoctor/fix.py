@@ -130,42 +130,52 @@ def fix(
     start = time.perf_counter()
     source = Path(path)
     destination = _fix_target(source, output, in_place, f".{fp16.precision.key}" if fp16 is not None else ".fixed")
-    chosen = select_rules(load_rules(), select, ignore)
-    policy = FixPolicy(unsafe=unsafe_fixes, opt_ins=frozenset(opt_ins))
-    pipeline = _Pipeline(chosen, policy, rule_options, fp16, as_target(target))
-    loaded = load_model(source)
-    _refuse_unreadable(loaded)
-    use_external = _use_external_data(external_data, loaded.model)  # from the input, before weights are replaced
-    if not in_place:
-        data_file = [destination.with_name(f"{destination.name}.data")] if use_external else []
-        refuse_overwriting([destination, *data_file], input_files(loaded))
-    size_before = disk_size(loaded)
-    gate = verify and not dry_run
-    measure = gate or (fp16 is not None and (inputs is not None or bool(shapes)))
-    batches = sample_batches(loaded.model, inputs, shapes, seed) if measure else None
-    feeds = batches[0] if batches else None
-    input_source = _input_source(inputs, seed, batches)
-    if fp16 is not None and batches:
-        pipeline.ranges = _activation_ranges(source, batches, size_before)
-    pipeline.strip_metadata = strip_metadata
-    pipeline.run(loaded.model, loaded.path)
-    result = functools.partial(_fix_result, source, destination, size_before, dry_run)
-    if dry_run or not (pipeline.changed or output is not None):
-        return result(pipeline, None, False, None, [], time.perf_counter() - start)
-    check = _Gate(source, feeds, input_source, size_before) if gate else None
-    with writing(destination):
-        return _write_verified(loaded.model, destination, use_external, pipeline, check, fp16_repairs, result, start)
+    with _DeployedChecks(fp16 is not None and not dry_run) as deployed:
+        chosen = select_rules(load_rules(), select, ignore)
+        policy = FixPolicy(unsafe=unsafe_fixes, opt_ins=frozenset(opt_ins))
+        pipeline = _Pipeline(chosen, policy, rule_options, fp16, as_target(target))
+        loaded = load_model(source)
+        _refuse_unreadable(loaded)
+        use_external = _use_external_data(external_data, loaded.model)  # from the input, before weights are replaced
+        if not in_place:
+            data_file = [destination.with_name(f"{destination.name}.data")] if use_external else []
+            refuse_overwriting([destination, *data_file], input_files(loaded))
+        size_before = disk_size(loaded)
+        gate = verify and not dry_run
+        measure = gate or (fp16 is not None and (inputs is not None or bool(shapes)))
+        batches = sample_batches(loaded.model, inputs, shapes, seed) if measure else None
+        feeds = batches[0] if batches else None
+        input_source = _input_source(inputs, seed, batches)
+        if fp16 is not None and batches:
+            pipeline.ranges = _activation_ranges(source, batches, size_before)
+        pipeline.strip_metadata = strip_metadata
+        pipeline.run(loaded.model, loaded.path)
+        result = functools.partial(_fix_result, source, destination, size_before, dry_run)
+        if dry_run or not (pipeline.changed or output is not None):
+            return result(pipeline, None, False, None, [], time.perf_counter() - start)
+        check = _Gate(source, feeds, input_source, size_before) if gate else None
+        with writing(destination):
+            return _write_verified(
+                loaded.model, destination, use_external, pipeline, check, fp16_repairs, result, start, deployed
+            )
 
 
-def _write_verified(model, target: Path, use_external: bool, pipeline: _Pipeline, check, repairs: int, result, start):
+def _write_verified(
+    model, target: Path, use_external: bool, pipeline: _Pipeline, check, repairs: int, result, start, deployed
+):
     """Stage, verify, commit; after a failed FP16 verification, keep the diverging node FP32 and try again."""
     while True:
-        staged = None
+        staged = deploying = None
         try:
             staged = stage_model(model, target, use_external)
+            deploying = _submit_deployable(staged, pipeline, deployed)
+            staged.sync()  # waits for the disk while the child builds its session
             _check_valid(staged.path)
-            _check_deployable(staged, pipeline)
-            verification = check.run(staged.path, pipeline) if check is not None else _check_loads(staged, pipeline)
+            if check is None:
+                _check_loads_meanwhile(deploying, staged, pipeline)
+            else:
+                _deployable_verdict(deploying)
+            verification = check.run(staged.path, pipeline) if check is not None else None
             _refuse_unrunnable_reference(verification)
             if verification is None or verification.passed:
                 size_after = staged.size()
@@ -182,6 +192,8 @@ def _write_verified(model, target: Path, use_external: bool, pipeline: _Pipeline
                 pipeline.hint(diverging)
                 return result(pipeline, None, False, verification, [], time.perf_counter() - start)
         finally:
+            if deploying is not None:
+                deploying.close()
             if staged is not None:
                 staged.discard()
         model = pipeline.retry(check.source, diverging)
@@ -373,18 +385,60 @@ def _check_valid(written: Path) -> None:
         ) from None
 
 
-def _check_deployable(staged, pipeline: _Pipeline) -> None:
-    """A converted model must load where users load it: a default ONNX Runtime session, all optimizations
-    on, where fusions meet FP16 patterns no test of ours runs (models of 1 GiB or less)."""
-    from graphdoctor.verify.backends.onnxruntime import check_loads_as_deployed
+class _DeployedChecks:
+    """Children building the default ONNX Runtime session a converted model must load in (`_submit_deployable`).
+    With --fp16 the first starts with `fix`, so it imports ONNX Runtime while the rules and the conversion run;
+    each later one (after a repair) when it is needed."""
 
+    def __init__(self, early: bool) -> None:
+        from graphdoctor.verify.backends.onnxruntime import DeployedSessionCheck
+
+        self._ready = DeployedSessionCheck() if early else None
+
+    def take(self):
+        from graphdoctor.verify.backends.onnxruntime import DeployedSessionCheck
+
+        ready, self._ready = self._ready, None
+        return ready if ready is not None else DeployedSessionCheck()
+
+    def __enter__(self) -> _DeployedChecks:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._ready is not None:
+            self._ready.close()
+
+
+def _submit_deployable(staged, pipeline: _Pipeline, deployed: _DeployedChecks):
+    """A converted model must load where users load it: a default ONNX Runtime session, all optimizations
+    on, where fusions meet FP16 patterns no test of ours runs (models of 1 GiB or less). Handed to a child
+    now, judged by `_deployable_verdict`; None when not checked."""
     converted = pipeline.fp16 is not None and not pipeline.fp16.already_fp16
-    if converted and staged.size() <= SEGMENTED_ABOVE:
-        bf16 = pipeline.fp16_options.precision.key == "bf16"
-        try:
-            check_loads_as_deployed(staged.path, tolerate_missing_kernels=bf16)
-        except GraphDoctorError as error:
-            raise GraphDoctorError(f"{error}; nothing was written") from None
+    if not converted or staged.size() > SEGMENTED_ABOVE:
+        return None
+    child = deployed.take()
+    child.submit(staged.path, tolerate_missing_kernels=pipeline.fp16_options.precision.key == "bf16")
+    return child
+
+
+def _deployable_verdict(deploying) -> None:
+    if deploying is None:
+        return
+    try:
+        deploying.verdict()
+    except GraphDoctorError as error:
+        raise GraphDoctorError(f"{error}; nothing was written") from None
+
+
+def _check_loads_meanwhile(deploying, staged, pipeline: _Pipeline) -> None:
+    """Without the gate: the load check in this process runs while the child builds its session; the child's
+    verdict still comes first, as when the two ran one after the other."""
+    try:
+        _check_loads(staged, pipeline)
+    except GraphDoctorError:
+        _deployable_verdict(deploying)
+        raise
+    _deployable_verdict(deploying)
 
 
 def _check_loads(staged, pipeline: _Pipeline) -> None:

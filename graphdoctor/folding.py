@@ -47,14 +47,9 @@ def run_node(
     divisor = operands[1] if node.op_type in ("Div", "Mod") and len(operands) > 1 else None
     if divisor is not None and divisor.dtype.kind in "iu" and not divisor.all():
         return None
-    from onnx.reference import ReferenceEvaluator  # 0.1 s to import: only when a node is folded
-
-    try:
-        with np.errstate(all="ignore"):
-            results = ReferenceEvaluator(_one_node_model(node, operands, versions)).run(None, _feeds(operands))
-    except Exception:  # the reference runtime rejects what it cannot compute; then it is not folded
+    arrays = _evaluated(_one_node_model(node, operands, versions), operands)
+    if arrays is None:
         return None
-    arrays = [np.asarray(result) for result in results]
     for value, array in zip(node.outputs, arrays, strict=True):
         declared = value.dtype
         if array.dtype.kind not in "iub" or array.nbytes > budget:
@@ -62,6 +57,37 @@ def run_node(
         if declared is not None and declared != ir.DataType.from_numpy(array.dtype):
             return None
     return arrays
+
+
+# One-node evaluations by (serialized model, operands): a pure function of the key, so never stale. GD001 runs
+# once per round of `fix`, each time on the same shape arithmetic; building an evaluator costs ~2 ms a node.
+_EVALUATED: dict[tuple[bytes, tuple], list[np.ndarray] | None] = {}
+_EVALUATED_MAX = 4096
+
+
+def _evaluated(model: onnx.ModelProto, operands: Sequence[np.ndarray | None]) -> list[np.ndarray] | None:
+    """The one-node model's outputs from ONNX's reference runtime, or None when it rejects them."""
+    key = (
+        model.SerializeToString(),
+        tuple(None if a is None else (a.dtype.str, a.shape, a.tobytes()) for a in operands),
+    )
+    if key not in _EVALUATED:
+        if len(_EVALUATED) >= _EVALUATED_MAX:
+            _EVALUATED.clear()
+        _EVALUATED[key] = _evaluate(model, operands)
+    arrays = _EVALUATED[key]
+    return None if arrays is None else [array.copy() for array in arrays]  # callers own what they get
+
+
+def _evaluate(model: onnx.ModelProto, operands: Sequence[np.ndarray | None]) -> list[np.ndarray] | None:
+    from onnx.reference import ReferenceEvaluator  # 0.1 s to import: only when a node is folded
+
+    try:
+        with np.errstate(all="ignore"):
+            results = ReferenceEvaluator(model).run(None, _feeds(operands))
+    except Exception:  # the reference runtime rejects what it cannot compute; then it is not folded
+        return None
+    return [np.asarray(result) for result in results]
 
 
 def constant_value(

@@ -9,8 +9,8 @@ in any graph, subgraph or function body (we never open a file outside it). Exter
 shorter than declared does not stop loading: rule GD014 reports it, and readers of tensor values skip it.
 
 Writing never leaves a half-written model behind: `stage_model` writes the model (and its external data)
-into a hidden folder beside the target, and `StagedModel.commit` renames the files into place, the data
-first and the .onnx last, so a reader never finds a model without its weights. A full disk, a file-size
+into a hidden folder beside the target, and `StagedModel.commit` renames the files into place once they are on
+disk, the data first and the .onnx last, so a reader never finds a model without its weights. A full disk, a file-size
 limit or an interrupt discard the folder and raise one clear error; the input is never touched.
 """
 
@@ -504,11 +504,16 @@ def _inline_external(part: onnx.TensorProto, base_dir: Path) -> None:
 
 @dataclass
 class StagedModel:
-    """A model written into a hidden folder beside `target`; `commit` moves it into place, `discard` drops it."""
+    """A model written into a hidden folder beside `target`; `commit` moves it into place, `discard` drops it.
+
+    Its files reach the disk (fsync) in `sync`, which `commit` calls if nobody did: a caller may sync while a
+    check reads the files (from the page cache), and a staging that is only verified and discarded never waits
+    for the disk."""
 
     folder: Path
     target: Path
     data_name: str | None  # the external data file's name, if the model has one
+    synced: bool = False
 
     @property
     def path(self) -> Path:
@@ -519,8 +524,24 @@ class StagedModel:
         """Bytes written: the model file and its external data."""
         return sum(file.stat().st_size for file in self.folder.iterdir())
 
+    def sync(self) -> None:
+        """Flush the written files to the disk, so the renames of `commit` never publish unwritten data."""
+        if self.synced:
+            return
+        try:
+            for name in (self.data_name, self.target.name):
+                if name is not None:
+                    with open(self.folder / name, "r+b") as file:
+                        os.fsync(file.fileno())
+        except OSError as error:
+            raise GraphDoctorError(
+                f"cannot write {self.target}: {error.strerror or first_line(error)}; nothing was written"
+            ) from None
+        self.synced = True
+
     def commit(self) -> None:
         try:
+            self.sync()
             if self.data_name is not None:
                 os.replace(self.folder / self.data_name, self.target.parent / self.data_name)
             os.replace(self.path, self.target)
@@ -665,9 +686,7 @@ def _store_tensors(model: ir.Model, folder: Path, data_name: str | None) -> None
                 store(ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name))
     finally:
         if data is not None:
-            data.flush()
-            os.fsync(data.fileno())
-            data.close()
+            data.close()  # synced by `StagedModel.sync`
 
 
 def _append(tensor: ir.TensorProtocol, data, data_name: str, folder: Path) -> ir.ExternalTensor:
@@ -715,6 +734,4 @@ def _write_proto(model: ir.Model, path: Path) -> None:
             " 2 GiB limit: write it with --external-data"
         ) from None
     with open(path, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
+        file.write(data)  # synced by `StagedModel.sync`

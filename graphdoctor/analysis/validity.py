@@ -132,6 +132,7 @@ def _graph_defects(
             yield from _initializer_defects(value)
         yield from _declared_type_defects(graph)
     imported = {_domain(domain) for domain in opsets}
+    dtypes: dict[int, ir.DataType | None] = {}  # `_known_dtype` per value: a Constant's output is read twice or more
     for node in graph:
         yield from _attribute_tensor_defects(node)
         if _domain(node.domain) not in imported:  # no version: nothing can say what the op means
@@ -143,7 +144,7 @@ def _graph_defects(
             continue  # a call of the model's own function: its body is checked as a graph of its own
         schema = _schema(node.op_type, _domain(node.domain), opsets.get(_domain(node.domain)) or 0)
         if schema is not None:
-            yield from _schema_defects(node, schema)
+            yield from _schema_defects(node, schema, dtypes)
 
 
 def _declared_type_defects(graph: ir.Graph) -> Iterator[Defect]:
@@ -231,9 +232,11 @@ def _schema(op_type: str, domain: str, version: int) -> onnx.defs.OpSchema | Non
         return None
 
 
-def _schema_defects(node: ir.Node, schema: onnx.defs.OpSchema) -> Iterator[Defect]:
+def _schema_defects(
+    node: ir.Node, schema: onnx.defs.OpSchema, dtypes: dict[int, ir.DataType | None]
+) -> Iterator[Defect]:
     subject = f"{node.op_type} '{node_label(node)}'"
-    for defect in (*_attribute_defects(node, schema), *_signature_defects(node, schema)):
+    for defect in (*_attribute_defects(node, schema), *_signature_defects(node, schema, dtypes)):
         kind, problem = defect
         yield Defect(kind, subject, problem, node=node, values=tuple(node.outputs))
 
@@ -282,7 +285,9 @@ def _dtype_attr_problem(name: str, value: int, schema: onnx.defs.OpSchema) -> st
     return ""
 
 
-def _signature_defects(node: ir.Node, schema: onnx.defs.OpSchema) -> Iterator[tuple[str, str]]:
+def _signature_defects(
+    node: ir.Node, schema: onnx.defs.OpSchema, dtypes: dict[int, ir.DataType | None]
+) -> Iterator[tuple[str, str]]:
     """Input and output counts, required inputs, and the element types the type constraints allow (one
     type per constraint across the node's inputs and outputs, unless its parameter is heterogeneous)."""
     inputs, outputs = list(node.inputs), list(node.outputs)
@@ -304,7 +309,7 @@ def _signature_defects(node: ir.Node, schema: onnx.defs.OpSchema) -> Iterator[tu
                 if formal.option == _SINGLE and what == "input":
                     yield "signature", f"lacks its required input {index} ('{formal.name}')"
                 continue
-            problem = _element_type_problem(schema, what, index, value, formal, bound)
+            problem = _element_type_problem(schema, what, index, value, formal, bound, dtypes)
             if problem:
                 yield "type", problem
     if node.op_type == "Loop" and not any(v is not None and v.name for v in inputs[:2]):
@@ -323,8 +328,11 @@ def _element_type_problem(
     value: ir.Value,
     formal: onnx.defs.OpSchema.FormalParameter,
     bound: dict[str, tuple[ir.DataType, str]],
+    dtypes: dict[int, ir.DataType | None],
 ) -> str:
-    dtype = _known_dtype(value)
+    if id(value) not in dtypes:
+        dtypes[id(value)] = _known_dtype(value)
+    dtype = dtypes[id(value)]
     allowed = _allowed(schema, formal.type_str)
     if dtype is None or allowed is None:
         return ""
@@ -357,10 +365,12 @@ def _known_dtype(value: ir.Value) -> ir.DataType | None:
     return None if dtype in (None, ir.DataType.UNDEFINED) else dtype
 
 
+@functools.cache  # schemas come from `_schema`, itself cached: one entry per schema in use
 def _constraints(schema: onnx.defs.OpSchema) -> dict[str, frozenset[str]]:
     return {c.type_param_str: frozenset(c.allowed_type_strs) for c in schema.type_constraints}
 
 
+@functools.cache
 def _allowed(schema: onnx.defs.OpSchema, type_str: str) -> frozenset[str] | None:
     """The tensor types a parameter takes (the plain tensors among them, for parameters that take sequences
     or optionals too: only plain tensors are judged); None when it takes no plain tensor."""

@@ -26,6 +26,7 @@ from graphdoctor.verify.backends import Backend, BackendUnavailable, gpu
 
 __all__ = [
     "EXTERNAL_FOLDER",
+    "DeployedSessionCheck",
     "OnnxruntimeBackend",
     "as_declared",
     "as_written",
@@ -248,34 +249,75 @@ def check_loads(model: Path) -> None:
 
 
 _DEFAULT_SESSION = (
-    "import sys, onnxruntime as ort\n"
+    "import os, sys, onnxruntime as ort\n"
+    "line = sys.stdin.readline()\n"
+    "if not line:\n"
+    "    sys.exit(0)\n"
     "options = ort.SessionOptions(); options.log_severity_level = 4\n"
     "try:\n"
-    "    ort.InferenceSession(sys.argv[1], options, providers=['CPUExecutionProvider'])\n"
+    "    ort.InferenceSession(os.fsdecode(bytes.fromhex(line)), options, providers=['CPUExecutionProvider'])\n"
     "except Exception as error:\n"
     "    print(str(error).splitlines()[0] if str(error) else type(error).__name__); sys.exit(1)\n"
 )
 
 
-def check_loads_as_deployed(model: Path, tolerate_missing_kernels: bool = False) -> None:
-    """Raise unless ONNX Runtime CPU builds a default session (every graph optimization on, as users load it)
-    from `model`. Built in a child process: ONNX Runtime's optimizers crash on some valid FP16 graphs (a
-    segmentation fault in 1.24 and 1.32), which in this process would end graphdoctor without a word.
-    `tolerate_missing_kernels`: a NOT_IMPLEMENTED (no BF16 kernel on this provider) is not a failure."""
-    import subprocess
-    import sys
+class DeployedSessionCheck:
+    """ONNX Runtime CPU building a default session (every graph optimization on, as users load it) from one
+    model, in a child process: ONNX Runtime's optimizers crash on some valid FP16 graphs (a segmentation fault
+    in 1.24 and 1.32), which in this process would end graphdoctor without a word.
 
-    child = subprocess.run(
-        [sys.executable, "-c", _DEFAULT_SESSION, os.fspath(model)], capture_output=True, text=True, check=False
-    )
-    if child.returncode == 0:
-        return
-    why = child.stdout.strip() or first_line(child.stderr) or f"exit status {child.returncode}"
-    if child.returncode < 0:
-        why = f"ONNX Runtime crashed (signal {-child.returncode}) building the session, a bug of ONNX Runtime"
-    elif tolerate_missing_kernels and "NOT_IMPLEMENTED" in why:
-        return
-    raise GraphDoctorError(f"the model as written does not load in a default ONNX Runtime session: {why}")
+    The child starts at once and imports ONNX Runtime (most of its cost) while the caller goes on working;
+    `submit` hands it the model (its path as hex on stdin: any file name passes), `verdict` waits for it.
+    `tolerate_missing_kernels`: a NOT_IMPLEMENTED (no BF16 kernel on this provider) is not a failure."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        self._child = subprocess.Popen(
+            [sys.executable, "-c", _DEFAULT_SESSION],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._tolerate = False
+
+    def submit(self, model: Path, tolerate_missing_kernels: bool = False) -> None:
+        self._tolerate = tolerate_missing_kernels
+        try:
+            self._child.stdin.write(os.fsencode(model).hex().encode() + b"\n")
+            self._child.stdin.flush()
+        except BrokenPipeError:  # the child is gone already: `verdict` says why
+            pass
+
+    def verdict(self) -> None:
+        """Raise unless the child built the session."""
+        stdout, stderr = (stream.decode(errors="replace") for stream in self._child.communicate())
+        code = self._child.returncode
+        if code == 0:
+            return
+        why = stdout.strip() or first_line(stderr) or f"exit status {code}"
+        if code < 0:
+            why = f"ONNX Runtime crashed (signal {-code}) building the session, a bug of ONNX Runtime"
+        elif self._tolerate and "NOT_IMPLEMENTED" in why:
+            return
+        raise GraphDoctorError(f"the model as written does not load in a default ONNX Runtime session: {why}")
+
+    def close(self) -> None:
+        """End a child never given a model, or given one whose verdict is no longer wanted."""
+        if self._child.returncode is None:
+            self._child.kill()
+            self._child.communicate()
+
+
+def check_loads_as_deployed(model: Path, tolerate_missing_kernels: bool = False) -> None:
+    """Raise unless ONNX Runtime CPU builds a default session from `model` (`DeployedSessionCheck`)."""
+    check = DeployedSessionCheck()
+    try:
+        check.submit(model, tolerate_missing_kernels)
+        check.verdict()
+    finally:
+        check.close()
 
 
 def as_written(options) -> None:
