@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test fixtures fuzz bench-lint bench-verify bench-fix bench-fp16 gpu-check gpu-fallback-venv clean
+.PHONY: demo test fixtures chromium fuzz bench-lint bench-verify bench-fix bench-fp16 gpu-check gpu-fallback-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,11 @@ demo: $(VENV)/.runtime
 fixtures: $(VENV)/.test
 	$(BIN)/python -m fixtures build
 
-test: fixtures
+# the HTML report's tests open it in a real headless browser: Debian's chromium
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: fixtures chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
