@@ -148,12 +148,13 @@ def fix(
         input_source = _input_source(inputs, seed, batches)
         if fp16 is not None and batches:
             pipeline.ranges = _activation_ranges(source, batches, size_before)
+        detection = _detection_of(loaded.model) if gate and fp16 is not None else None  # before the rewrite
         pipeline.strip_metadata = strip_metadata
         pipeline.run(loaded.model, loaded.path)
         result = functools.partial(_fix_result, source, destination, size_before, dry_run)
         if dry_run or not (pipeline.changed or output is not None):
             return result(pipeline, None, False, None, [], time.perf_counter() - start)
-        check = _Gate(source, feeds, input_source, size_before) if gate else None
+        check = _Gate(source, feeds, input_source, size_before, detection) if gate else None
         with writing(destination):
             return _write_verified(
                 loaded.model, destination, use_external, pipeline, check, fp16_repairs, result, start, deployed
@@ -483,6 +484,19 @@ def _use_external_data(requested: bool | None, model) -> bool:
 SEGMENTED_ABOVE = 1024**3  # models larger than this on disk are verified a segment at a time
 
 
+def _detection_of(model):
+    """The detect task for a model that is a detector beyond doubt (ultralytics' head, NMS inside, ...): the
+    FP16 gate then asks whether any detection changed, as users judge the conversion; None otherwise."""
+    from graphdoctor.verify.compare import DetectionTask
+    from graphdoctor.verify.detections import DetectOptions, recognise_detector
+
+    recognised = recognise_detector(model)
+    if recognised is None:
+        return None
+    options = dataclasses.replace(DetectOptions(), layout=recognised[0], layout_why=recognised[1])
+    return DetectionTask(options, auto=True)
+
+
 class _Gate:
     """The verification every written model passes. After rules' fixes: both models on ONNX Runtime CPU with
     graph optimizations and weight prepacking off (every node as written, so no fused or packed kernel
@@ -492,11 +506,12 @@ class _Gate:
     GiB run a segment at a time, so verifying never holds all their weights at once (FP16 emulation, which cannot,
     is then left out and the verdicts say so)."""
 
-    def __init__(self, source: Path, feeds, input_source: str, size: int) -> None:
+    def __init__(self, source: Path, feeds, input_source: str, size: int, detection=None) -> None:
         self.source = source
         self.feeds = feeds
         self.input_source = input_source
         self.large = size > SEGMENTED_ABOVE
+        self.detection = detection  # a detector: the FP16 verdicts by the detect preset (compare.DetectionTask)
 
     def run(self, candidate: Path, pipeline: _Pipeline) -> VerifyResult:
         """Verify `candidate` against the original, or, when fixes changed outputs on purpose (inference
@@ -526,7 +541,9 @@ class _Gate:
             key = pipeline.fp16_options.precision.key
             backends, oracle = self._fp16_backends(key)
             low = tolerance_for(key)
-            result = verify_models(reference, candidate, backends, self.feeds, self.input_source, low, oracle=oracle)
+            result = verify_models(
+                reference, candidate, backends, self.feeds, self.input_source, low, oracle=oracle, detect=self.detection
+            )
             return result if key == "fp16" else _without_missing_bf16_kernels(result)
         # nothing became FP16 (FP16 emulation would then round the FP32 model as if converting it)
         oracle = self._exact_backend()

@@ -351,6 +351,7 @@ def render_fix(result, stream: TextIO, color: bool) -> None:
     if not result.converged:
         out.line("  [bold red]fixes still changed the model after 10 rounds: stopped[/bold red]", plain="  stopped")
     if result.verification is not None:
+        _register_detail_renderers()
         line = f"verified against: the original on {result.verification.reference_runner}"
         out.line("")
         out.line(_escape(line), plain=line)

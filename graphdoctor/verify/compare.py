@@ -215,8 +215,8 @@ def _judged_by_detections(
         why = f"no detection above {detect.options.score_threshold:g} in the reference: the tensor tolerance decides"
         return status, f"{reason}; {why}" if reason else why, details
     report["decides"] = True
-    if report["passed"]:
-        return "passed", f"{report['message']}{tensors}", details
+    if report["passed"]:  # the reason says why it passed when the tensor metrics alone would fail it
+        return "passed", f"{report['message']}{tensors}" if reason else "", details
     return "failed", f"detections changed beyond the {detect.options.preset.describe()}{tensors}", details
 
 

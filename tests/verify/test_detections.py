@@ -275,3 +275,19 @@ def test_an_image_that_is_not_one_is_one_line(tmp_path):
     bad.write_text("not an image")
     with pytest.raises(GraphDoctorError, match="cannot be read as an image"):
         image_batch(_ir(FIXED_MODEL), find_images([bad]), Preprocessing())
+
+
+@pytest.mark.torch
+def test_fix_fp16_of_a_detector_is_judged_by_its_detections(detectors, tmp_path):
+    from graphdoctor.fp16 import Fp16Options
+
+    out = tmp_path / "detecting.fp16.onnx"
+    result = api.fix(detectors["detecting"], out, fp16=Fp16Options(), shapes={"images": (1, 3, 320, 320)})
+    assert result.written and out.exists()
+    judged = {v.backend: v.details["detections"] for v in result.verification.verdicts if "detections" in v.details}
+    assert set(judged) == {"fp16-emulation", "onnxruntime-cpu"}
+    for report in judged.values():
+        [image] = report["images"]
+        assert report["auto"] and report["decides"] and report["passed"]
+        assert report["message"] == f"{image['reference']} of {image['reference']} detections matched on 1 image"
+        assert image["reference"] == 24 and image["iou"]["min"] > 0.99
