@@ -130,13 +130,16 @@ class _Measurer:
     def ranges(self, feeds: Mapping[str, np.ndarray]) -> dict[str, TensorRange]:
         """Every tensor's range on one batch, in the order of `names`."""
         measured: dict[str, TensorRange] = {}
+        fetched = self._fetched
         if self._statistics is not None:
             try:
-                measured = self._statistics.ranges(feeds)
+                measured, unresolved = self._statistics.ranges(feeds)
+                fetched = [*unresolved, *self._fetched]
             except StatisticsUnavailable as why:
                 self._fallback(why)
-        if self._fetched:
-            measured |= _fetched_ranges(_bound(self._run, feeds), self._fetched, self._producers, self.budget_bytes)
+                fetched = self.names
+        if fetched:
+            measured |= _fetched_ranges(_bound(self._run, feeds), fetched, self._producers, self.budget_bytes)
         return {name: measured[name] for name in self.names if name in measured}
 
 

@@ -5,17 +5,22 @@ Fetching the tensors themselves (as extra graph outputs) holds them all at once,
 slice at a time: one session per slice, each run copying every fetched tensor out. Here the reductions run
 where the tensor lives; ONNX Runtime frees each intermediate after its last use, and only scalars come out.
 
-For each float32 tensor `x`, flattened and padded with one NaN (so that an empty tensor still has an element
-to reduce, and the pad counts nowhere but as non-finite, which the host subtracts):
-- `finite`: how many |x| < inf; `shape`: Shape(x), whose product is the size;
-- `argmin`/`argmax` and `min`/`max`: ArgMin/ArgMax (first occurrence) of x with non-finite values replaced by
-  +inf/-inf, and the values there;
-- `nonzero`, `above_flush`, `overflow`: how many finite |x| > 0, > 2^-25, >= 65520 (non-finite set to 0);
-  `overflow_negative`: how many finite x <= -65520.
-Counts are ReduceSum over Cast(bool -> int64), all reductions over every axis with no `axes` (the same in every
-opset: ReduceSum's axes became an input at 13, ReduceMin/Max's at 18). `range_from` turns the scalars into the
-`TensorRange` that `analysis.ranges.range_of` gives on the fetched tensor, number for number: its worst value
-breaks a tie of magnitude (min == -max) by the 1 Mi-element chunk each first occurs in, as range_of does.
+For each float32 tensor `x`, flattened:
+- `shape`: Shape(x), whose product is the size; `sum`: ReduceSum(x), finite only if every value is;
+- `argmin`/`argmax`, `min`/`max`: ArgMin/ArgMax (first occurrence) and the values there, over x padded with
+  one +inf/-inf (ArgMin fails on an empty tensor; no pad where the static shape says it is not empty);
+- `nonzero`, `above_flush`: how many |x| > 0 and > 2^-25 (their difference is what FP16 flushes to 0), each a
+  ReduceSum of Cast(bool -> double), exact to 2^53 and several times faster in ONNX Runtime than int64.
+Every reduction is over all axes with no `axes` (the same in every opset: ReduceSum's axes became an input at
+13, ReduceMin/Max's at 18). No Where masks non-finite values (the slowest of these ops): a tensor whose sum is
+not finite holds inf or NaN, and one whose extremes reach 65520 overflows FP16 (rare, e.g. attention masks),
+and only counting would tell how many values do; `range_from` leaves those to the caller to fetch. For every
+other tensor it gives the `TensorRange` that `analysis.ranges.range_of` gives on the tensor, number for
+number: its worst value breaks a tie of magnitude (min == -max) by the 1 Mi-element chunk each first occurs
+in, as range_of does.
+
+ONNX Runtime runs the statistics in priority-based order: its default topological order puts them after the
+whole model, holding every watched tensor until the end.
 """
 
 from __future__ import annotations
@@ -48,9 +53,7 @@ __all__ = [
 
 PREFIX = "__gd_stat"
 MIN_OPSET = 9  # Where
-STATISTICS = ("shape", "finite", "argmin", "min", "argmax", "max", "nonzero", "above_flush", "overflow")
-STATISTICS += ("overflow_negative",)
-_BELOW_OVERFLOW = float(np.nextafter(np.float32(FP16_OVERFLOW), np.float32(0)))  # x > this <=> x >= 65520
+STATISTICS = ("shape", "sum", "argmin", "min", "argmax", "max", "nonzero", "above_flush")
 
 
 class StatisticsUnavailable(Exception):
@@ -113,10 +116,10 @@ def _stat(index: int, statistic: str) -> str:
 
 def _constants() -> list[onnx.NodeProto]:
     """Shared scalars (Constant nodes, valid in every opset and IR version)."""
-    values = {"inf": math.inf, "-inf": -math.inf, "zero": 0.0, "flush": FP16_FLUSH}
-    values |= {"overflow": _BELOW_OVERFLOW, "-overflow": -_BELOW_OVERFLOW}
-    nodes = [_constant(name, TensorProto.FLOAT, [], [value]) for name, value in values.items()]
-    nodes.append(_constant("pad", TensorProto.FLOAT, [1], [math.nan]))
+    scalars = {"zero": 0.0, "flush": FP16_FLUSH}
+    pads = {"inf": math.inf, "-inf": -math.inf}  # one element appended: the tensor may be empty
+    nodes = [_constant(name, TensorProto.FLOAT, [], [value]) for name, value in scalars.items()]
+    nodes += [_constant(name, TensorProto.FLOAT, [1], [value]) for name, value in pads.items()]
     nodes.append(_constant("flat", TensorProto.INT64, [1], [-1]))
     return nodes
 
@@ -135,39 +138,31 @@ def _reduction_nodes(name: str, index: int, pad: bool) -> list[onnx.NodeProto]:
         nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
         return output
 
-    def const(key: str) -> str:
-        return f"{PREFIX}/{key}"
-
-    def count(mask: str, statistic: str) -> None:
+    add("Shape", [name], _stat(index, "shape"))
+    flat = add("Reshape", [name, f"{PREFIX}/flat"], "flat")
+    add("ReduceSum", [flat], _stat(index, "sum"), keepdims=0)
+    for low, arg, pad_value in (("min", "ArgMin", "inf"), ("max", "ArgMax", "-inf")):
+        padded = add("Concat", [flat, f"{PREFIX}/{pad_value}"], f"for_{low}", axis=0) if pad else flat
+        position = add(arg, [padded], _stat(index, f"arg{low}"), axis=0, keepdims=0)
+        add("Gather", [padded, position], _stat(index, low), axis=0)
+    magnitude = add("Abs", [flat], "abs")
+    for statistic, threshold in (("nonzero", "zero"), ("above_flush", "flush")):
+        mask = add("Greater", [magnitude, f"{PREFIX}/{threshold}"], f"over_{statistic}")
         counted = add("Cast", [mask], f"{statistic}_f64", to=TensorProto.DOUBLE)
         add("ReduceSum", [counted], _stat(index, statistic), keepdims=0)
-
-    add("Shape", [name], _stat(index, "shape"))
-    flat = add("Reshape", [name, const("flat")], "flat")
-    padded = add("Concat", [flat, const("pad")], "padded", axis=0) if pad else flat
-    magnitude = add("Abs", [padded], "abs")
-    finite = add("Less", [magnitude, const("inf")], "is_finite")
-    count(finite, "finite")
-    for low, arg, fill in (("min", "ArgMin", "inf"), ("max", "ArgMax", "-inf")):
-        kept = add("Where", [finite, padded, const(fill)], f"for_{low}")
-        position = add(arg, [kept], _stat(index, f"arg{low}"), axis=0, keepdims=0)
-        add("Gather", [kept, position], _stat(index, low), axis=0)
-        if low == "min":
-            count(add("Less", [kept, const("-overflow")], "negative_overflow"), "overflow_negative")
-    finite_magnitude = add("Where", [finite, magnitude, const("zero")], "finite_abs")
-    for statistic, threshold in (("nonzero", "zero"), ("above_flush", "flush"), ("overflow", "overflow")):
-        count(add("Greater", [finite_magnitude, const(threshold)], f"over_{statistic}"), statistic)
     return nodes
 
 
-def range_from(name: str, node: ir.Node | None, stats: Mapping[str, np.ndarray]) -> TensorRange:
-    """The TensorRange of one tensor from its statistics, equal to what `range_of` gives on the tensor."""
+def range_from(name: str, node: ir.Node | None, stats: Mapping[str, np.ndarray]) -> TensorRange | None:
+    """The TensorRange of one tensor from its statistics, equal to what `range_of` gives on the tensor; None
+    when they cannot tell it: a non-finite value (or a sum past float32's range), or a value reaching FP16's
+    overflow, whose counts are not computed here."""
     shape = tuple(int(d) for d in stats["shape"])
     size = math.prod(shape)
-    finite = int(stats["finite"])
-    empty = finite == 0
     low, high = float(stats["min"]), float(stats["max"])
-    worst = math.nan if empty else _worst(low, high, int(stats["argmin"]), int(stats["argmax"]))
+    if size and (not math.isfinite(float(stats["sum"])) or max(-low, high) >= FP16_OVERFLOW):
+        return None
+    worst = _worst(low, high, int(stats["argmin"]), int(stats["argmax"])) if size else math.nan
     nonzero = int(stats["nonzero"])
     return TensorRange(
         name=name,
@@ -176,15 +171,15 @@ def range_from(name: str, node: ir.Node | None, stats: Mapping[str, np.ndarray])
         dtype="float32",
         shape=shape,
         size=size,
-        min=math.nan if empty else low,
-        max=math.nan if empty else high,
+        min=low if size else math.nan,
+        max=high if size else math.nan,
         max_abs=abs(worst),
         worst=worst,
-        overflow=int(stats["overflow"]),
-        overflow_negative=int(stats["overflow_negative"]),
+        overflow=0,
+        overflow_negative=0,
         flushed=nonzero - int(stats["above_flush"]),
         nonzero=nonzero,
-        nonfinite=size - finite,
+        nonfinite=0,
     )
 
 
@@ -212,6 +207,7 @@ class InGraphStatistics:
         self.names = list(names)
         self._producers = {v.name: node for node in model.graph for v in node.outputs if v.name}
         options = quiet_session_options()
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # the default runs every statistic last
         options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(model_path.resolve().parent))
         try:
             proto = onnx.load_model(os.fspath(model_path), load_external_data=False)
@@ -225,8 +221,9 @@ class InGraphStatistics:
             raise StatisticsUnavailable(first_line(error)) from None
         self._outputs = [o.name for o in self._session.get_outputs()]
 
-    def ranges(self, feeds: Mapping[str, np.ndarray]) -> dict[str, TensorRange]:
-        """Every tensor's range on one batch. Raises StatisticsUnavailable when the run fails."""
+    def ranges(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, TensorRange], list[str]]:
+        """The ranges the statistics of one batch tell, and the names of the tensors whose range they cannot
+        (see `range_from`), to fetch. Raises StatisticsUnavailable when the run fails."""
         from graphdoctor.verify.backends.onnxruntime import as_declared
 
         try:
@@ -234,7 +231,12 @@ class InGraphStatistics:
         except Exception as error:  # onnxruntime raises its own exception types
             raise StatisticsUnavailable(first_line(error)) from None
         scalars = dict(zip(self._outputs, results, strict=True))
-        return {
-            name: range_from(name, self._producers.get(name), {s: scalars[_stat(i, s)] for s in STATISTICS})
-            for i, name in enumerate(self.names)
-        }
+        measured, unresolved = {}, []
+        for index, name in enumerate(self.names):
+            stats = {statistic: scalars[_stat(index, statistic)] for statistic in STATISTICS}
+            tensor_range = range_from(name, self._producers.get(name), stats)
+            if tensor_range is None:
+                unresolved.append(name)
+            else:
+                measured[name] = tensor_range
+        return measured, unresolved
