@@ -202,6 +202,24 @@ def _detection_arguments(options: dict[str, Any]) -> dict[str, Any]:
     return {"task": options["task"], "detect": detect, "images": options["images"], "preprocessing": preprocessing}
 
 
+html_report_option = click.option(
+    "--report",
+    "html_report",
+    type=_FilePath(output=True),
+    help="Also write a self-contained HTML report to this file (verdicts, plots, detections; no network).",
+)
+
+
+def _write_html(kind: str, result: Any, path: Path | None) -> None:
+    """The HTML report of `kind` ('lint', 'fix', 'verify'), atomically, when --report asked for one."""
+    if path is None:
+        return
+    from graphdoctor.report import html, output
+
+    with output.report_file(path) as stream:
+        getattr(html, f"render_{kind}")(result, stream)
+
+
 def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--select/--ignore: rule codes, code prefixes (GD00), names (dead-code) or plugin/name."""
 
@@ -282,6 +300,7 @@ def output_options(command: Callable[..., Any], formats: tuple[str, ...] = FORMA
     help="Generate sample inputs of this shape (one per input, dims ≥ 1; not with --inputs).",
 )
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of generated sample inputs.")
+@html_report_option
 @click.pass_context
 def lint(ctx: click.Context, models: tuple[Path, ...], **options: Any) -> None:
     """Check MODELS (files, or folders searched for *.onnx) for what breaks between a PyTorch export and a
@@ -318,6 +337,7 @@ def lint(ctx: click.Context, models: tuple[Path, ...], **options: Any) -> None:
     for failure in failures:
         click.echo(f"graphdoctor: error: {failure.error}", err=True)
     _render(results, settings["output_format"], options, fail_on)
+    _write_html("lint", results, options["html_report"])
     failed = any(isinstance(r, api.LintResult) and r.fails(fail_on) for r in results) and not settings["exit_zero"]
     ctx.exit(max([1 if failed else 0, *(failure.exit_code for failure in failures)]))
 
@@ -455,6 +475,7 @@ def _split_shapes(values: Iterable[str]) -> list[str]:
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:DIMS", help="Dynamic dims of the verification inputs.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of generated verification inputs.")
 @tensorrt_workspace_option
+@html_report_option
 @click.pass_context
 def fix(ctx: click.Context, model: Path, **options: Any) -> None:
     """Repair MODEL (and with --fp16 convert it) and write the result beside it, verified against the original.
@@ -513,6 +534,7 @@ def fix(ctx: click.Context, model: Path, **options: Any) -> None:
         from graphdoctor.report import text
 
         text.render_fix(result, sys.stdout, color=_use_color())
+    _write_html("fix", result, options["html_report"])
     ctx.exit(0 if result.passed else 1)
 
 
@@ -617,6 +639,7 @@ def _as_list(value: Any) -> list[str]:
     help="Write the report to this file (atomically) instead of stdout.",
 )
 @tensorrt_workspace_option
+@html_report_option
 @click.pass_context
 def verify(ctx: click.Context, reference: Path, candidate: Path | None, **options: Any) -> None:
     """Run REFERENCE and CANDIDATE on the same inputs and compare every output, per backend.
@@ -649,6 +672,7 @@ def verify(ctx: click.Context, reference: Path, candidate: Path | None, **option
         **_detection_arguments(options),
     )
     _render_verify(result, options["output_format"], options["report_path"])
+    _write_html("verify", result, options["html_report"])
     if not any(v.ran for v in result.verdicts):
         raise GraphDoctorError("no backend could run: " + "; ".join(_why_not_run(v) for v in result.verdicts))
     ctx.exit(0 if result.passed else 1)

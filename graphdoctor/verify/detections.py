@@ -57,7 +57,8 @@ class DetectionPreset:
 
     def describe(self) -> str:
         return (
-            f"detect (every detection matched at IoU >= {self.min_iou:g}, |score change| <= {self.max_score_delta:g})"
+            f"detect preset (every detection matched at IoU >= {self.min_iou:g}, "
+            f"|score change| <= {self.max_score_delta:g})"
         )
 
 

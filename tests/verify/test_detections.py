@@ -194,7 +194,7 @@ def test_a_perturbed_head_conv_fails_the_detect_preset(detectors, tmp_path, layo
     report = verdict.details["detections"]
     assert (verdict.status, report["passed"], report["decides"]) == ("failed", False, True)
     assert report["layout"] == layout and not report["auto"]
-    assert verdict.reason.startswith("detections changed beyond the detect (")
+    assert verdict.reason.startswith("detections changed beyond the detect preset (every detection matched at IoU")
     assert report["images"][0]["changes"] and report["images"][0]["max_score_delta"] > 0.02
 
 
