@@ -380,23 +380,24 @@ def _record_unmatched(
             report.failures.append(
                 f"class {int(ref.classes[i])} -> {int(cand.classes[j])} at {_box_text(ref.boxes[i])}"
             )
-        elif _borderline(float(ref.scores[i]), options):
-            report.borderline += 1
         else:
-            report.missing += 1
-            report.failures.append(
-                f"missing: class {int(ref.classes[i])} score {ref.scores[i]:.3f} at {_box_text(ref.boxes[i])}"
-            )
+            _record_lone(report, "missing", ref, i, options)
     for j in unmatched_cand:
-        if j in paired:
-            continue
-        if _borderline(float(cand.scores[j]), options):
-            report.borderline += 1
-        else:
-            report.extra += 1
-            report.failures.append(
-                f"extra: class {int(cand.classes[j])} score {cand.scores[j]:.3f} at {_box_text(cand.boxes[j])}"
-            )
+        if j not in paired:
+            _record_lone(report, "extra", cand, j, options)
+
+
+def _record_lone(report: ImageComparison, kind: str, found: Detections, index: int, options: DetectOptions) -> None:
+    """A detection in one model only: borderline when its score is within the allowed change of the threshold,
+    else `kind` ('missing' from the candidate, 'extra' in it)."""
+    score = float(found.scores[index])
+    if _borderline(score, options):
+        report.borderline += 1
+        return
+    setattr(report, kind, getattr(report, kind) + 1)
+    report.failures.append(
+        f"{kind}: class {int(found.classes[index])} score {score:.3f} at {_box_text(found.boxes[index])}"
+    )
 
 
 def _borderline(score: float, options: DetectOptions) -> bool:
