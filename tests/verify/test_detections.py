@@ -180,15 +180,15 @@ def test_verify_reports_every_detection_matched_for_the_model_against_itself(det
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("layout", ["ultralytics", "yolov5"])
+@pytest.mark.parametrize("layout", ["ultralytics", "yolov5", "end-to-end"])
 def test_a_perturbed_head_conv_fails_the_detect_preset(detectors, tmp_path, layout):
-    """The perturbed head against the original (for yolov5, both moved to its layout by the same surgery)."""
+    """The perturbed head against the original (for the other layouts, both moved there by the same surgery)."""
     reference, candidate = detectors["detecting"], detectors["head_perturbed"]
-    if layout == "yolov5":
+    if layout != "ultralytics":
         from fixtures import detectors as builders
 
-        reference = detectors["yolov5_layout"]
-        candidate = builders.in_layout(candidate, "yolov5", tmp_path / "perturbed_v5.onnx")
+        reference = detectors["yolov5_layout" if layout == "yolov5" else "end_to_end"]
+        candidate = builders.in_layout(candidate, layout, tmp_path / "perturbed.onnx")
     result = api.verify(reference, candidate, shapes={"images": (1, 3, 320, 320)}, task="detect")
     [verdict] = result.verdicts
     report = verdict.details["detections"]
@@ -278,11 +278,12 @@ def test_an_image_that_is_not_one_is_one_line(tmp_path):
 
 
 @pytest.mark.torch
-def test_fix_fp16_of_a_detector_is_judged_by_its_detections(detectors, tmp_path):
+@pytest.mark.parametrize("name", ["detecting", "yolov5_layout", "end_to_end"])
+def test_fix_fp16_of_a_detector_is_judged_by_its_detections(detectors, tmp_path, name):
     from graphdoctor.fp16 import Fp16Options
 
-    out = tmp_path / "detecting.fp16.onnx"
-    result = api.fix(detectors["detecting"], out, fp16=Fp16Options(), shapes={"images": (1, 3, 320, 320)})
+    out = tmp_path / f"{name}.fp16.onnx"
+    result = api.fix(detectors[name], out, fp16=Fp16Options(), shapes={"images": (1, 3, 320, 320)})
     assert result.written and out.exists()
     judged = {v.backend: v.details["detections"] for v in result.verification.verdicts if "detections" in v.details}
     assert set(judged) == {"fp16-emulation", "onnxruntime-cpu"}
