@@ -271,6 +271,20 @@ def test_odd_node_names_are_shown_never_parsed(tmp_path: Path):
     plot_rows(browsed.pixels, PLOT_ORANGE, length=200)
 
 
+def test_a_tensor_turned_inf_sits_on_the_inf_band_and_is_named(tmp_path: Path):
+    result = api.verify(*divergence.overflow_pair(tmp_path), layerwise=True, preset="fp16")
+    layerwise = result.verdicts[0].details["layerwise"]
+    assert layerwise["first_nonfinite"]["tensor"] == layerwise["first_divergence"]["tensor"] == "y"
+    page = write(html_report.render_verify, result, tmp_path / "inf.html")
+    svg = page[page.index('<svg id="error-growth"') :]
+    assert "first divergence and first inf/NaN: norm (LayerNormalization)" in svg and "first-nonfinite" not in svg
+    top = 16  # no stages: the plot starts below a small margin, the inf band 6 px into it
+    assert re.search(rf'<circle class="pt fail" cx="[\d.]+" cy="{top + 6}\.0"', svg)
+    assert "64 inf/NaN values (reference: 0)" in page
+    browsed = browse(tmp_path / "inf.html", tmp_path)
+    assert browsed.console == [] and 'class="first-divergence"' in browsed.dom
+
+
 def test_a_verdict_without_layerwise_has_no_plot_and_a_skipped_one_says_why(tmp_path: Path):
     result = api.verify(odd_pair(tmp_path)[0], backends=["onnxruntime-cpu", "tensorrt"])
     page = write(html_report.render_verify, result, tmp_path / "plain.html")

@@ -292,11 +292,9 @@ def _layerwise(details: Mapping[str, Any], tolerance) -> str:
         + f" ({float(details['seconds']):.1f} s)"
     )
     parts = [f"<h3>Layer-wise comparison</h3><p>{_e(summary)}</p>"]
-    first, nonfinite = details.get("first_divergence"), details.get("first_nonfinite")
-    if first is not None:
-        parts.append(_divergence("first divergence", first, records, ""))
-    if nonfinite is not None and (first is None or nonfinite["tensor"] != first["tensor"]):
-        parts.append(_divergence("first non-finite output", nonfinite, records, " nonfinite"))
+    first = details.get("first_divergence")
+    for cls, title, event, _colour in _marks(details):
+        parts.append(_divergence(title, event, records, " nonfinite" if cls == "first-nonfinite" else ""))
     if first is None and details.get("first_difference") in records:
         record = records[details["first_difference"]]
         parts.append(f"<p>first difference (within tolerance): {_where(record)}: {_e(_numbers(record))}</p>")
@@ -439,15 +437,11 @@ def error_growth_svg(details: Mapping[str, Any], tolerance=None) -> str:
             f"<title>{_e(tip)}</title></circle>"
         )
     order = {r["name"]: i for i, r in enumerate(records)}
-    marks = [("first-divergence", "first divergence", details.get("first_divergence"), _FIRST)]
-    nonfinite = details.get("first_nonfinite")
-    if nonfinite is not None and nonfinite["tensor"] != (marks[0][2] or {}).get("tensor"):
-        marks.append(("first-nonfinite", "first inf/NaN", nonfinite, _NONFINITE))
+    marks = [m for m in _marks(details) if m[2]["tensor"] in order]
     for row, (cls, title, event, colour) in enumerate(marks):
-        if event is not None and event["tensor"] in order:
-            i = order[event["tensor"]]
-            box = (left, left + width, top, height)
-            out.append(_mark(cls, title, event, x_of(i), y_of(errors[i]), colour, row, box))
+        i = order[event["tensor"]]
+        box = (left, left + width, top, height)
+        out.append(_mark(cls, title, event, x_of(i), y_of(errors[i]), colour, row, box))
     out.append("</svg>")
     legend = (
         '<div class="legend small">'
@@ -504,6 +498,16 @@ def _stage_bands(records, stages, x_of, top: float, height: float, step: float) 
             f' transform="rotate(-60 {mid:.1f} {top - 6})"><title>{_e(name)}</title>{_e(label)}</text>'
         )
     return out
+
+
+def _marks(details: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any], str]]:
+    """(class, title, event, colour) of the first divergence and of the first inf/NaN, one mark when they are
+    the same tensor."""
+    first, nonfinite = details.get("first_divergence"), details.get("first_nonfinite")
+    if first is not None and nonfinite is not None and first["tensor"] == nonfinite["tensor"]:
+        return [("first-divergence", "first divergence and first inf/NaN", first, _FIRST)]
+    marks = [("first-divergence", "first divergence", first, _FIRST)] if first is not None else []
+    return marks + ([("first-nonfinite", "first inf/NaN", nonfinite, _NONFINITE)] if nonfinite is not None else [])
 
 
 def _mark(cls: str, title: str, event, x: float, y: float, colour: str, row: int, box) -> str:
