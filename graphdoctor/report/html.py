@@ -48,7 +48,7 @@ code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monosp
 .warning { background: #9a6700; } .info { background: #0969da; }
 .verdict { font-size: 16px; padding: 3px 12px; }
 table { border-collapse: collapse; margin: 6px 0 10px; width: 100%; } table.counts { width: auto; }
-th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 6px; text-align: left; vertical-align: top; }
 th { background: var(--soft); font-weight: 600; font-size: 12.5px; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.bad td { background: #fff5f5; }
@@ -562,8 +562,8 @@ def _detections(report: Mapping[str, Any]) -> str:
         )
         for image in images
     ]
-    columns = ("#", "image", "ref", "cand", "matched", "missing", "extra", "class Δ", "border-line")
-    columns += ("max shift px", "max score Δ", "IoU min", "IoU median")
+    columns = ("#", "image", "ref", "cand", "matched", "missing", "extra", "class Δ", "border")
+    columns += ("max shift px", "max score Δ", "IoU min", "IoU med.")
     table = _table(columns, rows, numeric=range(2, 13), bad=lambda row: row[5] or row[6] or row[7])
     return head + table + "".join(_detection_image(image) for image in images)
 
