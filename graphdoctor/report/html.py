@@ -97,16 +97,16 @@ def render_lint(results: Iterable[LintResult | LintFailure], stream: TextIO) -> 
 def render_fix(result, stream: TextIO) -> None:
     """The fix report: what was written, what each rule changed, the FP16 conversion (what stayed FP32 and
     why), and the gate's verification."""
-    from graphdoctor.report.text import _failure_line, _size_change
+    from graphdoctor.report.text import fix_failure_line, size_change
 
     status, label = _fix_outcome(result)
     body = [_heading("fix", f"{result.path} → {result.output}", status, label)]
     facts = [("target", result.target.label), ("took", f"{result.seconds:.1f} s")]
     if result.written and result.size_after is not None:
-        facts.insert(0, ("size", _size_change(result.size_before, result.size_after)))
+        facts.insert(0, ("size", size_change(result.size_before, result.size_after)))
     body.append(_facts(facts))
     if result.verification is not None and not result.verification.passed and not result.written:
-        body.append(f'<div class="callout">{_e(_failure_line(result))}</div>')
+        body.append(f'<div class="callout">{_e(fix_failure_line(result))}</div>')
     if not result.converged:
         body.append('<div class="callout">fixes still changed the model after 10 rounds: stopped</div>')
     body.append(_rule_fixes(result))

@@ -19,7 +19,15 @@ from graphdoctor.api import LintFailure, LintResult
 from graphdoctor.rule import Finding, Rule, Severity
 from graphdoctor.targets import TARGET_CHOICES, Target, parse_target
 
-__all__ = ["comparison_line", "render_explain", "render_lint", "render_rules", "render_verify"]
+__all__ = [
+    "comparison_line",
+    "fix_failure_line",
+    "render_explain",
+    "render_lint",
+    "render_rules",
+    "render_verify",
+    "size_change",
+]
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 _SEVERITIES = (Severity.ERROR, Severity.WARNING, Severity.INFO)
@@ -433,7 +441,7 @@ def _render_fix_outcome(result, out: _Writer) -> None:
         out.line(f"dry run: nothing written {seconds}")
         return
     if result.written:
-        change = _size_change(result.size_before, result.size_after)
+        change = size_change(result.size_before, result.size_after)
         out.line(
             f"[bold green]wrote {_escape(str(result.output))}[/bold green]: {change} {seconds}",
             plain=f"wrote {result.output}: {change} {seconds}",
@@ -442,13 +450,13 @@ def _render_fix_outcome(result, out: _Writer) -> None:
             out.line("not verified (--no-verify)")
         return
     if result.verification is not None and not result.verification.passed:
-        line = _failure_line(result)
+        line = fix_failure_line(result)
         out.line(f"[bold red]{_escape(line)}[/bold red]", plain=line)
         return
     out.line(f"nothing written: the model needs no fix {seconds}")
 
 
-def _failure_line(result) -> str:
+def fix_failure_line(result) -> str:
     """Why nothing was written, and the way forward: a backend that could not run a model reached no
     verdict; an FP16 conversion that still diverges names what to keep FP32 (the rules' fixes are bit-exact
     on their own and are not what failed); failing fixes are named, to skip."""
@@ -462,8 +470,13 @@ def _failure_line(result) -> str:
     if result.fp16 is not None:
         keep = ",".join(result.keep_fp32_hint)
         advice = f" Keep FP32 what still diverges: --keep-fp32 '{keep}'" if keep else ""
+        judged = (
+            "changes detections beyond the detect preset"
+            if _detections_failed(result)
+            else "exceeds the fp16 tolerance"
+        )
         return (
-            f"verification FAILED: nothing written; the FP16 conversion exceeds the fp16 tolerance after"
+            f"verification FAILED: nothing written; the FP16 conversion {judged} after"
             f" {len(result.fp16_repaired)} node(s) were kept FP32.{advice}; or write anyway with --no-verify"
         )
     blamed = ", ".join(result.blamed) or "no single rule (only their combination)"
@@ -473,6 +486,15 @@ def _failure_line(result) -> str:
     )
 
 
-def _size_change(before: int, after: int) -> str:
+def _detections_failed(result) -> bool:
+    """A failed verdict that the detect preset decided (the model is a detector)."""
+    for verdict in result.verification.verdicts:
+        report = verdict.details.get("detections")
+        if verdict.status == "failed" and report and report.get("decides") and not report["passed"]:
+            return True
+    return False
+
+
+def size_change(before: int, after: int) -> str:
     ratio = (after - before) / before if before else 0.0
     return f"{format_bytes(before)} → {format_bytes(after)} ({ratio:+.1%})"
