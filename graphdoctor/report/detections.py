@@ -22,6 +22,10 @@ class Writer(Protocol):
 def render_detections(details: Mapping[str, Any], out: Writer) -> None:
     how = "recognised" if details.get("auto") else "read"
     preset = details["preset"]
+    if not details.get("decides", True) and not any(image["candidate"] for image in details["images"]):
+        line = f"  detections: none above {details['score_threshold']:g} in either model ({how} as {details['layout']})"
+        _plain(out, line)
+        return
     _plain(out, f"  detections: {details['message']}")
     _plain(out, f"    {how} as {details['layout']} ({details['why']})")
     _plain(
