@@ -139,7 +139,7 @@ def verify(
     from graphdoctor.errors import GraphDoctorError
     from graphdoctor.verify import inputs as verify_inputs
     from graphdoctor.verify.backends import get_backend, require_onnxruntime
-    from graphdoctor.verify.compare import verify_models
+    from graphdoctor.verify.compare import detection_task, verify_models
 
     require_onnxruntime("verify (ONNX Runtime CPU computes the reference)")
     if torch_program is not None and candidate is not None:
@@ -172,33 +172,11 @@ def verify(
     if torch_program is not None:
         return _verify_against_torch(ref, Path(torch_program), chosen, feeds, source, tolerance)
     layers = _layerwise_options(layers_per_run) if layerwise else None
-    detection = _detection_task(task, ref.model, detect, sources, pictures)
+    detection = detection_task(task, ref.model, detect, sources, pictures)
     paths = ref.path, cand.path
     del ref, cand  # the parsed graphs hold the weights; the runs read the files themselves
     gc.collect()  # graphs are reference cycles: freed only by the collector
     return verify_models(*paths, chosen, feeds, source, tolerance, layerwise=layers, detect=detection)
-
-
-def _detection_task(task: str, model, options, sources, pictures):
-    """What `task` asks of the comparison: detections when asked ('detect', or --layout/--boxes given), or,
-    under 'auto', when the model is a detector beyond doubt; None for tensors only."""
-    from graphdoctor.errors import GraphDoctorError
-    from graphdoctor.verify.compare import DetectionTask
-    from graphdoctor.verify.detections import DetectOptions, recognise_detector
-
-    if task not in ("auto", "detect", "tensor"):
-        raise GraphDoctorError(f"unknown task '{task}' (choose from auto, detect, tensor)")
-    if task == "tensor":
-        return None
-    asked = task == "detect" or options is not None
-    options = options or DetectOptions()
-    if options.layout is None and options.boxes is None:
-        recognised = recognise_detector(model)
-        if recognised is None and not asked:
-            return None
-        if recognised is not None:
-            options = dataclasses.replace(options, layout=recognised[0], layout_why=recognised[1])
-    return DetectionTask(options, tuple(sources), tuple(pictures), auto=not asked)
 
 
 def _refuse_malformed(*models) -> None:

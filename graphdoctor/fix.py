@@ -124,6 +124,7 @@ def fix(
     that is missing or shorter than declared (what it holds cannot be written)."""
     from graphdoctor.engine import FixPolicy
     from graphdoctor.verify.backends import require_onnxruntime
+    from graphdoctor.verify.compare import detection_task
 
     if not dry_run:
         require_onnxruntime("fix (its gate, and the check that what it writes loads)")
@@ -148,7 +149,8 @@ def fix(
         input_source = _input_source(inputs, seed, batches)
         if fp16 is not None and batches:
             pipeline.ranges = _activation_ranges(source, batches, size_before)
-        detection = _detection_of(loaded.model) if gate and fp16 is not None else None  # before the rewrite
+        # a detector (recognised beyond doubt) has its FP16 verdicts decided by the detect preset; before the rewrite
+        detection = detection_task("auto", loaded.model) if gate and fp16 is not None else None
         pipeline.strip_metadata = strip_metadata
         pipeline.run(loaded.model, loaded.path)
         result = functools.partial(_fix_result, source, destination, size_before, dry_run)
@@ -482,19 +484,6 @@ def _use_external_data(requested: bool | None, model) -> bool:
 
 
 SEGMENTED_ABOVE = 1024**3  # models larger than this on disk are verified a segment at a time
-
-
-def _detection_of(model):
-    """The detect task for a model that is a detector beyond doubt (ultralytics' head, NMS inside, ...): the
-    FP16 gate then asks whether any detection changed, as users judge the conversion; None otherwise."""
-    from graphdoctor.verify.compare import DetectionTask
-    from graphdoctor.verify.detections import DetectOptions, recognise_detector
-
-    recognised = recognise_detector(model)
-    if recognised is None:
-        return None
-    options = dataclasses.replace(DetectOptions(), layout=recognised[0], layout_why=recognised[1])
-    return DetectionTask(options, auto=True)
 
 
 class _Gate:

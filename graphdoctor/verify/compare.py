@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from graphdoctor.verify.detections import DetectOptions
     from graphdoctor.verify.layerwise import LayerwiseOptions
 
-__all__ = ["BackendVerdict", "DetectionTask", "VerifyResult", "compare_outputs", "verify_models"]
+__all__ = ["BackendVerdict", "DetectionTask", "VerifyResult", "compare_outputs", "detection_task", "verify_models"]
 
 ORACLE = "onnxruntime-cpu"
 
@@ -190,6 +190,26 @@ class DetectionTask:
     sources: tuple[str, ...] = ()
     images: tuple = ()  # per image, the preprocessed input as uint8 HWC RGB, for the report's drawings
     auto: bool = False  # not asked for: the model was recognised as a detector
+
+
+def detection_task(task: str, model, options=None, sources=(), pictures=()) -> DetectionTask | None:
+    """What `task` asks of the comparison: detections when asked ('detect', or `options` given), or, under
+    'auto', when `model` (onnx_ir) is a detector beyond doubt; None for tensors only."""
+    from graphdoctor.verify.detections import DetectOptions, recognise_detector
+
+    if task not in ("auto", "detect", "tensor"):
+        raise GraphDoctorError(f"unknown task '{task}' (choose from auto, detect, tensor)")
+    if task == "tensor":
+        return None
+    asked = task == "detect" or options is not None
+    options = options or DetectOptions()
+    if options.layout is None and options.boxes is None:
+        recognised = recognise_detector(model)
+        if recognised is None and not asked:
+            return None
+        if recognised is not None:
+            options = dataclasses.replace(options, layout=recognised[0], layout_why=recognised[1])
+    return DetectionTask(options, tuple(sources), tuple(pictures), auto=not asked)
 
 
 def _judged_by_detections(
