@@ -301,13 +301,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshol
         return np.zeros(0, dtype=np.int64)
     boxes = boxes.astype(np.float64)
     span = float(boxes.max() - min(boxes.min(), 0.0)) + 1.0
-    shifted = boxes + (classes.astype(np.float64) * span)[:, None]
     order = np.argsort(-scores, kind="stable")
-    ious = iou_matrix(shifted[order], shifted[order])
+    shifted = (boxes + (classes.astype(np.float64) * span)[:, None])[order]
     suppressed = np.zeros(len(order), dtype=bool)
-    for rank in range(len(order)):
+    for rank in range(len(order)):  # one row of IoUs at a time: memory stays linear in the boxes above threshold
         if not suppressed[rank]:
-            suppressed[rank + 1 :] |= ious[rank, rank + 1 :] > iou_threshold
+            suppressed[rank + 1 :] |= iou_matrix(shifted[rank : rank + 1], shifted[rank + 1 :])[0] > iou_threshold
     return order[~suppressed]
 
 
