@@ -100,7 +100,7 @@ def test_gpu_providers_ask_for_full_fp32_and_list_their_fallbacks():
     )
     assert options["trt_timing_cache_enable"] == "True" and Path(options["trt_timing_cache_path"]).is_dir()
     assert "trt_engine_cache_enable" not in options  # ONNX Runtime's engine cache is not keyed on the weights
-    assert "TF32 off" in cuda.precision and "TF32 off" in tensorrt.precision
+    assert "TF32 off" in cuda.precision and "TF32 off" in get_backend("onnxruntime-tensorrt").precision
     assert get_backend("onnxruntime-cuda").on_gpu and not get_backend("onnxruntime-cpu").on_gpu
 
 
@@ -242,6 +242,18 @@ def test_onnxruntime_gpu_metadata_beside_the_cpu_wheel_is_named(tmp_path: Path):
 def test_two_runtimes_in_different_folders_are_no_conflict():
     """A CPU wheel in the system's site-packages under a venv's onnxruntime-gpu: the venv's is imported."""
     assert gpu.broken_stack_reason("CUDAExecutionProvider") is None  # this environment: one runtime
+
+
+def test_tensorrt_provider_precision_says_whether_tf32_is_off(monkeypatch):
+    """The TensorRT provider has no TF32 option: NVIDIA_TF32_OVERRIDE=0 is set unless the user set it."""
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    assert "TF32 off through NVIDIA_TF32_OVERRIDE=0" in OnnxruntimeBackend("onnxruntime-tensorrt").precision
+    assert os.environ["NVIDIA_TF32_OVERRIDE"] == "0"
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "1")
+    assert "TF32 as NVIDIA_TF32_OVERRIDE=1 allows" in OnnxruntimeBackend("onnxruntime-tensorrt").precision
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
+    OnnxruntimeBackend("onnxruntime-cpu")
+    assert "NVIDIA_TF32_OVERRIDE" not in os.environ  # a CPU run leaves CUDA's environment alone
 
 
 def test_tensorrt_workspace_option_reaches_the_backend_environment(gd, monkeypatch):

@@ -55,6 +55,7 @@ class _Provider:
 
 
 CPU = "CPUExecutionProvider"
+TF32_OVERRIDE = "NVIDIA_TF32_OVERRIDE"
 _PROVIDERS = {
     "onnxruntime-cpu": _Provider(
         CPU,
@@ -70,8 +71,8 @@ _PROVIDERS = {
     "onnxruntime-tensorrt": _Provider(
         "TensorrtExecutionProvider",
         "ONNX Runtime TensorRT EP",
-        "TensorRT engines built by ONNX Runtime in the model's dtypes (trt_fp16_enable off; TF32 off through "
-        "NVIDIA_TF32_OVERRIDE=0), the nodes TensorRT rejects on CUDA",
+        "TensorRT engines built by ONNX Runtime in the model's dtypes (trt_fp16_enable off; {tf32}), the nodes "
+        "TensorRT rejects on CUDA",
         {"trt_fp16_enable": "False"},
         ("CUDAExecutionProvider",),
     ),
@@ -95,7 +96,8 @@ class OnnxruntimeBackend(Backend):
         self.optimize = optimize
         self.name = key if optimize else f"{key}-unoptimized"
         unoptimized = f"{self.provider.precision}; graph optimizations and weight prepacking off"
-        self.precision = self.provider.precision if optimize else unoptimized
+        precision = self.provider.precision if optimize else unoptimized
+        self.precision = precision.format(tf32=_tf32_override()) if "{tf32}" in precision else precision
         self.on_gpu = self.provider.on_gpu
         self._placement: str | None = None
 
@@ -157,6 +159,13 @@ class OnnxruntimeBackend(Backend):
             raise BackendUnavailable(f"ONNX Runtime ran every kernel on the CPU ({self._placement}), none on the GPU")
 
 
+def _tf32_override() -> str:
+    """The TensorRT provider has no TF32 option: CUDA reads NVIDIA_TF32_OVERRIDE when it starts, so it is set to 0
+    (FP32 verdicts on FP32 arithmetic) unless the user set it; the precision text says which it is."""
+    value = os.environ.setdefault(TF32_OVERRIDE, "0")
+    return "TF32 off through NVIDIA_TF32_OVERRIDE=0" if value == "0" else f"TF32 as NVIDIA_TF32_OVERRIDE={value} allows"
+
+
 def _provider_list(provider: _Provider) -> list:
     """The provider with its options, then its fallbacks (ONNX Runtime adds the CPU provider last itself).
     The TensorRT provider shares one timing cache per process, so the gate's repeated builds reuse the
@@ -189,8 +198,6 @@ def provider_problem(name: str) -> str | None:
         return broken
     if name not in ort.get_available_providers():
         return f"{name} is not in this onnxruntime build (install onnxruntime-gpu on a machine with a GPU)"
-    if name == "TensorrtExecutionProvider":
-        os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")  # read when CUDA starts: no TF32 for FP32 verdicts
     return _probe(ort, name)
 
 
