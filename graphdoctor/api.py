@@ -154,11 +154,10 @@ def verify(
     if images:
         if inputs is not None or shapes:
             raise GraphDoctorError("--image gives the inputs: it does not combine with --inputs or --shape")
-        from graphdoctor.verify.images import Preprocessing as _Preprocessing
         from graphdoctor.verify.images import find_images, image_batch
 
         found = find_images(Path(image) for image in images)
-        feeds, source, pictures, sources = image_batch(ref.model, found, preprocessing or _Preprocessing())
+        feeds, source, pictures, sources = image_batch(ref.model, found, preprocessing)
     elif inputs is not None:
         feeds = verify_inputs.bind_inputs(ref.model, verify_inputs.load_inputs(inputs))
         source = str(inputs)

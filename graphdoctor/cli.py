@@ -214,9 +214,9 @@ def _write_html(kind: str, result: Any, path: Path | None) -> None:
     """The HTML report of `kind` ('lint', 'fix', 'verify'), atomically, when --report asked for one."""
     if path is None:
         return
-    from graphdoctor.report import html, output
+    from graphdoctor.report import html
 
-    with output.report_file(path) as stream:
+    with _destination(path) as stream:
         getattr(html, f"render_{kind}")(result, stream)
 
 
@@ -356,12 +356,17 @@ def _merge(ctx: click.Context, options: dict[str, Any], config, formats: tuple[s
     return merged
 
 
-def _render(results: list[Any], output_format: str, options: dict[str, Any], fail_on) -> None:
-    """The report in its format, to stdout or atomically to --output."""
+def _destination(path: Path | None):
+    """Where a report goes: stdout, or `path` written atomically (--output)."""
     from graphdoctor.report import output
 
+    return contextlib.nullcontext(sys.stdout) if path is None else output.report_file(path)
+
+
+def _render(results: list[Any], output_format: str, options: dict[str, Any], fail_on) -> None:
+    """The report in its format, to stdout or atomically to --output."""
     path = options["report_path"]
-    with contextlib.nullcontext(sys.stdout) if path is None else output.report_file(path) as stream:
+    with _destination(path) as stream:
         _write_report(results, output_format, stream, options, fail_on, color=path is None and _use_color())
 
 
@@ -680,9 +685,7 @@ def verify(ctx: click.Context, reference: Path, candidate: Path | None, **option
 
 def _render_verify(result, output_format: str, path: Path | None) -> None:
     """The verify report in its format, to stdout or atomically to --output."""
-    from graphdoctor.report import output
-
-    with contextlib.nullcontext(sys.stdout) if path is None else output.report_file(path) as stream:
+    with _destination(path) as stream:
         if output_format == "text":
             from graphdoctor.report import text
 

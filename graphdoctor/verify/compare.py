@@ -222,22 +222,22 @@ def _judged_by_detections(
     try:
         report = detection_report(expected, actual, detect.options, detect.sources, detect.images)
     except GraphDoctorError as error:
-        return (
-            status,
-            f"{reason}; detections not compared: {error}" if reason else f"detections not compared: {error}",
-            details,
-        )
+        return status, _joined(reason, f"detections not compared: {error}"), details
     report["auto"] = detect.auto
     details = {**details, "detections": report}
     tensors = f" (tensor metrics: {reason})" if reason else ""
     if not sum(image["reference"] for image in report["images"]):
         report["decides"] = False
         why = f"no detection above {detect.options.score_threshold:g} in the reference: the tensor tolerance decides"
-        return status, f"{reason}; {why}" if reason else why, details
+        return status, _joined(reason, why), details
     report["decides"] = True
     if report["passed"]:  # the reason says why it passed when the tensor metrics alone would fail it
         return "passed", f"{report['message']}{tensors}" if reason else "", details
     return "failed", f"detections changed beyond the {detect.options.preset.describe()}{tensors}", details
+
+
+def _joined(reason: str, more: str) -> str:
+    return f"{reason}; {more}" if reason else more
 
 
 def _limit_of_backend(

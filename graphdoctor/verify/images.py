@@ -58,10 +58,11 @@ def find_images(paths: Iterable[Path]) -> list[Path]:
 
 
 def image_batch(
-    model, paths: Sequence[Path], preprocessing: Preprocessing
+    model, paths: Sequence[Path], preprocessing: Preprocessing | None = None
 ) -> tuple[dict[str, np.ndarray], str, list[np.ndarray], list[str]]:
-    """The model's image input fed with the preprocessed images as one batch: (feeds, what was done, the
-    letterboxed pictures as HWC uint8 RGB for the report, the file names)."""
+    """The model's image input fed with the preprocessed images (default: ultralytics') as one batch: (feeds,
+    what was done, the letterboxed pictures as HWC uint8 RGB for the report, the file names)."""
+    preprocessing = preprocessing or Preprocessing()
     name, height, width = _image_input(model, preprocessing, len(paths))
     planes = np.stack([_letterbox(_load(path), height, width, preprocessing.pad_value) for path in paths])
     pictures = list(np.clip(np.rint(planes), 0, 255).astype(np.uint8))
@@ -88,10 +89,7 @@ def _image_input(model, preprocessing: Preprocessing, count: int) -> tuple[str, 
     if batch is not None and batch != count:
         raise GraphDoctorError(f"input '{value.name}' takes a batch of {batch}: give {batch} image(s), not {count}")
     if preprocessing.size is not None:
-        if (height, width) not in ((None, None), (preprocessing.size, preprocessing.size)) and None not in (
-            height,
-            width,
-        ):
+        if None not in (height, width) and (height, width) != (preprocessing.size, preprocessing.size):
             raise GraphDoctorError(f"--letterbox {preprocessing.size}: input '{value.name}' is {height}×{width}")
         return value.name, preprocessing.size, preprocessing.size
     if height is None or width is None:
