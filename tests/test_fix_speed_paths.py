@@ -40,6 +40,15 @@ def test_a_crash_of_the_default_session_blocks_the_write(tmp_path: Path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
+def _loads_as_deployed(model: Path) -> None:
+    check = ort_backend.DeployedSessionCheck()
+    try:
+        check.submit(model)
+        check.verdict()
+    finally:
+        check.close()
+
+
 def test_the_default_session_judges_the_model_written(tmp_path: Path):
     """Without the crash the same conversion is written, and loads; the check refuses what ONNX Runtime refuses
     and passes any file name (the path goes to the child as hex)."""
@@ -48,11 +57,11 @@ def test_the_default_session_judges_the_model_written(tmp_path: Path):
     assert result.written and output.is_file()
     odd = tmp_path / "new\nline é.onnx"
     odd.write_bytes(output.read_bytes())
-    ort_backend.check_loads_as_deployed(odd)
+    _loads_as_deployed(odd)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(output.read_bytes()[:100])
     with pytest.raises(GraphDoctorError, match="does not load in a default ONNX Runtime session: "):
-        ort_backend.check_loads_as_deployed(broken)
+        _loads_as_deployed(broken)
 
 
 def test_a_child_never_given_a_model_is_ended(tmp_path: Path):

@@ -31,7 +31,6 @@ __all__ = [
     "as_declared",
     "as_written",
     "check_loads",
-    "check_loads_as_deployed",
     "provider_problem",
     "quiet_session_options",
     "session_model",
@@ -315,16 +314,6 @@ class DeployedSessionCheck:
         if self._child.returncode is None:
             self._child.kill()
             self._child.communicate()
-
-
-def check_loads_as_deployed(model: Path, tolerate_missing_kernels: bool = False) -> None:
-    """Raise unless ONNX Runtime CPU builds a default session from `model` (`DeployedSessionCheck`)."""
-    check = DeployedSessionCheck()
-    try:
-        check.submit(model, tolerate_missing_kernels)
-        check.verdict()
-    finally:
-        check.close()
 
 
 def as_written(options) -> None:
