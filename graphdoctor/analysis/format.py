@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["format_bytes", "format_dtype", "format_number", "format_shape", "format_type"]
+__all__ = ["format_bytes", "format_count", "format_dtype", "format_number", "format_shape", "format_type"]
 
 
 def format_dtype(dtype: ir.DataType | None) -> str:
@@ -46,3 +46,8 @@ def format_number(x: float | int) -> str:
     if isinstance(x, int):
         return str(x)
     return f"{x:.4g}"
+
+
+def format_count(count: int, noun: str) -> str:
+    """'1 model', '3 models': a count with its noun, plural when it is not one (nouns with a plain -s)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

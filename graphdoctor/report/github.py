@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
+from graphdoctor.analysis.format import format_count
 from graphdoctor.api import LintFailure, LintResult
 from graphdoctor.report.output import workspace_path
 from graphdoctor.rule import Finding, Severity
@@ -60,7 +61,7 @@ def _summary_line(results: list[LintResult | LintFailure]) -> str:
         f"{sum(r.count(s) for r in linted)} {s}" for s in (Severity.ERROR, Severity.WARNING, Severity.INFO)
     )
     failed = len(results) - len(linted)
-    models = f"{len(results)} model{'' if len(results) == 1 else 's'}" + (f", {failed} not linted" if failed else "")
+    models = format_count(len(results), "model") + (f", {failed} not linted" if failed else "")
     return f"graphdoctor: {models}; {counts} findings"
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from graphdoctor import __version__
-from graphdoctor.analysis.format import format_bytes
+from graphdoctor.analysis.format import format_bytes, format_count
 from graphdoctor.api import LintFailure, LintResult
 from graphdoctor.rule import Severity
 
@@ -88,7 +88,7 @@ def render_lint(results: Iterable[LintResult | LintFailure], stream: TextIO) -> 
     unlinted = len(results) - len(linted)
     status = "error" if unlinted or worst == Severity.ERROR else str(worst) if worst else "ok"
     label = _counts(counts) + (f" · {unlinted} not linted" if unlinted else "")
-    models = _plural(len(results), "model")
+    models = format_count(len(results), "model")
     body = [_heading("lint", models, status, label)]
     body += [_lint_model(r) if isinstance(r, LintResult) else _lint_failure(r) for r in results]
     _page(stream, f"graphdoctor lint: {label}", body)
@@ -159,10 +159,6 @@ def _table(head: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Iterable
         out.append(f"<tr{tinted}>" + "".join(f"<td{cls(i)}>{_e(c)}</td>" for i, c in enumerate(row)) + "</tr>")
     out.append("</table>")
     return '<div class="scroll">' + "".join(out) + "</div>"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _num(value: Any) -> str:
@@ -287,7 +283,7 @@ def _layerwise(details: Mapping[str, Any], tolerance) -> str:
     records = {r["name"]: r for r in details.get("tensors", [])}
     compared, beyond = details["tensors_compared"], details["tensors_beyond_tolerance"]
     summary = (
-        f"{compared} shared tensors compared in {_plural(details['runs'], 'run')}, "
+        f"{compared} shared tensors compared in {format_count(details['runs'], 'run')}, "
         + (f"{beyond} beyond tolerance" if beyond else "all within tolerance")
         + f" ({float(details['seconds']):.1f} s)"
     )
@@ -720,8 +716,8 @@ def _fp16(result) -> str:
         return title + "<p>the model holds no float32 tensor: already FP16, nothing to convert</p>"
     facts = _facts(
         [
-            ("converted", f"{_plural(report.converted_nodes, 'node')}, {report.tensors_converted} constants"),
-            ("kept FP32", _plural(len(report.kept), "node")),
+            ("converted", f"{format_count(report.converted_nodes, 'node')}, {report.tensors_converted} constants"),
+            ("kept FP32", format_count(len(report.kept), "node")),
             ("Casts added", f"{report.casts_added} at region boundaries"),
             (
                 "activations",

@@ -24,6 +24,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from typing import TextIO
 
+from graphdoctor.analysis.format import format_count
 from graphdoctor.api import LintFailure, LintResult
 from graphdoctor.report.text import comparison_line
 from graphdoctor.rule import Finding, Severity
@@ -55,7 +56,7 @@ def _lint_case(suite: ET.Element, result: LintResult, fail_on: Severity) -> None
     passing = [f for f in result.findings if f.severity < fail_on]
     if failing:
         worst = max(f.severity for f in failing)
-        count = f"{len(failing)} finding{'' if len(failing) == 1 else 's'}"
+        count = format_count(len(failing), "finding")
         failure = _element(case, "failure", type=str(worst), message=f"{count} at or above {fail_on}")
         failure.text = _text("\n".join(_finding_line(f) for f in failing))
     if passing:

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from graphdoctor.analysis.format import format_bytes
+from graphdoctor.analysis.format import format_bytes, format_count
 
 __all__ = ["render_layerwise"]
 
@@ -61,7 +61,7 @@ def _summary(details: Mapping[str, Any]) -> str:
     verdict = f"{beyond} beyond tolerance" if beyond else "all within tolerance"
     runs = details["runs"]
     return (
-        f"layer-wise: {count} shared tensors compared in {runs} run{'s' if runs != 1 else ''}"
+        f"layer-wise: {count} shared tensors compared in {format_count(runs, 'run')}"
         f" ({per_run}; {limit}){left_out}: {verdict} ({details['seconds']:.1f} s)"
     )
 
@@ -88,7 +88,7 @@ def _upstream(event: Mapping[str, Any], record: Mapping[str, Any]) -> str:
     """How the error came in: exact inputs (it starts here), or the inputs' error and the node's growth."""
     known = [i["rel_err"] for i in event["inputs"] if i["rel_err"] is not None]
     missing = len(event["inputs"]) - len(known)
-    unknown = f" ({missing} input{'s' if missing != 1 else ''} not compared)" if missing else ""
+    unknown = f" ({format_count(missing, 'input')} not compared)" if missing else ""
     if not known:
         return f"its inputs were not compared{unknown}"
     upstream = max(_as_float(e) for e in known)

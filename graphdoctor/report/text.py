@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from itertools import groupby
 from typing import TextIO
 
-from graphdoctor.analysis.format import format_bytes
+from graphdoctor.analysis.format import format_bytes, format_count
 from graphdoctor.api import LintFailure, LintResult
 from graphdoctor.rule import Finding, Rule, Severity
 from graphdoctor.targets import TARGET_CHOICES, Target, parse_target
@@ -171,7 +171,7 @@ def _render_overall(results: list[LintResult | LintFailure], out: _Writer, fail_
     unlinted = len(results) - len(linted)
     failing = sum(1 for result in linted if result.fails(fail_on))
     parts = [
-        f"{_plural(len(results), 'model')}: {len(linted)} linted"
+        f"{format_count(len(results), 'model')}: {len(linted)} linted"
         + (f", {unlinted} could not be linted" if unlinted else ""),
         _findings_phrase(findings),
         f"{failing} of {len(linted)} linted {'fails' if failing == 1 else 'fail'} --fail-on {fail_on}",
@@ -185,20 +185,16 @@ def _findings_phrase(findings: Sequence[Finding]) -> str:
     """'60 findings (1 warning, 59 info)'."""
     counts = Counter(f.severity for f in findings)
     detail = ", ".join(
-        _plural(counts[s], str(s)) if s != Severity.INFO else f"{counts[s]} info" for s in _SEVERITIES if counts[s]
+        format_count(counts[s], str(s)) if s != Severity.INFO else f"{counts[s]} info" for s in _SEVERITIES if counts[s]
     )
-    return _plural(len(findings), "finding") + (f" ({detail})" if detail else "")
+    return format_count(len(findings), "finding") + (f" ({detail})" if detail else "")
 
 
 def _summary(result: LintResult) -> str:
     wasted = sum(f.nbytes or 0 for f in result.findings if f.nbytes)
     size = f"; {format_bytes(wasted)} at stake" if wasted else ""
-    rules = _plural(len(result.rules), "rule")
+    rules = format_count(len(result.rules), "rule")
     return f"{_findings_phrase(result.findings)}{size}; {rules} in {result.seconds:.2f} s"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def render_rules(rules: Iterable[Rule], stream: TextIO, target: Target | None = None) -> None:
@@ -416,7 +412,7 @@ def _render_fp16(result, out: _Writer) -> None:
 def _region_line(region) -> str:
     """'FP32 region of 4 nodes ('/Pow' … '/Sqrt'): values up to 1.2e+05 at 'x'; back in range after '/Sqrt''."""
     span = f"'{region.nodes[0]}'" if len(region.nodes) == 1 else f"'{region.nodes[0]}' … '{region.nodes[-1]}'"
-    count = f"{len(region.nodes)} node{'s' if len(region.nodes) != 1 else ''}"
+    count = format_count(len(region.nodes), "node")
     ends = ", ".join(f"'{end}'" for end in region.ends)
     return f"FP32 region of {count} ({span}): values up to {region.peak:.3g} at '{region.peak_at}'; ends at {ends}"
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from graphdoctor.analysis.format import format_count
 from graphdoctor.errors import GraphDoctorError
 
 __all__ = [
@@ -427,8 +428,7 @@ def detection_report(
     compared = compare_detections(reference, candidate, options)
     failing = [image for image in compared if not image.passed]
     matched, total = sum(i.matched for i in compared), sum(i.reference for i in compared)
-    plural = "s" if len(compared) != 1 else ""
-    message = f"{matched} of {total} detections matched on {len(compared)} image{plural}" + (
+    message = f"{matched} of {total} detections matched on {format_count(len(compared), 'image')}" + (
         "" if not failing else f"; {sum(len(i.failures) for i in failing)} changes, first: {failing[0].failures[0]}"
     )
     return {

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graphdoctor.analysis.format import format_count
 from graphdoctor.errors import GraphDoctorError
 
 __all__ = ["IMAGE_SUFFIXES", "Preprocessing", "find_images", "image_batch"]
@@ -70,7 +71,7 @@ def image_batch(
         planes = planes[..., ::-1]
     tensor = np.ascontiguousarray(planes.transpose(0, 3, 1, 2) * np.float32(preprocessing.scale))
     shown = ", ".join(path.name for path in paths[:4]) + (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
-    source = f"{len(paths)} image{'s' if len(paths) != 1 else ''} ({shown}): {preprocessing.describe(height, width)}"
+    source = f"{format_count(len(paths), 'image')} ({shown}): {preprocessing.describe(height, width)}"
     return {name: tensor}, source, pictures, [str(path) for path in paths]
 
 

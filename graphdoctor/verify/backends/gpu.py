@@ -180,4 +180,6 @@ def placement_text(counts: Counter[str]) -> str:
     """'52 kernels: 50 on CUDA, 2 on CPU' (largest first)."""
     total = sum(counts.values())
     parts = ", ".join(f"{count} on {SHORT_NAMES.get(name, name)}" for name, count in counts.most_common())
-    return f"{total} kernel{'' if total == 1 else 's'}: {parts}"
+    from graphdoctor.analysis.format import format_count
+
+    return f"{format_count(total, 'kernel')}: {parts}"
