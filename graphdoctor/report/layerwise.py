@@ -50,20 +50,31 @@ def render_layerwise(details: Mapping[str, Any], out: Writer) -> None:
 
 def _summary(details: Mapping[str, Any]) -> str:
     count, beyond = details["tensors_compared"], details["tensors_beyond_tolerance"]
-    per_run = f"at most {details['max_tensors_per_run']} tensors, {_mib(details['max_bytes_per_run'])} per run"
-    limit = (
-        f"--layers-per-run {details['layers_per_run']}"
-        if details.get("layers_per_run")
-        else f"budget {_mib(details['budget_bytes'])}"
-    )
     skipped = {k: v for k, v in details.get("skipped", {}).items() if k != "not float" and v}
     left_out = "; not compared: " + ", ".join(f"{v} {k}" for k, v in skipped.items()) if skipped else ""
     verdict = f"{beyond} beyond tolerance" if beyond else "all within tolerance"
     runs = details["runs"]
     return (
         f"layer-wise: {count} shared tensors compared in {format_count(runs, 'run')}"
-        f" ({per_run}; {limit}){left_out}: {verdict} ({details['seconds']:.1f} s)"
+        f" ({_method(details)}){left_out}: {verdict} ({details['seconds']:.1f} s)"
     )
+
+
+def _method(details: Mapping[str, Any]) -> str:
+    """How the tensors were compared: by statistics computed in the graph, fetched a slice at a time, or both
+    (the pairs the statistics cannot judge: inf/NaN, shapes that differ, sequences)."""
+    per_run = f"at most {details['max_tensors_per_run']} tensors, {_mib(details['max_bytes_per_run'])} per run"
+    limit = (
+        f"--layers-per-run {details['layers_per_run']}"
+        if details.get("layers_per_run")
+        else f"budget {_mib(details['budget_bytes'])}"
+    )
+    fetched = f"{per_run}; {limit}"
+    if not details.get("in_graph"):
+        why = details.get("in_graph_unavailable")
+        return f"{fetched}; no statistics in the graph: {why}" if why else fetched
+    in_graph = "both models in one session, statistics computed in the graph"
+    return f"{in_graph}; {details['fetched']} fetched, {fetched}" if details.get("fetched") else in_graph
 
 
 def _render_divergence(title: str, event: Mapping[str, Any], records: Mapping[str, Any], out: Writer) -> None:

@@ -72,7 +72,7 @@ from graphdoctor.analysis.fp16_ops import (
 from graphdoctor.analysis.graph import holds_tensor, holds_type, iter_graph_sites, node_label
 from graphdoctor.analysis.tensor_data import iter_chunks
 from graphdoctor.errors import GraphDoctorError, first_line
-from graphdoctor.verify.backends import Backend
+from graphdoctor.verify.backends import Backend, CpuGraph
 from graphdoctor.verify.backends.onnxruntime import EXTERNAL_FOLDER, as_declared, quiet_session_options
 from graphdoctor.verify.ranges import iter_slices
 
@@ -110,6 +110,7 @@ BF16_PRECISION = (
 )
 DISABLED_OPTIMIZERS = ("CastChainElimination", "CastElimination")
 _SESSION_CONFIG = {"optimization.enable_cast_chain_elimination": "0"}
+_BASIC_LEVEL = 1  # onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
 _FP32_SUFFIX = "__gd_fp32"
 _CONSTANT_OPS = frozenset({"Constant", "ConstantOfShape"})
 _EXPLAIN_BUDGET = 64 * 1024 * 1024  # bytes of tensors (both runs) held at once while looking for the origin
@@ -410,7 +411,7 @@ def session_options():
     import onnxruntime as ort
 
     options = quiet_session_options()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.graph_optimization_level = ort.GraphOptimizationLevel(_BASIC_LEVEL)
     for key, value in _SESSION_CONFIG.items():
         options.add_session_config_entry(key, value)
     return options
@@ -456,6 +457,12 @@ class LowPrecisionEmulationBackend(Backend):
             self._prepared = None  # let the previous model go before loading the next
             self._prepared = _prepare(path, key, self.storage, self.name)
         return self._prepared
+
+    def cpu_graph(self, model: Path) -> CpuGraph:
+        """The rewritten model, at the basic level with the Cast pairs kept (`session_options`)."""
+        prepared = self.prepare(model)
+        config = tuple(_SESSION_CONFIG.items())
+        return CpuGraph(prepared.proto, prepared.folder, _BASIC_LEVEL, config, DISABLED_OPTIMIZERS)
 
     def explain(
         self, candidate: Path, inputs: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]

@@ -1,5 +1,12 @@
-"""Layer-wise comparison: the intermediate tensors both models share by name, a slice at a time, and the first
-node whose output leaves tolerance, with how the error grew into it and out of it.
+"""Layer-wise comparison: the intermediate tensors both models share by name, and the first node whose output
+leaves tolerance, with how the error grew into it and out of it.
+
+How: when both backends run on ONNX Runtime's CPU provider (the reference on the oracle, the candidate on
+ONNX Runtime CPU or an FP16/BF16 emulation), both models run merged in one session whose added nodes reduce
+every shared tensor pair to a few difference statistics (`verify.lockstep`): one run, only scalars fetched,
+memory near the two models' own working sets. The pairs those cannot judge (shapes that differ, inf or NaN,
+sequences, optionals), and every pair on other backends (GPU, TensorRT) or with `--layers-per-run`, are
+fetched instead, a slice at a time.
 
 Why slices: exposing every tensor at once (Polygraphy's `--onnx-outputs '*'`) holds all activations of both
 models in memory together (2.17 GB and 337 MB of JSON for one ResNet-50 image). Here each run exposes a slice
@@ -7,8 +14,9 @@ of names sized so that both models' slices fit a byte budget (256 MiB by default
 on the actual inputs, else measured or estimated, see `_Planner`), compares the slice, keeps only the
 numbers and drops the arrays before the next run. `--layers-per-run N` fixes the slice length instead.
 
-Exposing a tensor as an output can stop ONNX Runtime from fusing the node computing it (a fused-away tensor
-is computed when asked for); both models run with the same slice exposed, so the effect cancels out.
+Exposing a tensor (as an output, or to the statistics) can stop ONNX Runtime from fusing the node computing
+it (a fused-away tensor is computed when asked for); both models get the same tensors exposed, so the effect
+cancels out.
 
 Error and growth: a tensor's error is its relative L2 error ||cand - ref|| / ||ref|| over the elements finite
 in both, which scaling does not change (a Mul by 100 multiplies the absolute error, not this). A node's growth
@@ -29,6 +37,7 @@ Only the metrics are kept: a report is plain data (`LayerwiseReport.as_dict`), s
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import math
@@ -50,7 +59,16 @@ from graphdoctor.analysis.graph import is_constant_node
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.verify.backends import Backend
 from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend, weights_outside
-from graphdoctor.verify.metrics import PRESETS, Tolerance, compare_values
+from graphdoctor.verify.lockstep import LockstepRun, LockstepUnavailable, Pair, PairStatistics, comparable
+from graphdoctor.verify.metrics import (
+    PRESETS,
+    TensorComparison,
+    Tolerance,
+    compare_values,
+    differing_reason,
+    failure_reason,
+    not_identical_reason,
+)
 
 __all__ = [
     "DEFAULT_BUDGET_BYTES",
@@ -84,7 +102,8 @@ class LayerwiseOptions:
     """How to slice: a byte budget for both models' tensors per run, or a fixed number of tensors per run."""
 
     budget_bytes: int = DEFAULT_BUDGET_BYTES
-    layers_per_run: int | None = None  # overrides the budget
+    layers_per_run: int | None = None  # overrides the budget (and fetches every tensor)
+    in_graph: bool = True  # statistics in the graph where both backends allow it; False: fetch every tensor
     progress: bool | None = None  # None: a progress bar when stderr is a terminal and CI is unset
 
 
@@ -148,6 +167,8 @@ class LayerwiseReport:
     path: list[str]  # tensor names from the first divergence downstream
     stages: list[dict[str, Any]]
     seconds: float
+    in_graph: int = 0  # tensors compared by statistics computed in the graph (one run of both models)
+    in_graph_unavailable: str = ""  # why no tensor was, when none was
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for `BackendVerdict.details["layerwise"]` and the JSON report:
@@ -156,7 +177,8 @@ class LayerwiseReport:
          "budget_bytes", "layers_per_run", "skipped": {reason: count}, "first_divergence": DIVERGENCE | null,
          "first_nonfinite": DIVERGENCE | null, "first_difference": name | null, "path": [name, ...],
          "stages": [{"stage", "tensors", "beyond_tolerance", "max_abs", "rel_err", "min_cosine"}],
-         "tensors": [RECORD, ...] (topological order of the reference), "seconds"}
+         "tensors": [RECORD, ...] (topological order of the reference), "seconds",
+         "in_graph": count compared in the graph, "fetched": count fetched in slices, "in_graph_unavailable"}
         RECORD: {"name", "node", "op", "shape", "passed", "max_abs", "rel_err", "cosine", "mismatch",
                  "ref_nonfinite", "cand_nonfinite", "ref_absmax", "growth", "reason"}
         DIVERGENCE: {"kind", "tensor", "node", "op", "inputs": [{"name", "rel_err"}], "hints": [str]}
@@ -177,6 +199,9 @@ class LayerwiseReport:
             "stages": list(self.stages),
             "tensors": [_record_dict(r) for r in self.records],
             "seconds": round(self.seconds, 3),
+            "in_graph": self.in_graph,
+            "fetched": len(self.records) - self.in_graph,
+            "in_graph_unavailable": self.in_graph_unavailable,
         }
 
 
@@ -228,49 +253,132 @@ def compare_layerwise(
     oracle: Backend | None = None,
 ) -> LayerwiseReport:
     """Compare the tensors `reference` (on `oracle`, ONNX Runtime CPU by default) and `candidate` (on
-    `backend`) share by name, in slices that fit the budget, and locate the first divergence."""
+    `backend`) share by name, in the graph where both backends allow it, else in slices that fit the budget,
+    and locate the first divergence."""
     options = options or LayerwiseOptions()
     oracle = oracle or OnnxruntimeBackend("onnxruntime-cpu")
     start = time.perf_counter()
-    planner, skipped = _plan(reference, candidate, inputs, integers_only=False)
+    planner, skipped = _plan(reference, candidate, inputs)
     probes = planner.probes
     logger.info("layer-wise: %d shared tensors to compare", len(probes))
     slices: list[int] = []
+    measured = _Measurements(inputs, planner.graph_inputs, tolerance)
+    in_graph = options.in_graph and options.layers_per_run is None  # slices asked for: no reason to give
+    unavailable = ""
     with ExitStack() as stack:
         light_reference = stack.enter_context(weights_outside(reference))
         light_candidate = light_reference if candidate == reference else stack.enter_context(weights_outside(candidate))
-        run = _SliceRunner(light_reference, light_candidate, oracle, backend, inputs, tolerance, planner.graph_inputs)
         advance = stack.enter_context(_progress(len(probes), options.progress))
-        while sum(slices) < len(probes):
-            chunk = planner.next_slice(sum(slices), options.budget_bytes, options.layers_per_run)
+        pending = probes
+        if in_graph:
+            try:
+                pending = _compare_in_graph(
+                    light_reference, light_candidate, oracle, backend, planner, inputs, measured
+                )
+            except LockstepUnavailable as why:
+                unavailable = str(why)
+                logger.info("layer-wise: no statistics in the graph (%s): fetching every tensor", why)
+            advance(len(probes) - len(pending))
+        fetching = dataclasses.replace(planner, probes=pending)
+        run = _SliceRunner(light_reference, light_candidate, oracle, backend, inputs, measured)
+        while sum(slices) < len(pending):
+            chunk = fetching.next_slice(sum(slices), options.budget_bytes, options.layers_per_run)
             planner.measured.update(run.compare(chunk))
             slices.append(len(chunk))
             advance(len(chunk))
-    records = run.records
+    records = measured.records(probes)
     first = next((r for r in records if not r.passed), None)
     nonfinite = next((r for r in records if r.is_nonfinite), None)
     divergences = _explain(
         [(kind, r) for kind, r in (("tolerance", first), ("nonfinite", nonfinite)) if r is not None],
         probes,
-        run,
+        measured,
         reference,
         candidate,
         backend,
     )
+    in_graph = len(probes) - len(pending)
     return LayerwiseReport(
         records=records,
-        runs=len(slices),
+        runs=len(slices) + (1 if in_graph else 0),
         max_tensors_per_run=max(slices, default=0),
-        max_bytes_per_run=run.max_bytes,
+        max_bytes_per_run=measured.max_bytes,
         budget_bytes=options.budget_bytes,
         layers_per_run=options.layers_per_run,
-        skipped=dict(Counter(skipped) + Counter(run.skipped)),
+        skipped=dict(Counter(skipped) + Counter(measured.skipped)),
         first_divergence=divergences.get("tolerance"),
         first_nonfinite=divergences.get("nonfinite"),
         first_difference=next((r.name for r in records if r.max_abs > 0 or r.is_nonfinite), None),
         path=diverging_path(first, probes, records) if first else [],
         stages=stage_summary(records),
         seconds=time.perf_counter() - start,
+        in_graph=in_graph,
+        in_graph_unavailable="" if in_graph else unavailable,
+    )
+
+
+def _compare_in_graph(
+    reference: Path,
+    candidate: Path,
+    oracle: Backend,
+    backend: Backend,
+    planner: _Planner,
+    inputs: Mapping[str, np.ndarray],
+    measured: _Measurements,
+) -> list[Probe]:
+    """Both models in one session, every pair the statistics can judge compared there (see verify.lockstep);
+    the probes left to fetch. Raises LockstepUnavailable when the two cannot share a session."""
+    pairs = [planner.pairs[p.name] for p in planner.probes if p.name in planner.pairs]
+    if not pairs:
+        raise LockstepUnavailable("no tensor pair of known tensor types to reduce")
+    graphs = [runner.cpu_graph(model) for runner, model in ((oracle, reference), (backend, candidate))]
+    for runner, graph in zip((oracle, backend), graphs, strict=True):
+        if graph is None:
+            raise LockstepUnavailable(f"{runner.name} does not run on ONNX Runtime's CPU provider")
+    session = LockstepRun(graphs[0], graphs[1], pairs, measured.tolerance.atol, measured.tolerance.rtol)
+    del graphs
+    statistics, unresolved = session.run(inputs)
+    del session
+    by_name = {pair.name: pair for pair in pairs}
+    for probe in planner.probes:
+        if probe.name in statistics:
+            measured.keep(_record_of(probe, by_name[probe.name], statistics[probe.name], measured.tolerance))
+    if unresolved:
+        logger.info("layer-wise: %d tensors to fetch: %s", len(unresolved), dict(Counter(unresolved.values())))
+    return [p for p in planner.probes if p.name not in statistics]
+
+
+def _record_of(probe: Probe, pair: Pair, stats: PairStatistics, tolerance: Tolerance) -> LayerRecord:
+    """The record of a pair judged from its statistics, as `compare_values` judges the tensors: floats by
+    `tolerance` (bit-identity under the exact preset), integers and bools exactly, by value."""
+    mismatch = stats.outside / stats.size if stats.size else 0.0
+    if pair.is_float:
+        numbers = TensorComparison(probe.name, stats.shape, True, stats.max_abs, math.nan, stats.cosine, mismatch, 0, 0)
+        reason = failure_reason(numbers, tolerance)
+        if tolerance.name == "exact":
+            identical = stats.outside == 0 and pair.reference_dtype == pair.candidate_dtype
+            reason = "" if identical else not_identical_reason(reason, mismatch)
+        cosine = stats.cosine
+    else:
+        kind = "bool tensor" if pair.reference_dtype == ir.DataType.BOOL else "integer tensor"
+        dtype = ir.DataType(pair.reference_dtype).name.lower()  # by value: a narrowed dtype is not a difference
+        reason = differing_reason(kind, stats.outside, stats.size, dtype, dtype) if stats.outside else ""
+        cosine = 1.0
+    return LayerRecord(
+        name=probe.name,
+        node=probe.node,
+        op=probe.op,
+        shape=stats.shape,
+        passed=not reason,
+        max_abs=stats.max_abs,
+        rel_err=stats.rel_err,
+        cosine=cosine,
+        mismatch=mismatch,
+        ref_nonfinite=0,
+        cand_nonfinite=0,
+        ref_absmax=stats.ref_absmax,
+        growth=None,
+        reason=reason,
     )
 
 
@@ -285,33 +393,55 @@ def compare_integer_tensors(
     """The integer and bool tensors both models compute under the same name from float values, compared
     exactly, in slices that fit `budget_bytes`; none fetched (no run) when there are none."""
     oracle = oracle or OnnxruntimeBackend("onnxruntime-cpu")
-    planner, _ = _plan(reference, candidate, inputs, integers_only=True)
+    planned, _ = _plan(reference, candidate, inputs)
+    planner = dataclasses.replace(planned, probes=[p for p in planned.probes if p.name in planned.integers])
     if not planner.probes:
         return []
     # the models as they are (no copy with weights outside, as layer-wise makes): integers take a run or two
-    run = _SliceRunner(reference, candidate, oracle, backend, inputs, PRESETS["exact"], planner.graph_inputs)
+    measured = _Measurements(inputs, planner.graph_inputs, PRESETS["exact"])
+    run = _SliceRunner(reference, candidate, oracle, backend, inputs, measured)
     done = 0
     while done < len(planner.probes):
         chunk = planner.next_slice(done, budget_bytes, None)
         planner.measured.update(run.compare(chunk))
         done += len(chunk)
-    return run.records
+    return measured.records(planner.probes)
 
 
 # --- planning -----------------------------------------------------------------------------------------------
 
 
-def _plan(
-    reference: Path, candidate: Path, inputs: Mapping[str, np.ndarray], integers_only: bool
-) -> tuple[_Planner, dict[str, int]]:
+def _plan(reference: Path, candidate: Path, inputs: Mapping[str, np.ndarray]) -> tuple[_Planner, dict[str, int]]:
     """Load both graphs (weights stay unread), infer shapes at the actual inputs, list the probes; the
-    models are dropped afterwards so they do not sit in memory during the runs."""
-    ref_model = _load_shaped(reference, inputs)
-    cand_model = ref_model if candidate == reference else _load_shaped(candidate, inputs)
-    planner, skipped = plan_probes(ref_model, cand_model, integers_only)
-    del ref_model, cand_model
-    gc.collect()  # a graph is a web of reference cycles: without this its weights outlive the function
-    return planner, skipped
+    models are dropped afterwards so they do not sit in memory during the runs. The plan is kept for the next
+    calls on the same files and input shapes: every backend of one verification plans the same pair, and
+    loading a ViT-B twice costs a second."""
+    key = (_file_identity(reference), _file_identity(candidate), _input_signature(inputs))
+    if key not in _PLANS:
+        ref_model = _load_shaped(reference, inputs)
+        cand_model = ref_model if candidate == reference else _load_shaped(candidate, inputs)
+        plan = plan_probes(ref_model, cand_model)
+        del ref_model, cand_model
+        gc.collect()  # a graph is a web of reference cycles: without this its weights outlive the function
+        while len(_PLANS) >= _KEPT_PLANS:
+            del _PLANS[next(iter(_PLANS))]
+        _PLANS[key] = plan
+    planner, skipped = _PLANS[key]
+    return planner, dict(skipped)
+
+
+_KEPT_PLANS = 4
+_PLANS: dict[tuple, tuple[_Planner, dict[str, int]]] = {}  # the latest plans, oldest first
+
+
+def _file_identity(path: Path) -> tuple:
+    """What changes when the file does: a rewritten candidate is planned again."""
+    status = path.stat()
+    return (os.fspath(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def _input_signature(inputs: Mapping[str, np.ndarray]) -> tuple:
+    return tuple((name, np.shape(value), np.asarray(value).dtype.str) for name, value in sorted(inputs.items()))
 
 
 def _load_shaped(path: Path, inputs: Mapping[str, np.ndarray]) -> ir.Model:
@@ -328,35 +458,59 @@ def _load_shaped(path: Path, inputs: Mapping[str, np.ndarray]) -> ir.Model:
     return model
 
 
-def plan_probes(
-    reference: ir.Model, candidate: ir.Model, integers_only: bool = False
-) -> tuple[_Planner, dict[str, int]]:
+def plan_probes(reference: ir.Model, candidate: ir.Model) -> tuple[_Planner, dict[str, int]]:
     """The float, integer and bool values computed by the reference's nodes (topological order) that the
-    candidate's nodes also compute under the same name; and how many others were left out, why. With
-    `integers_only`, only the integer and bool ones computed from float values."""
+    candidate's nodes also compute under the same name, among them (`_Planner.integers`) the integer and
+    bool ones computed from float values; and how many others were left out, why."""
     from graphdoctor.analysis.graph import node_label
 
     produced = {v.name: v for node in candidate.graph for v in node.outputs if v.name}
     planner = _Planner(graph_inputs=frozenset(v.name for v in reference.graph.inputs if v.name))
     planner.exact.update((v.name, _nbytes(v)) for v in reference.graph.inputs if v.name)
     skipped: Counter[str] = Counter()
-    from_floats = _computed_from_floats(reference.graph) if integers_only else set()
+    from_floats = _computed_from_floats(reference.graph)
     for node in reference.graph:
         if is_constant_node(node):
             continue
         activations = tuple(v.name for v in node.inputs if v is not None and v.name and not _is_constant(v))
         for value in (v for v in node.outputs if v.name):
             planner.add_tensor(value.name, node.op_type, activations, _nbytes(value))
-            if integers_only and (value.name not in from_floats or not _is_integer(value)):
-                continue
             if value.dtype == ir.DataType.STRING:
                 skipped["strings"] += 1
             elif value.name not in produced:
                 skipped["not computed by the candidate"] += 1
             else:
                 probe = Probe(value.name, node_label(node), node.op_type, activations)
-                planner.add_probe(probe, _nbytes(produced[value.name]))
+                planner.add_probe(probe, _nbytes(produced[value.name]), _pair(value, produced[value.name]))
+                if value.name in from_floats and _is_integer(value):
+                    planner.integers.add(value.name)
     return planner, dict(skipped)
+
+
+def _pair(reference: ir.Value, candidate: ir.Value) -> Pair | None:
+    """The pair for statistics in the graph: two tensors of comparable known dtypes whose static shapes do not
+    already differ; None for the others (fetched)."""
+    if not all(isinstance(v.type, ir.TensorType) for v in (reference, candidate)):
+        return None
+    if not comparable(reference.dtype, candidate.dtype) or _static_shapes_differ(reference, candidate):
+        return None
+    nonempty = all(
+        v.shape is not None and all(isinstance(d, int) and d > 0 for d in v.shape) for v in (reference, candidate)
+    )
+    return Pair(reference.name, int(reference.dtype), int(candidate.dtype), nonempty)
+
+
+def _static_shapes_differ(reference: ir.Value, candidate: ir.Value) -> bool:
+    if reference.shape is None or candidate.shape is None:
+        return False
+    if len(reference.shape) != len(candidate.shape):
+        return True
+    dims = zip(reference.shape, candidate.shape, strict=True)
+    return any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in dims)
+
+
+def _never_empty(value: ir.Value) -> bool:
+    return value.shape is not None and all(isinstance(d, int) and d > 0 for d in value.shape)
 
 
 _SHAPE_READERS = frozenset({"Shape", "Size"})  # read a tensor's dims, never its values
@@ -442,14 +596,18 @@ class _Planner:
     candidate_exact: dict[str, int | None] = field(default_factory=dict)
     measured: dict[str, int] = field(default_factory=dict)  # reference bytes, once fetched
     producers: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  # name -> (op, inputs)
+    pairs: dict[str, Pair] = field(default_factory=dict)  # the probes statistics in the graph can compare
+    integers: set[str] = field(default_factory=set)  # integer and bool probes computed from float values
 
     def add_tensor(self, name: str, op: str, inputs: tuple[str, ...], nbytes: int | None) -> None:
         self.producers[name] = (op, inputs)
         self.exact[name] = nbytes
 
-    def add_probe(self, probe: Probe, candidate_nbytes: int | None) -> None:
+    def add_probe(self, probe: Probe, candidate_nbytes: int | None, pair: Pair | None = None) -> None:
         self.probes.append(probe)
         self.candidate_exact[probe.name] = candidate_nbytes
+        if pair is not None:
+            self.pairs[probe.name] = pair
 
     def next_slice(self, start: int, budget_bytes: int, layers_per_run: int | None) -> list[Probe]:
         """The probes of the next run, from `start`: `layers_per_run` of them, else as many as fit the budget."""
@@ -491,6 +649,31 @@ def fit_count(sizes: Sequence[int], budget_bytes: int) -> int:
 # --- running ------------------------------------------------------------------------------------------------
 
 
+class _Measurements:
+    """The numbers kept per compared tensor, found in any order (in the graph, then fetched);
+    `records` puts them in the probes' order, each with its growth."""
+
+    def __init__(self, inputs: Mapping[str, np.ndarray], graph_inputs: frozenset[str], tolerance: Tolerance) -> None:
+        self.tolerance = tolerance
+        self.found: dict[str, LayerRecord] = {}
+        self.errors: dict[str, float] = dict.fromkeys(graph_inputs, 0.0)  # rel_err by tensor name
+        self.ranges: dict[str, float] = {n: _absmax(np.asarray(a)) for n, a in inputs.items() if n in graph_inputs}
+        self.skipped: Counter[str] = Counter()
+        self.max_bytes = 0  # both models' fetched arrays of the largest slice
+
+    def keep(self, record: LayerRecord) -> None:
+        self.found[record.name] = record
+        self.errors[record.name] = record.rel_err
+        self.ranges[record.name] = record.ref_absmax
+
+    def records(self, probes: Sequence[Probe]) -> list[LayerRecord]:
+        kept = [(p, self.found[p.name]) for p in probes if p.name in self.found]
+        return [
+            dataclasses.replace(r, growth=_growth(r.rel_err, [self.errors.get(name) for name in p.inputs]))
+            for p, r in kept
+        ]
+
+
 class _SliceRunner:
     """Runs both models with one slice exposed, compares it, and keeps only the numbers."""
 
@@ -501,17 +684,12 @@ class _SliceRunner:
         oracle: Backend,
         backend: Backend,
         inputs: Mapping[str, np.ndarray],
-        tolerance: Tolerance,
-        graph_inputs: frozenset[str],
+        measured: _Measurements,
     ) -> None:
         self.reference, self.candidate = reference, candidate
         self.oracle, self.backend = oracle, backend
-        self.inputs, self.tolerance = inputs, tolerance
-        self.records: list[LayerRecord] = []
-        self.errors: dict[str, float] = dict.fromkeys(graph_inputs, 0.0)  # rel_err by tensor name
-        self.ranges: dict[str, float] = {n: _absmax(np.asarray(a)) for n, a in inputs.items() if n in graph_inputs}
-        self.skipped: Counter[str] = Counter()
-        self.max_bytes = 0
+        self.inputs = inputs
+        self.measured = measured
 
     def compare(self, chunk: Sequence[Probe]) -> dict[str, int]:
         """Fetch, compare and drop one slice; returns the reference tensors' sizes, measured."""
@@ -520,42 +698,40 @@ class _SliceRunner:
         actual = self.backend.run(self.candidate, self.inputs, outputs=names)
         sizes = {name: _value_nbytes(value) for name, value in expected.items()}
         fetched = sum(sizes.values()) + sum(_value_nbytes(value) for value in actual.values())
-        self.max_bytes = max(self.max_bytes, fetched)
+        self.measured.max_bytes = max(self.measured.max_bytes, fetched)
         logger.info("layer-wise run: %d tensors, %.1f MiB", len(names), fetched / 2**20)
         for probe in chunk:
             if probe.name not in expected or probe.name not in actual:
-                self.skipped["not returned by the backend"] += 1
+                self.measured.skipped["not returned by the backend"] += 1
                 continue
             ref, cand = expected.pop(probe.name), actual.pop(probe.name)
             if _is_strings(ref):
-                self.skipped["strings"] += 1
+                self.measured.skipped["strings"] += 1
             else:
-                self._keep(probe, ref, _as_reference_dtype(cand, ref))
+                self.measured.keep(_fetched_record(probe, ref, _as_reference_dtype(cand, ref), self.measured.tolerance))
             del ref, cand
         return sizes
 
-    def _keep(self, probe: Probe, ref: Any, cand: Any) -> None:
-        comparison = compare_values(probe.name, ref, cand, self.tolerance)
-        rel_err, ref_absmax = _error_and_range(_as_numbers(ref), _as_numbers(cand), comparison.passed)
-        self.errors[probe.name] = rel_err
-        self.ranges[probe.name] = ref_absmax
-        record = LayerRecord(
-            name=probe.name,
-            node=probe.node,
-            op=probe.op,
-            shape=comparison.shape,
-            passed=comparison.passed,
-            max_abs=comparison.max_abs,
-            rel_err=rel_err,
-            cosine=comparison.cosine,
-            mismatch=comparison.mismatch,
-            ref_nonfinite=comparison.ref_nonfinite,
-            cand_nonfinite=comparison.cand_nonfinite,
-            ref_absmax=ref_absmax,
-            growth=_growth(rel_err, [self.errors.get(name) for name in probe.inputs]),
-            reason=comparison.reason,
-        )
-        self.records.append(record)
+
+def _fetched_record(probe: Probe, ref: Any, cand: Any, tolerance: Tolerance) -> LayerRecord:
+    comparison = compare_values(probe.name, ref, cand, tolerance)
+    rel_err, ref_absmax = _error_and_range(_as_numbers(ref), _as_numbers(cand), comparison.passed)
+    return LayerRecord(
+        name=probe.name,
+        node=probe.node,
+        op=probe.op,
+        shape=comparison.shape,
+        passed=comparison.passed,
+        max_abs=comparison.max_abs,
+        rel_err=rel_err,
+        cosine=comparison.cosine,
+        mismatch=comparison.mismatch,
+        ref_nonfinite=comparison.ref_nonfinite,
+        cand_nonfinite=comparison.cand_nonfinite,
+        ref_absmax=ref_absmax,
+        growth=None,
+        reason=comparison.reason,
+    )
 
 
 def _value_nbytes(value: Any) -> int:
@@ -719,7 +895,7 @@ def _summarize(records: Sequence[LayerRecord], keys: Sequence[str | None]) -> li
 def _explain(
     events: Sequence[tuple[str, LayerRecord]],
     probes: Sequence[Probe],
-    run: _SliceRunner,
+    measured: _Measurements,
     reference: Path,
     candidate: Path,
     backend: Backend,
@@ -738,8 +914,8 @@ def _explain(
     explained = {}
     for kind, record in events:
         names = by_name[record.name].inputs
-        inputs = tuple((name, run.errors.get(name)) for name in names)
-        hints = _hints(record, names, run.ranges, ref_model, cand_model, backend)
+        inputs = tuple((name, measured.errors.get(name)) for name in names)
+        hints = _hints(record, names, measured.ranges, ref_model, cand_model, backend)
         explained[kind] = Divergence(kind, record, inputs, tuple(hints))
     del ref_model, cand_model
     gc.collect()

@@ -31,7 +31,18 @@ import numpy as np
 
 from graphdoctor.errors import GraphDoctorError
 
-__all__ = ["PRESETS", "TensorComparison", "Tolerance", "compare_arrays", "compare_values", "kind_of", "tolerance_for"]
+__all__ = [
+    "PRESETS",
+    "TensorComparison",
+    "Tolerance",
+    "compare_arrays",
+    "compare_values",
+    "differing_reason",
+    "failure_reason",
+    "kind_of",
+    "not_identical_reason",
+    "tolerance_for",
+]
 
 
 @dataclass(frozen=True)
@@ -243,11 +254,21 @@ def _distance(ref: np.ndarray, cand: np.ndarray, differ: np.ndarray, textual: bo
 
 def _exact_reason(kind: str, ref: np.ndarray, cand: np.ndarray, metrics: TensorComparison) -> str:
     if kind == "float tensor":
-        return metrics.reason or f"not bit-identical: {metrics.mismatch:.2%} of elements differ"
+        return not_identical_reason(metrics.reason, metrics.mismatch)
     differing = int(np.count_nonzero(_differing(ref, cand, kind == "string tensor")))
-    counted = f"{differing} of {ref.size} elements differ"
-    if ref.dtype != cand.dtype:
-        return f"{kind}: dtype {cand.dtype} differs from the reference's {ref.dtype}" + (
+    return differing_reason(kind, differing, ref.size, str(ref.dtype), str(cand.dtype))
+
+
+def not_identical_reason(reason: str, mismatch: float) -> str:
+    """Why two float tensors are not bit-identical: the tolerance's reason, else the share that differs."""
+    return reason or f"not bit-identical: {mismatch:.2%} of elements differ"
+
+
+def differing_reason(kind: str, differing: int, size: int, ref_dtype: str, cand_dtype: str) -> str:
+    """Why two integer, bool or string tensors are not equal: their dtypes, and how many elements differ."""
+    counted = f"{differing} of {size} elements differ"
+    if ref_dtype != cand_dtype:
+        return f"{kind}: dtype {cand_dtype} differs from the reference's {ref_dtype}" + (
             f"; {counted}" if differing else ""
         )
     return f"{kind}: {counted} (exact comparison)"
@@ -280,11 +301,12 @@ def _compare_float(name: str, ref: np.ndarray, cand: np.ndarray, tolerance: Tole
         top1_agreement=_top1_agreement(ref, cand),
         top5_overlap=_topk_overlap(ref, cand, 5),
     )
-    reason = _failure(comparison, tolerance)
+    reason = failure_reason(comparison, tolerance)
     return TensorComparison(**{**comparison.__dict__, "passed": not reason, "reason": reason})
 
 
-def _failure(c: TensorComparison, tolerance: Tolerance) -> str:
+def failure_reason(c: TensorComparison, tolerance: Tolerance) -> str:
+    """Why a float comparison fails `tolerance`, in words; "" when it passes."""
     if c.cand_nonfinite > c.ref_nonfinite:
         return f"{c.cand_nonfinite - c.ref_nonfinite} more non-finite values (inf/NaN) than the reference"
     if c.mismatch > tolerance.max_mismatch:

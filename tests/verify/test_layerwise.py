@@ -65,10 +65,42 @@ class FailingBackend(OnnxruntimeBackend):
 
 
 def layerwise(pair: Pair, preset: str = "fp32", **kwargs) -> LayerwiseReport:
+    """The report with statistics in the graph; without options, also checked against the one that fetches
+    every tensor: both ways must give the same answers."""
     reference, candidate = pair
     inputs = generate_inputs(load_model(reference).model, seed=0)
     backend = kwargs.pop("backend", OnnxruntimeBackend("onnxruntime-cpu"))
-    return compare_layerwise(reference, candidate, backend, inputs, PRESETS[preset], **kwargs)
+    report = compare_layerwise(reference, candidate, backend, inputs, PRESETS[preset], **kwargs)
+    if "options" not in kwargs:
+        fetched = compare_layerwise(
+            reference, candidate, backend, inputs, PRESETS[preset], LayerwiseOptions(in_graph=False), **kwargs
+        )
+        assert report.in_graph > 0 and fetched.in_graph == 0
+        assert_same_answers(report, fetched)
+    return report
+
+
+def assert_same_answers(in_graph: LayerwiseReport, fetched: LayerwiseReport) -> None:
+    """The same records (numbers to float32's precision), divergences, hints, path and stages."""
+    assert [r.name for r in in_graph.records] == [r.name for r in fetched.records]
+    for ours, theirs in zip(in_graph.records, fetched.records, strict=True):
+        assert (ours.node, ours.op, ours.shape, ours.passed) == (theirs.node, theirs.op, theirs.shape, theirs.passed)
+        assert (ours.ref_nonfinite, ours.cand_nonfinite) == (theirs.ref_nonfinite, theirs.cand_nonfinite)
+        # the same up to FP32 rounding of the values (the session in the graph runs at the basic level, with
+        # other kernels than the fused ones): a difference moves by FP32 rounding of the values it comes from
+        scale = max(theirs.ref_absmax, 1.0)
+        assert ours.max_abs == pytest.approx(theirs.max_abs, abs=1e-5 * scale)
+        assert ours.rel_err == pytest.approx(theirs.rel_err, rel=1e-2, abs=1e-6)
+        assert ours.ref_absmax == pytest.approx(theirs.ref_absmax, rel=1e-5)
+        assert ours.mismatch == pytest.approx(theirs.mismatch, abs=1e-2)  # elements at the threshold
+        assert ours.cosine == pytest.approx(theirs.cosine, abs=1e-7)
+        assert (ours.growth is None) == (theirs.growth is None)
+    for kind in ("first_divergence", "first_nonfinite"):
+        ours, theirs = getattr(in_graph, kind), getattr(fetched, kind)
+        assert (ours is None) == (theirs is None)
+        if ours is not None:
+            assert (ours.record.name, ours.hints) == (theirs.record.name, theirs.hints)
+    assert (in_graph.first_difference, in_graph.path) == (fetched.first_difference, fetched.path)
 
 
 @pytest.fixture
@@ -149,7 +181,8 @@ def test_each_run_fits_the_byte_budget(tmp_path: Path):
     pair = divergence.chain_pair(tmp_path, rows=64, width=256)
     oracle, backend = RecordingBackend(), RecordingBackend()
     budget = 256 * 1024
-    report = layerwise(pair, backend=backend, oracle=oracle, options=LayerwiseOptions(budget_bytes=budget))
+    options = LayerwiseOptions(budget_bytes=budget, in_graph=False)
+    report = layerwise(pair, backend=backend, oracle=oracle, options=options)
     assert len(report.records) == 6 and report.runs == 3
     assert [count for count, _ in oracle.calls] == [count for count, _ in backend.calls] == [2, 2, 2]
     per_run = [ref + cand for (_, ref), (_, cand) in zip(oracle.calls, backend.calls, strict=True)]
@@ -178,7 +211,7 @@ def test_layers_per_run_must_be_positive(chain: Pair):
 
 def test_a_backend_that_cannot_expose_tensors_gives_an_error_not_a_crash(chain: Pair):
     inputs = generate_inputs(load_model(chain[0]).model, seed=0)
-    details = layerwise_details(*chain, FailingBackend(), inputs, PRESETS["fp32"], LayerwiseOptions())
+    details = layerwise_details(*chain, FailingBackend(), inputs, PRESETS["fp32"], LayerwiseOptions(in_graph=False))
     assert details == {"error": "this backend cannot expose intermediate tensors"}
 
 

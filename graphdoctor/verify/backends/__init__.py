@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +23,9 @@ from graphdoctor.errors import GraphDoctorError
 
 if TYPE_CHECKING:
     import numpy as np
+    import onnx
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "get_backend", "require_onnxruntime"]
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "CpuGraph", "get_backend", "require_onnxruntime"]
 
 # graphdoctor depends on neither ONNX Runtime distribution (a GPU user must get onnxruntime-gpu without the CPU
 # wheel, which would overwrite it): the extras choose
@@ -50,6 +52,24 @@ class Backend:
     def placement(self) -> str | None:
         """Where the last run's nodes ran, in words ("41 of 43 nodes on CUDA, 2 on CPU"), where it is known."""
         return None
+
+    def cpu_graph(self, model: Path) -> CpuGraph | None:
+        """The graph this backend runs for `model` on ONNX Runtime's CPU provider, and the session settings it
+        runs it with; None for a backend that runs otherwise (a GPU, TensorRT). Layer-wise comparison merges
+        two such graphs into one session (verify.lockstep)."""
+        return None
+
+
+@dataclass(frozen=True)
+class CpuGraph:
+    """What a CPU backend runs: the graph (weights referenced, not copied; never modified by the caller), the
+    folder its external data locations are relative to, and its session settings."""
+
+    proto: onnx.ModelProto
+    folder: Path
+    level: int  # onnxruntime.GraphOptimizationLevel's value: 0 off, 1 basic, 2 extended, 99 all
+    config: tuple[tuple[str, str], ...] = ()  # session config entries
+    disabled_optimizers: tuple[str, ...] = ()
 
 
 class BackendUnavailable(GraphDoctorError):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from graphdoctor.errors import GraphDoctorError, first_line
-from graphdoctor.verify.backends import Backend, BackendUnavailable, gpu
+from graphdoctor.verify.backends import Backend, BackendUnavailable, CpuGraph, gpu
 
 __all__ = [
     "EXTERNAL_FOLDER",
@@ -127,6 +127,17 @@ class OnnxruntimeBackend(Backend):
                 results = self._run(session, model, inputs)
                 self._record_placement(Path(session.end_profiling()))
         return results
+
+    def cpu_graph(self, model: Path) -> CpuGraph | None:
+        """The model as written, at the graph optimization level this backend runs it with (CPU only)."""
+        if self.on_gpu:
+            return None
+        import onnx
+
+        proto = onnx.load_model(os.fspath(model), load_external_data=False)
+        if self.optimize:
+            return CpuGraph(proto, model.resolve().parent, _ALL_OPTIMIZATIONS)
+        return CpuGraph(proto, model.resolve().parent, 0, ((_NO_PREPACKING, "1"),))
 
     def _session(self, ort, model: Path, source, options):
         try:
@@ -324,7 +335,11 @@ def as_written(options) -> None:
     import onnxruntime as ort
 
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.add_session_config_entry(_NO_PREPACKING, "1")
+
+
+_NO_PREPACKING = "session.disable_prepacking"
+_ALL_OPTIMIZATIONS = 99  # onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL, the default
 
 
 _ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}

@@ -1,0 +1,419 @@
+"""Two models compared in one ONNX Runtime session: the candidate's graph merged into the reference's under
+prefixed names, and each tensor pair they share reduced to a few difference statistics by nodes added to the
+merged graph, so that one run compares every layer and only scalars come out.
+
+Why: fetching the tensors (layer-wise slices) copies every activation of both models out of ONNX Runtime, a
+slice at a time, each slice a new pair of sessions, and compares them in numpy on float64 copies. Here both
+models run once, interleaved: with priority-based execution order ONNX Runtime follows the merged graph's node
+order, which places each candidate node right after the reference node computing the same tensor and each
+pair's reductions right after both, so a pair is reduced and freed as soon as it exists and memory stays
+near the two models' own working sets.
+
+Merging needs two backends that run on ONNX Runtime's CPU provider (`Backend.cpu_graph`), the same opset per
+domain, and external data in one folder (or none). The session runs at the lower of the two optimization
+levels, and at most the basic one, with both configs: with a statistic reading every tensor the extended
+fusions have nothing left to fuse, yet looking for them costs seconds on a transformer; the basic level's
+rounding differs from the fused one at FP32's 1e-7, far below what layer-wise localisation looks at. Weights the models share (the same file, or equal tensors under the same name) are held once; a
+node computing the same thing from the same values in both may then run once (ONNX Runtime's
+common-subexpression elimination), with the same values either way.
+
+Statistics per pair, `r` the reference's tensor and `c` the candidate's in a common float dtype (float32, or
+float64 when either is), sums in float64:
+- both shapes; Σr², Σc² (finite exactly when every value is), Σ(c-r)², max|c-r|, max|r|, and how many
+  elements lie outside atol + rtol·|r| (`c - r` of two finite floats is 0 only where they are equal, so under
+  the exact preset that count is the number of differing elements; 0.0 and -0.0 count as equal);
+- from those, rel_err = sqrt(Σ(c-r)² / Σr²) and cosine = (Σr² + Σc² - Σ(c-r)²) / (2·sqrt(Σr²·Σc²)).
+Integer and bool pairs are compared by value, exactly: how many elements differ (Equal on int64), with
+max|c-r| and Σ(c-r)², Σr² in float64. A pair whose shapes differ, or that holds inf or NaN, is not judged from
+these: `LockstepRun.run` names it for the caller to fetch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from graphdoctor.errors import first_line
+from graphdoctor.verify.backends import CpuGraph
+
+__all__ = ["PREFIX", "LockstepRun", "LockstepUnavailable", "Pair", "PairStatistics", "comparable"]
+
+PREFIX = "__gd_cand/"  # the candidate's names in the merged graph
+_STAT = "__gd_diff"
+_MIN_OPSET = 9
+_BASIC_LEVEL = 1  # onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC: the highest a merged session runs at
+_FLOATS = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
+_INTEGERS = frozenset(
+    {
+        TensorProto.BOOL, TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
+        TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
+    }
+)  # fmt: skip
+_FLOAT_STATISTICS = ("ref_shape", "cand_shape", "ref_squares", "cand_squares", "diff_squares", "max_abs",
+                     "ref_absmax", "outside")  # fmt: skip
+_INTEGER_STATISTICS = ("ref_shape", "cand_shape", "ref_squares", "diff_squares", "max_abs", "outside")
+
+
+class LockstepUnavailable(Exception):
+    """The two models cannot share one session (a GPU backend, different opsets, external data in two
+    folders, a graph ONNX Runtime rejects); the caller fetches the tensors instead."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One tensor both models compute under `name`, with its dtype in each (TensorProto values)."""
+
+    name: str
+    reference_dtype: int
+    candidate_dtype: int
+    nonempty: bool = False  # both static shapes say it holds elements: no pad before a ReduceMax
+
+    @property
+    def is_float(self) -> bool:
+        return self.reference_dtype in _FLOATS
+
+
+def comparable(reference_dtype: int | None, candidate_dtype: int | None) -> bool:
+    """Pairs whose statistics can be computed in the graph: both float, or both integer or bool."""
+    return (reference_dtype in _FLOATS and candidate_dtype in _FLOATS) or (
+        reference_dtype in _INTEGERS and candidate_dtype in _INTEGERS
+    )
+
+
+@dataclass(frozen=True)
+class PairStatistics:
+    """What the statistics of one pair tell (see the module docstring)."""
+
+    shape: tuple[int, ...]
+    max_abs: float
+    rel_err: float
+    cosine: float
+    outside: int  # elements outside the tolerance (floats), or differing (integers)
+    ref_absmax: float  # 0 for integers
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+class LockstepRun:
+    """One CPU session over both models merged, with the difference statistics of `pairs` as its only
+    outputs; `run(inputs)` runs it once. Raises LockstepUnavailable when the models cannot be merged or the
+    session cannot be made."""
+
+    def __init__(
+        self, reference: CpuGraph, candidate: CpuGraph, pairs: Sequence[Pair], atol: float, rtol: float
+    ) -> None:
+        import onnxruntime as ort
+
+        from graphdoctor.verify.backends.onnxruntime import EXTERNAL_FOLDER, quiet_session_options
+
+        self.pairs = list(pairs)
+        proto, folder = merged_model(reference, candidate)
+        _add_statistics(proto, self.pairs, atol, rtol)
+        options = quiet_session_options()
+        level = min(reference.level, candidate.level, _BASIC_LEVEL)
+        options.graph_optimization_level = ort.GraphOptimizationLevel(level)
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # follows the interleaved node order
+        for key, value in {**dict(reference.config), **dict(candidate.config)}.items():
+            options.add_session_config_entry(key, value)
+        if folder is not None:
+            options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(folder))
+        disabled = sorted({*reference.disabled_optimizers, *candidate.disabled_optimizers})
+        try:
+            source = proto.SerializeToString()
+            del proto
+            self._session = ort.InferenceSession(
+                source, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+            )
+        except Exception as error:  # onnx and onnxruntime raise their own exception types
+            raise LockstepUnavailable(
+                f"ONNX Runtime cannot run both models in one session: {first_line(error)}"
+            ) from None
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, PairStatistics], dict[str, str]]:
+        """The statistics of every pair they can judge, and for the others why not ('shapes differ',
+        'non-finite values'), to fetch. Raises LockstepUnavailable when the run fails."""
+        from graphdoctor.verify.backends.onnxruntime import as_declared
+
+        feeds = {**inputs, **{PREFIX + name: value for name, value in inputs.items()}}
+        try:
+            results = self._session.run(self._outputs, as_declared(self._session, feeds))
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise LockstepUnavailable(f"the run of both models in one session failed: {first_line(error)}") from None
+        scalars = dict(zip(self._outputs, results, strict=True))
+        measured, unresolved = {}, {}
+        for index, pair in enumerate(self.pairs):
+            found = _judge({name: scalars[_stat(index, name)] for name in _statistics(pair)})
+            if isinstance(found, str):
+                unresolved[pair.name] = found
+            else:
+                measured[pair.name] = found
+        return measured, unresolved
+
+
+def _judge(stats: Mapping[str, np.ndarray]) -> PairStatistics | str:
+    shape = tuple(int(d) for d in stats["ref_shape"])
+    if shape != tuple(int(d) for d in stats["cand_shape"]):
+        return "shapes differ"
+    ref_squares, diff_squares = float(stats["ref_squares"]), float(stats["diff_squares"])
+    cand_squares = float(stats.get("cand_squares", 0.0))
+    if not all(math.isfinite(s) for s in (ref_squares, cand_squares, diff_squares)):
+        return "non-finite values"
+    rel_err = math.sqrt(diff_squares / ref_squares) if ref_squares > 0.0 else (0.0 if diff_squares == 0.0 else math.inf)
+    return PairStatistics(
+        shape=shape,
+        max_abs=float(stats["max_abs"]),
+        rel_err=rel_err,
+        cosine=_cosine(ref_squares, cand_squares, diff_squares) if "cand_squares" in stats else 1.0,
+        outside=int(stats["outside"]),
+        ref_absmax=float(stats.get("ref_absmax", 0.0)),
+    )
+
+
+def _cosine(ref_squares: float, cand_squares: float, diff_squares: float) -> float:
+    """cos(r, c) from |r|², |c|² and |c - r|²; as metrics' cosine, 1 for two zero tensors, 0 for one."""
+    norm = math.sqrt(ref_squares * cand_squares)
+    if norm == 0.0:
+        return 1.0 if ref_squares == cand_squares == 0.0 else 0.0
+    return max(-1.0, min(1.0, (ref_squares + cand_squares - diff_squares) / (2.0 * norm)))
+
+
+# --- merging --------------------------------------------------------------------------------------------------
+
+
+def merged_model(reference: CpuGraph, candidate: CpuGraph) -> tuple[onnx.ModelProto, Path | None]:
+    """Both graphs in one model, the candidate's names prefixed (but for the weights both share), nodes
+    interleaved; no outputs yet. Also the folder external data is read from (None: there is none)."""
+    folder = _data_folder(reference, candidate)
+    model = onnx.ModelProto(ir_version=max(reference.proto.ir_version, candidate.proto.ir_version))
+    model.opset_import.extend(_opsets(reference.proto, candidate.proto))
+    model.functions.extend(_functions(reference.proto, candidate.proto))
+    ref_graph = reference.proto.graph
+    shared = _shared_initializers(ref_graph, candidate.proto.graph)
+    cand_graph = onnx.GraphProto()
+    cand_graph.CopyFrom(candidate.proto.graph)
+    _rename(cand_graph, lambda name: name if not name or name in shared else PREFIX + name)
+    graph = model.graph
+    graph.name = "lockstep"
+    graph.input.extend(ref_graph.input)
+    graph.input.extend(v for v in cand_graph.input if v.name not in shared)
+    graph.initializer.extend(ref_graph.initializer)
+    graph.initializer.extend(t for t in cand_graph.initializer if t.name not in shared)
+    graph.sparse_initializer.extend(ref_graph.sparse_initializer)
+    graph.sparse_initializer.extend(cand_graph.sparse_initializer)
+    graph.node.extend(_interleaved(ref_graph.node, cand_graph.node))
+    return model, folder
+
+
+def _data_folder(reference: CpuGraph, candidate: CpuGraph) -> Path | None:
+    folders = {g.folder.resolve() for g in (reference, candidate) if _has_external_data(g.proto.graph)}
+    if len(folders) > 1:
+        raise LockstepUnavailable("the two models' external data lie in different folders")
+    return next(iter(folders), None)
+
+
+def _has_external_data(graph: onnx.GraphProto) -> bool:
+    tensors = [*graph.initializer, *(s.values for s in graph.sparse_initializer)]
+    if any(t.data_location == TensorProto.EXTERNAL for t in tensors):
+        return True
+    return any(_has_external_data(g) for node in graph.node for g in _subgraphs(node))
+
+
+def _opsets(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> list[onnx.OperatorSetIdProto]:
+    versions: dict[str, int] = {}
+    for opset in (*reference.opset_import, *candidate.opset_import):
+        if versions.setdefault(opset.domain, opset.version) != opset.version:
+            domain = opset.domain or "ai.onnx"
+            raise LockstepUnavailable(f"the models import different opsets of {domain}")
+    return [helper.make_opsetid(domain, version) for domain, version in versions.items()]
+
+
+def _functions(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> list[onnx.FunctionProto]:
+    functions = {(f.domain, f.name, f.overload): f for f in reference.functions}
+    for function in candidate.functions:
+        key = (function.domain, function.name, function.overload)
+        if key in functions and functions[key] != function:
+            raise LockstepUnavailable(f"the models define function {function.name} differently")
+        functions.setdefault(key, function)
+    return list(functions.values())
+
+
+def _shared_initializers(reference: onnx.GraphProto, candidate: onnx.GraphProto) -> set[str]:
+    """Names of the main-graph initializers equal in both (the same bytes, or the same external range)."""
+    by_name = {t.name: t for t in reference.initializer}
+    return {t.name for t in candidate.initializer if t.name in by_name and by_name[t.name] == t}
+
+
+def _rename(graph: onnx.GraphProto, rename: Callable[[str], str]) -> None:
+    """Every name in `graph` and its subgraphs through `rename` (ONNX names are unique across scopes)."""
+    for values in (graph.input, graph.output, graph.value_info):
+        for value in values:
+            value.name = rename(value.name)
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    for sparse in graph.sparse_initializer:
+        sparse.values.name = rename(sparse.values.name)
+        sparse.indices.name = rename(sparse.indices.name)
+    for node in graph.node:
+        node.input[:] = [rename(name) for name in node.input]
+        node.output[:] = [rename(name) for name in node.output]
+        node.name = PREFIX + node.name if node.name else node.name
+        for subgraph in _subgraphs(node):
+            _rename(subgraph, rename)
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            yield attribute.g
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            yield from attribute.graphs
+
+
+def _interleaved(reference: Sequence[onnx.NodeProto], candidate: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Both node lists in one order: each candidate node right after the reference node computing the same
+    tensor (or, computing none, after its inputs' producers), so that execution in this order holds each
+    reference tensor only until its counterpart exists. Positions never decrease along an edge: the order
+    stays topological."""
+    position: dict[str, int] = {}
+    keyed: list[tuple[tuple[int, int, int], onnx.NodeProto]] = []
+    for index, node in enumerate(reference):
+        position.update((name, index) for name in node.output)
+        keyed.append(((index, 0, index), node))
+    for index, node in enumerate(candidate):
+        own = (position.get(name.removeprefix(PREFIX), -1) for name in node.output)
+        after = max(-1, *own, *(position.get(name, -1) for name in node.input if name.startswith(PREFIX)))
+        position.update((name, after) for name in node.output)
+        keyed.append(((after, 1, index), node))
+    keyed.sort(key=lambda item: item[0])
+    return [node for _, node in keyed]
+
+
+# --- the statistics -----------------------------------------------------------------------------------------
+
+
+def _stat(index: int, statistic: str) -> str:
+    return f"{_STAT}/{index}/{statistic}"
+
+
+def _statistics(pair: Pair) -> tuple[str, ...]:
+    return _FLOAT_STATISTICS if pair.is_float else _INTEGER_STATISTICS
+
+
+def _add_statistics(model: onnx.ModelProto, pairs: Sequence[Pair], atol: float, rtol: float) -> None:
+    """The statistics nodes of every pair, each group right after the later of its two producers, and their
+    outputs as the model's only outputs."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if opset < _MIN_OPSET:
+        raise LockstepUnavailable(f"opset {opset} is older than {_MIN_OPSET}")
+    graph = model.graph
+    groups = {}
+    for index, pair in enumerate(pairs):
+        builder = _Builder(index)
+        (_float_statistics if pair.is_float else _integer_statistics)(builder, pair, atol, rtol)
+        groups[PREFIX + pair.name] = groups.get(PREFIX + pair.name, []) + builder.nodes
+    produced = {name for node in graph.node for name in node.output}
+    missing = [pair.name for pair in pairs if pair.name not in produced or PREFIX + pair.name not in produced]
+    if missing:
+        raise LockstepUnavailable(f"'{missing[0]}' is not computed by both main graphs")
+    nodes = _constants(atol, rtol)
+    for node in graph.node:  # the candidate's counterpart comes after the reference's: its group follows it
+        nodes.append(node)
+        for output in node.output:
+            nodes.extend(groups.pop(output, ()))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.output[:]
+    names = [
+        _stat(i, s) for i, p in enumerate(pairs) for s in (_FLOAT_STATISTICS if p.is_float else _INTEGER_STATISTICS)
+    ]
+    graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+
+
+class _Builder:
+    """The nodes of one pair's statistics, named under `__gd_diff/<index>/`."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.nodes: list[onnx.NodeProto] = []
+
+    def add(self, op: str, inputs: Sequence[str], statistic: str | None = None, **attributes) -> str:
+        output = _stat(self.index, statistic or f"t{len(self.nodes)}")
+        self.nodes.append(helper.make_node(op, list(inputs), [output], name=output, **attributes))
+        return output
+
+    def cast(self, name: str, dtype: int, to: int) -> str:
+        return name if dtype == to else self.add("Cast", [name], to=to)
+
+    def peak(self, name: str, dtype: int, statistic: str, nonempty: bool) -> None:
+        """max(values) of a tensor of magnitudes, 0 for an empty one (ReduceMax of nothing is an error)."""
+        if not nonempty:
+            flat = self.add("Reshape", [name, _constant_name("flat")])
+            name = self.add("Concat", [flat, _constant_name(f"zero/{dtype}")], axis=0)
+        self.add("ReduceMax", [name], statistic, keepdims=0)
+
+
+def _float_statistics(builder: _Builder, pair: Pair, atol: float, rtol: float) -> None:
+    common = (
+        TensorProto.DOUBLE if TensorProto.DOUBLE in (pair.reference_dtype, pair.candidate_dtype) else TensorProto.FLOAT
+    )
+    builder.add("Shape", [pair.name], "ref_shape")
+    builder.add("Shape", [PREFIX + pair.name], "cand_shape")
+    ref = builder.cast(pair.name, pair.reference_dtype, common)
+    cand = builder.cast(PREFIX + pair.name, pair.candidate_dtype, common)
+    for name, statistic in ((ref, "ref_squares"), (cand, "cand_squares")):
+        builder.add("ReduceSumSquare", [builder.cast(name, common, TensorProto.DOUBLE)], statistic, keepdims=0)
+    diff = builder.add("Sub", [cand, ref])
+    builder.add("ReduceSumSquare", [builder.cast(diff, common, TensorProto.DOUBLE)], "diff_squares", keepdims=0)
+    distance, magnitude = builder.add("Abs", [diff]), builder.add("Abs", [ref])
+    builder.peak(distance, common, "max_abs", pair.nonempty)
+    builder.peak(magnitude, common, "ref_absmax", pair.nonempty)
+    scaled = builder.add("Mul", [magnitude, _constant_name(f"rtol/{common}")])
+    allowed = builder.add("Add", [scaled, _constant_name(f"atol/{common}")])
+    outside = builder.add("Greater", [distance, allowed])
+    builder.add("ReduceSum", [builder.add("Cast", [outside], to=TensorProto.DOUBLE)], "outside", keepdims=0)
+
+
+def _integer_statistics(builder: _Builder, pair: Pair, _atol: float, _rtol: float) -> None:
+    builder.add("Shape", [pair.name], "ref_shape")
+    builder.add("Shape", [PREFIX + pair.name], "cand_shape")
+    ref = builder.cast(pair.name, pair.reference_dtype, TensorProto.INT64)
+    cand = builder.cast(PREFIX + pair.name, pair.candidate_dtype, TensorProto.INT64)
+    differ = builder.add("Not", [builder.add("Equal", [ref, cand])])
+    builder.add("ReduceSum", [builder.add("Cast", [differ], to=TensorProto.DOUBLE)], "outside", keepdims=0)
+    ref_values = builder.add("Cast", [pair.name], to=TensorProto.DOUBLE)
+    cand_values = builder.add("Cast", [PREFIX + pair.name], to=TensorProto.DOUBLE)
+    builder.add("ReduceSumSquare", [ref_values], "ref_squares", keepdims=0)
+    diff = builder.add("Sub", [cand_values, ref_values])
+    builder.add("ReduceSumSquare", [diff], "diff_squares", keepdims=0)
+    builder.peak(builder.add("Abs", [diff]), TensorProto.DOUBLE, "max_abs", pair.nonempty)
+
+
+def _constant_name(name: str) -> str:
+    return f"{_STAT}/c/{name}"
+
+
+def _constants(atol: float, rtol: float) -> list[onnx.NodeProto]:
+    """Shared scalars (Constant nodes, valid in every opset from 9); ONNX Runtime drops the unused ones."""
+    nodes = [_constant("flat", TensorProto.INT64, [1], [-1])]
+    for dtype in (TensorProto.FLOAT, TensorProto.DOUBLE):
+        nodes.append(_constant(f"zero/{dtype}", dtype, [1], [0.0]))
+        nodes.append(_constant(f"atol/{dtype}", dtype, [], [atol]))
+        nodes.append(_constant(f"rtol/{dtype}", dtype, [], [rtol]))
+    return nodes
+
+
+def _constant(name: str, dtype: int, dims: list[int], values: list) -> onnx.NodeProto:
+    output = _constant_name(name)
+    return helper.make_node(
+        "Constant", [], [output], name=output, value=helper.make_tensor(output, dtype, dims, values)
+    )

@@ -1,0 +1,104 @@
+"""Both models merged into one ONNX Runtime session with the difference statistics in the graph
+(verify.lockstep), on real runs: the same answers as fetching the tensors, the cases it leaves to fetching
+(and says why), the weights held once, and the interleaved order that bounds memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from fixtures import divergence
+from graphdoctor.model import load_model
+from graphdoctor.verify.backends import get_backend
+from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
+from graphdoctor.verify.inputs import generate_inputs
+from graphdoctor.verify.layerwise import LayerwiseOptions, LayerwiseReport, compare_layerwise
+from graphdoctor.verify.lockstep import PREFIX, merged_model
+from graphdoctor.verify.metrics import PRESETS
+
+from .test_layerwise import assert_same_answers
+
+
+def both_ways(reference: Path, candidate: Path, backend, preset: str) -> tuple[LayerwiseReport, LayerwiseReport]:
+    inputs = generate_inputs(load_model(reference).model, seed=0)
+    tolerance = PRESETS[preset]
+    in_graph = compare_layerwise(reference, candidate, backend, inputs, tolerance)
+    fetched = compare_layerwise(reference, candidate, backend, inputs, tolerance, LayerwiseOptions(in_graph=False))
+    return in_graph, fetched
+
+
+def test_fp16_emulation_runs_in_the_graph_with_the_same_answers(tmp_path: Path):
+    """fix --fp16 localises a failed gate with FP16 emulation as the candidate's backend: its rewritten graph
+    (a Cast pair after every tensor) merges with the reference's."""
+    in_graph, fetched = both_ways(*divergence.chain_pair(tmp_path), get_backend("fp16-emulation"), "fp16")
+    assert in_graph.in_graph == len(in_graph.records) == 6 and in_graph.runs == 1
+    assert_same_answers(in_graph, fetched)
+
+
+def test_non_finite_pairs_are_fetched(tmp_path: Path):
+    """Statistics cannot count inf and NaN: such pairs are fetched, the others stay in the graph."""
+    in_graph, fetched = both_ways(*divergence.overflow_pair(tmp_path), get_backend("fp16-emulation"), "fp16")
+    assert 0 < in_graph.in_graph < len(in_graph.records) and in_graph.runs == 2
+    assert in_graph.first_nonfinite is not None and in_graph.first_nonfinite.record.cand_nonfinite == 64
+    assert_same_answers(in_graph, fetched)
+
+
+def test_different_opsets_fall_back_to_fetching_and_say_why(tmp_path: Path):
+    reference, candidate = divergence.chain_pair(tmp_path)
+    model = onnx.load(candidate)
+    model.opset_import[0].version += 1  # the chain's ops are the same in the next opset
+    onnx.save(model, candidate)
+    in_graph, fetched = both_ways(reference, candidate, OnnxruntimeBackend("onnxruntime-cpu"), "fp32")
+    assert in_graph.in_graph == 0 and "different opsets of ai.onnx" in in_graph.in_graph_unavailable
+    assert in_graph.first_divergence.record.node == fetched.first_divergence.record.node == "mm2"
+
+
+def test_external_data_in_two_folders_falls_back(tmp_path: Path):
+    reference, candidate = divergence.chain_pair(tmp_path)
+    for path, folder in ((reference, "a"), (candidate, "b")):
+        (tmp_path / folder).mkdir()
+        onnx.save(onnx.load(path), tmp_path / folder / "m.onnx", save_as_external_data=True, size_threshold=0)
+    a, b = tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx"
+    in_graph, _ = both_ways(a, b, OnnxruntimeBackend("onnxruntime-cpu"), "fp32")
+    assert (
+        in_graph.in_graph == 0
+        and in_graph.in_graph_unavailable == "the two models' external data lie in different folders"
+    )
+    assert in_graph.first_divergence.record.node == "mm2"
+
+
+def test_a_gpu_backend_is_compared_by_fetching():
+    backend = OnnxruntimeBackend("onnxruntime-cuda")
+    assert backend.cpu_graph(Path("unused.onnx")) is None  # nothing loaded: it does not run on the CPU
+
+
+def test_weights_both_models_hold_are_held_once(tmp_path: Path):
+    reference, candidate = divergence.chain_pair(tmp_path)
+    backend = OnnxruntimeBackend("onnxruntime-cpu")
+    same, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(reference))
+    held = len(onnx.load(reference).graph.initializer)
+    assert len(same.graph.initializer) == held
+    changed, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
+    assert len(changed.graph.initializer) == held + 1  # W2 differs: both are held
+    assert {t.name for t in changed.graph.initializer} - {t.name for t in same.graph.initializer} == {PREFIX + "W2"}
+
+
+def test_each_candidate_node_follows_the_reference_node_computing_the_same_tensor(tmp_path: Path):
+    reference, candidate = divergence.chain_pair(tmp_path)
+    backend = OnnxruntimeBackend("onnxruntime-cpu")
+    merged, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
+    order = [output for node in merged.graph.node for output in node.output]
+    ref_outputs = [output for node in onnx.load(reference).graph.node for output in node.output]
+    for name in ref_outputs:
+        assert order.index(PREFIX + name) == order.index(name) + 1
+    onnx.checker.check_model(merged)  # topologically sorted, every name defined once
+
+
+@pytest.mark.parametrize("preset", ["fp32", "exact"])
+def test_identical_models_are_identical_in_the_graph(tmp_path: Path, preset: str):
+    reference, _ = divergence.chain_pair(tmp_path)
+    in_graph, fetched = both_ways(reference, reference, OnnxruntimeBackend("onnxruntime-cpu"), preset)
+    assert in_graph.in_graph == 6 and all(r.passed and r.max_abs == 0.0 for r in in_graph.records)
+    assert_same_answers(in_graph, fetched)
