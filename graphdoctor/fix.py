@@ -122,9 +122,11 @@ def fix(
     rewrite drops duplicated value_info, so its bytes differ). Refused with GraphDoctorError, before any work: an
     output or data file that is one of the input's files or a link to one, a malformed model, and external data
     that is missing or shorter than declared (what it holds cannot be written)."""
+    from graphdoctor.analysis.types import infer_types
     from graphdoctor.engine import FixPolicy
     from graphdoctor.verify.backends import require_onnxruntime
     from graphdoctor.verify.compare import detection_task
+    from graphdoctor.verify.layerwise import computes_integers_from_floats
 
     if not dry_run:
         require_onnxruntime("fix (its gate, and the check that what it writes loads)")
@@ -147,16 +149,19 @@ def fix(
         batches = sample_batches(loaded.model, inputs, shapes, seed) if measure else None
         feeds = batches[0] if batches else None
         input_source = _input_source(inputs, seed, batches)
+        if batches:
+            infer_types(loaded.model)  # what the lint pass does first: the ranges and the gate's plan read the types
         if fp16 is not None and batches:
-            pipeline.ranges = _activation_ranges(source, batches, size_before)
+            pipeline.ranges = _activation_ranges(source, loaded.model, batches, size_before)
         # a detector (recognised beyond doubt) has its FP16 verdicts decided by the detect preset; before the rewrite
         detection = detection_task("auto", loaded.model) if gate and fp16 is not None else None
+        integers = gate and computes_integers_from_floats(loaded.model)  # else the gate need not look for them
         pipeline.strip_metadata = strip_metadata
         pipeline.run(loaded.model, loaded.path)
         result = functools.partial(_fix_result, source, destination, size_before, dry_run)
         if dry_run or not (pipeline.changed or output is not None):
             return result(pipeline, None, False, None, [], time.perf_counter() - start)
-        check = _Gate(source, feeds, input_source, size_before, detection) if gate else None
+        check = _Gate(source, feeds, input_source, size_before, detection, integers) if gate else None
         with writing(destination):
             return _write_verified(
                 loaded.model, destination, use_external, pipeline, check, fp16_repairs, result, start, deployed
@@ -493,12 +498,13 @@ class _Gate:
     GiB run a segment at a time, so verifying never holds all their weights at once (FP16 emulation, which cannot,
     is then left out and the verdicts say so)."""
 
-    def __init__(self, source: Path, feeds, input_source: str, size: int, detection=None) -> None:
+    def __init__(self, source: Path, feeds, input_source: str, size: int, detection=None, integers=True) -> None:
         self.source = source
         self.feeds = feeds
         self.input_source = input_source
         self.large = size > SEGMENTED_ABOVE
         self.detection = detection  # a detector: the FP16 verdicts by the detect preset (compare.DetectionTask)
+        self.integers = integers  # the source computes integers from floats: compare them exactly
 
     def run(self, candidate: Path, pipeline: _Pipeline) -> VerifyResult:
         """Verify `candidate` against the original, or, when fixes changed outputs on purpose (inference
@@ -529,7 +535,15 @@ class _Gate:
             backends, oracle = self._fp16_backends(key)
             low = tolerance_for(key)
             result = verify_models(
-                reference, candidate, backends, self.feeds, self.input_source, low, oracle=oracle, detect=self.detection
+                reference,
+                candidate,
+                backends,
+                self.feeds,
+                self.input_source,
+                low,
+                oracle=oracle,
+                integers=self.integers,
+                detect=self.detection,
             )
             return result if key == "fp16" else _without_missing_bf16_kernels(result)
         # nothing became FP16 (FP16 emulation would then round the FP32 model as if converting it)
@@ -537,7 +551,16 @@ class _Gate:
         judged = [f for f in pipeline.fixes if not f.rule.meta.fix_changes_outputs]
         safe = all(f.safety <= {FixSafety.SAFE} for f in judged)
         tolerance = tolerance_for("exact" if safe else "fp32")
-        result = verify_models(reference, candidate, [oracle], self.feeds, self.input_source, tolerance, oracle=oracle)
+        result = verify_models(
+            reference,
+            candidate,
+            [oracle],
+            self.feeds,
+            self.input_source,
+            tolerance,
+            oracle=oracle,
+            integers=self.integers,
+        )
         if not (safe and result.passed) or self.large:
             return result
         deployed = _as_deployed(reference, candidate, self.feeds, [f.rule.code for f in judged])
@@ -748,13 +771,13 @@ def _input_source(inputs, seed: int, batches) -> str:
     return str(inputs)
 
 
-def _activation_ranges(source: Path, batches, size: int):
+def _activation_ranges(source: Path, model, batches, size: int):
     """Ranges of the FP32 model's activations over the sample batches, for the converter; run a segment at
-    a time for models over 1 GiB."""
+    a time for models over 1 GiB. `model` is the source, loaded and typed (not loaded again)."""
     from graphdoctor.verify.ranges import value_ranges_over
     from graphdoctor.verify.segmented import SegmentedOnnxruntimeBackend
 
     run = None
     if size > SEGMENTED_ABOVE:
         run = functools.partial(SegmentedOnnxruntimeBackend().run, source)
-    return value_ranges_over(source, batches, run=run)
+    return value_ranges_over(source, batches, model=model, run=run)

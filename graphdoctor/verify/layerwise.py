@@ -79,6 +79,7 @@ __all__ = [
     "Probe",
     "compare_integer_tensors",
     "compare_layerwise",
+    "computes_integers_from_floats",
     "fit_count",
     "layerwise_details",
     "plan_probes",
@@ -511,6 +512,13 @@ def _static_shapes_differ(reference: ir.Value, candidate: ir.Value) -> bool:
 
 def _never_empty(value: ir.Value) -> bool:
     return value.shape is not None and all(isinstance(d, int) and d > 0 for d in value.shape)
+
+
+def computes_integers_from_floats(model: ir.Model) -> bool:
+    """Whether a node of the main graph computes an integer or bool value from float values (its types
+    inferred): without one, `compare_integer_tensors` has nothing to compare and need not load the models."""
+    from_floats = _computed_from_floats(model.graph)
+    return any(v.name in from_floats and _is_integer(v) for node in model.graph for v in node.outputs)
 
 
 _SHAPE_READERS = frozenset({"Shape", "Size"})  # read a tensor's dims, never its values

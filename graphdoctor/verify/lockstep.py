@@ -13,8 +13,9 @@ Merging needs two backends that run on ONNX Runtime's CPU provider (`Backend.cpu
 domain, and external data in one folder (or none). The session runs at the lower of the two optimization
 levels, and at most the basic one, with both configs: with a statistic reading every tensor the extended
 fusions have nothing left to fuse, yet looking for them costs seconds on a transformer; the basic level's
-rounding differs from the fused one at FP32's 1e-7, far below what layer-wise localisation looks at. Weights the models share (the same file, or equal tensors under the same name) are held once; a
-node computing the same thing from the same values in both may then run once (ONNX Runtime's
+rounding differs from the fused one at FP32's 1e-7, far below what layer-wise localisation looks at.
+Weights the models share (the same file, or equal tensors under the same name) are held once; a node
+computing the same thing from the same values in both may then run once (ONNX Runtime's
 common-subexpression elimination), with the same values either way.
 
 Statistics per pair, `r` the reference's tensor and `c` the candidate's in a common float dtype (float32, or

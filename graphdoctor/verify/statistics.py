@@ -38,6 +38,7 @@ from onnx import TensorProto, helper
 from graphdoctor.analysis.graph import node_label
 from graphdoctor.analysis.ranges import _CHUNK, FP16_FLUSH, FP16_OVERFLOW, TensorRange
 from graphdoctor.errors import first_line
+from graphdoctor.verify.weights_apart import load_apart
 
 __all__ = [
     "MIN_OPSET",
@@ -216,10 +217,10 @@ class InGraphStatistics:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(model_path.resolve().parent))
         try:
-            proto = onnx.load_model(os.fspath(model_path), load_external_data=False)
-            add_statistics(proto, self.names, nonempty_tensors(model))
-            source = proto.SerializeToString()
-            del proto
+            apart = load_apart(model_path)  # the weights are copied, not parsed and encoded again
+            add_statistics(apart.graph, self.names, nonempty_tensors(model))
+            source = apart.serialized()
+            del apart
             self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except StatisticsUnavailable:
             raise

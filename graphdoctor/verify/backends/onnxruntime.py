@@ -366,11 +366,13 @@ def session_model(model: Path, outputs: Sequence[str] | None, options) -> str | 
         return os.fspath(model)
     import onnx
 
-    proto = onnx.load_model(os.fspath(model), load_external_data=False)
-    del proto.graph.output[:]
-    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
+    from graphdoctor.verify.weights_apart import load_apart
+
+    apart = load_apart(model)  # the weights are copied, not parsed and encoded again
+    del apart.graph.graph.output[:]
+    apart.graph.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
     options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(model.resolve().parent))
-    return proto.SerializeToString()
+    return apart.serialized()
 
 
 @contextmanager

@@ -1,0 +1,139 @@
+"""A model file's graph apart from its weights, for sessions over a changed graph (statistics added, other
+outputs) that leave the weights as they are.
+
+Why: `onnx.load` then `SerializeToString` of a model whose weights are stored inside the file parses and
+re-encodes every weight byte in Python's protobuf: 0.6 s and 1.2 s for ViT-B/16's 330 MB, to change a few
+thousand nodes. Protobuf's encoding lets a message be split and joined instead: the concatenation of two
+encoded ModelProtos is their merge, repeated fields appended. So the file is cut at the wire level into the
+graph without its initializers (parsed: small) and the initializers' own bytes (copied once, never parsed),
+and the session reads `graph.SerializeToString() + weights`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+__all__ = ["GraphApart", "load_apart"]
+
+_MODEL_GRAPH = 7  # ModelProto.graph
+_GRAPH_WEIGHTS = frozenset({5, 15})  # GraphProto.initializer, GraphProto.sparse_initializer
+_LENGTH_DELIMITED = 2
+
+
+@dataclass
+class GraphApart:
+    """`graph`: the model without its main graph's initializers, to change; the initializers stay in the
+    file at `path`, at the byte ranges `weights`, until `serialized` joins them to the changed graph."""
+
+    graph: onnx.ModelProto
+    path: Path
+    weights: list[tuple[int, int]]
+
+    def serialized(self) -> bytes:
+        """The changed model with its weights, what ONNX Runtime loads from bytes: one copy of the weights,
+        straight from the file's pages."""
+        light = self.graph.SerializeToString()
+        if not self.weights:
+            return light
+        length = sum(end - begin for begin, end in self.weights)
+        header = _encode_varint(_MODEL_GRAPH << 3 | _LENGTH_DELIMITED) + _encode_varint(length)
+        with (
+            open(self.path, "rb") as file,
+            mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data,
+            memoryview(data) as view,
+        ):
+            parts = [view[begin:end] for begin, end in self.weights]
+            try:
+                return b"".join([light, header, *parts])
+            finally:  # the map closes only once no view of it is left
+                for part in parts:
+                    part.release()
+
+
+def load_apart(path: str | os.PathLike[str]) -> GraphApart:
+    """Cut the model file at `path` into its graph and its weights (see the module docstring). External data
+    stays where it is: the caller tells the session its folder. Raises onnx.DecodeError (and ValueError) on a
+    file that is not an encoded ModelProto. The file must not change before `serialized`."""
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:  # mmap cannot map an empty file
+            return GraphApart(onnx.ModelProto(), Path(path), [])
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            light, weights = _cut(data)
+    return GraphApart(onnx.ModelProto.FromString(light), Path(path), weights)
+
+
+def _cut(data: mmap.mmap) -> tuple[bytes, list[tuple[int, int]]]:
+    """The encoded model less its main graph's weights, and the byte ranges of those weights' fields."""
+    kept: list[bytes] = []
+    weights: list[tuple[int, int]] = []
+    for number, begin, payload, end in _fields(data, 0, len(data)):
+        if number != _MODEL_GRAPH:
+            kept.append(data[begin:end])
+            continue
+        graph: list[bytes] = []
+        for inner, field_begin, _, field_end in _fields(data, payload, end):
+            if inner in _GRAPH_WEIGHTS:
+                weights.append((field_begin, field_end))
+            else:
+                graph.append(data[field_begin:field_end])
+        kept.append(_field(_MODEL_GRAPH, b"".join(graph)))
+    return b"".join(kept), weights
+
+
+def _fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, where its encoding begins, where its payload begins, where it ends) of each field in
+    data[start:end]."""
+    position = start
+    while position < end:
+        begin = position
+        key, position = _varint(data, position)
+        wire = key & 7
+        if wire == 0:
+            _, position = _varint(data, position)
+            payload = begin
+        elif wire == 1:
+            payload, position = position, position + 8
+        elif wire == _LENGTH_DELIMITED:
+            length, payload = _varint(data, position)
+            position = payload + length
+        elif wire == 5:
+            payload, position = position, position + 4
+        else:
+            raise ValueError(f"protobuf wire type {wire} at byte {begin}: not an ONNX model")
+        if position > end:
+            raise ValueError(f"a field at byte {begin} runs past the end: not an ONNX model")
+        yield key >> 3, begin, payload, position
+
+
+def _varint(data: mmap.mmap, position: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise ValueError("a truncated varint: not an ONNX model")
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        position += 1
+        if byte < 0x80:
+            return value, position
+        shift += 7
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field: its key, its length, its bytes."""
+    return b"".join([_encode_varint(number << 3 | _LENGTH_DELIMITED), _encode_varint(len(payload)), payload])
+
+
+def _encode_varint(value: int) -> bytes:
+    encoded = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if not value:
+            encoded.append(low)
+            return bytes(encoded)
+        encoded.append(low | 0x80)
