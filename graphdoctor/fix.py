@@ -122,7 +122,6 @@ def fix(
     rewrite drops duplicated value_info, so its bytes differ). Refused with GraphDoctorError, before any work: an
     output or data file that is one of the input's files or a link to one, a malformed model, and external data
     that is missing or shorter than declared (what it holds cannot be written)."""
-    from graphdoctor.analysis.types import infer_types
     from graphdoctor.engine import FixPolicy
     from graphdoctor.verify.backends import require_onnxruntime
     from graphdoctor.verify.compare import detection_task
@@ -149,13 +148,13 @@ def fix(
         batches = sample_batches(loaded.model, inputs, shapes, seed) if measure else None
         feeds = batches[0] if batches else None
         input_source = _input_source(inputs, seed, batches)
-        if batches:
-            infer_types(loaded.model)  # what the lint pass does first: the ranges and the gate's plan read the types
+        typed = _typed_copy(source) if batches else None  # types inferred for the ranges and the gate's plan
         if fp16 is not None and batches:
-            pipeline.ranges = _activation_ranges(source, loaded.model, batches, size_before)
+            pipeline.ranges = _activation_ranges(source, typed, batches, size_before)
         # a detector (recognised beyond doubt) has its FP16 verdicts decided by the detect preset; before the rewrite
         detection = detection_task("auto", loaded.model) if gate and fp16 is not None else None
-        integers = gate and computes_integers_from_floats(loaded.model)  # else the gate need not look for them
+        integers = gate and computes_integers_from_floats(typed)  # else the gate need not look for them
+        del typed
         pipeline.strip_metadata = strip_metadata
         pipeline.run(loaded.model, loaded.path)
         result = functools.partial(_fix_result, source, destination, size_before, dry_run)
@@ -769,6 +768,16 @@ def _input_source(inputs, seed: int, batches) -> str:
     if len(sources) > 1:
         return f"{sources[0]} (the first of {len(sources)} batches in {inputs}; FP16 ranges measured over all)"
     return str(inputs)
+
+
+def _typed_copy(source: Path) -> ir.Model:
+    """The source loaded again, its types inferred: inferring them on the model being fixed would write every
+    inferred type into the output as value_info."""
+    from graphdoctor.analysis.types import infer_types
+
+    model = load_model(source).model
+    infer_types(model)
+    return model
 
 
 def _activation_ranges(source: Path, model, batches, size: int):
