@@ -12,11 +12,16 @@ Runtime's fork of onnxconverter-common, onnxslim, onnxsim, and graphdoctor keepi
 ops (the same Casts to place: the same work).
 
 Each conversion runs N times, each in a fresh process under `/usr/bin/time -v` with a memory cap (medians of
-wall time and peak RSS). Its output is judged in more capped child processes, so that a converter's broken
-model is a table entry, never a crashed bench: does it load and run with default session options on the
-installed ONNX Runtime and on old ones (each in its own venv), how far are its outputs from the FP32 model's
-under graphdoctor's FP16 emulation and on ONNX Runtime CPU, how many nodes it kept FP32, how many Casts it
-added, and how much of the float weight bytes it stores as FP16.
+wall time and peak RSS), and so does each model's floor: one plain ONNX Runtime CPU session of the FP32 model,
+run once on the judging inputs, what any check of it pays at least. A table of ratios follows, with issue 16's
+targets marked: verified within 2× of `--no-verify` (resnet50, vit_b_16, bert), `--no-verify` no slower than
+onnxconverter-common (yolo, mobilenet_v3_large), both on wall time; and verified over the floor.
+
+Each output is judged in more capped child processes, so that a converter's broken model is a table entry,
+never a crashed bench: does it load and run with default session options on the installed ONNX Runtime and
+on old ones (each in its own venv), how far are its outputs from the FP32 model's under graphdoctor's FP16
+emulation and on ONNX Runtime CPU, how many nodes it kept FP32, how many Casts it added, and how much of the
+float weight bytes it stores as FP16.
 
 Writes bench/results/fp16.md (the tables, with date, machine and versions) and bench/results/fp16.json (every
 run and every judgement); `--quick` writes fp16-quick.md/.json instead, so a smoke run never replaces them.
@@ -43,12 +48,19 @@ from measure import (
     describe_environment,
     format_number,
     format_size,
+    format_target,
+    inputs_command,
+    last_json,
     load_average,
     measure,
+    median_ratio,
     package_version,
     render_environment,
     reporter,
     run_bench,
+    session_command,
+    session_judge,
+    shorten,
     write_raw,
 )
 from models import CACHE, ModelUnavailable, is_large, model_size
@@ -184,6 +196,29 @@ CONVERTERS = (
 )
 DEFAULT_CONVERTERS = ("graphdoctor", "graphdoctor-noverify", "autocast", "occ")
 ORIGINAL = "FP32 original"  # the quality table's first row per model: what each ONNX Runtime makes of the input
+FLOOR = "floor: ORT session + 1 run of FP32"  # the cost table's first row per model: what any check pays at least
+VERIFY_TARGETS = ("resnet50", "vit_b_16", "bert")  # issue 16: verified within 2× of --no-verify (wall)
+OCC_TARGETS = ("yolo", "mobilenet_v3_large")  # issue 16: --no-verify no slower than onnxconverter-common
+
+
+@dataclasses.dataclass(frozen=True)
+class CostRatio:
+    """A column pair of the ratio table: `over`'s median wall time and peak RSS over `base`'s (converter names,
+    or FLOOR), and issue 16's target on the wall-time ratio for the models it names."""
+
+    label: str
+    over: str
+    base: str
+    limit: float | None = None
+    targets: tuple[str, ...] = ()
+
+
+NAMES = {converter.key: converter.name for converter in CONVERTERS}
+COST_RATIOS = (
+    CostRatio("verified / --no-verify", NAMES["graphdoctor"], NAMES["graphdoctor-noverify"], 2.0, VERIFY_TARGETS),
+    CostRatio("--no-verify / onnxconverter-common", NAMES["graphdoctor-noverify"], NAMES["occ"], 1.0, OCC_TARGETS),
+    CostRatio("verified / floor", NAMES["graphdoctor"], FLOOR),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,7 +410,7 @@ def bench_model(name: str, converters: list[Converter], runs: int | None, limits
     model = prepare_model(name, path, limits)
     count = runs or (1 if model.size_bytes > BIG_MODEL_BYTES else 3)
     original = Row(name, model.size_bytes, ORIGINAL, loads=check_loads(model, path, limits))
-    rows = [original]
+    rows = [original, bench_floor(model, count, limits)]
     for converter in converters:
         skipped = SKIPS.get((converter.key, name)) or converter.missing()
         if skipped:
@@ -391,12 +426,19 @@ def prepare_model(name: str, path: Path, limits: Limits) -> Model:
     inputs = SCRATCH / name / "inputs.npz"
     inputs.unlink(missing_ok=True)  # a rebuilt model must not meet old inputs
     inputs.parent.mkdir(parents=True, exist_ok=True)
-    answer = _child_json(
-        [str(BIN / "python"), __file__, "inputs", str(path), str(inputs), json.dumps(SHAPES.get(name, {}))], limits
-    )
+    answer = _child_json(inputs_command(path, inputs, SHAPES.get(name, {})), limits)
     if answer.get("error") or not inputs.exists():
         return Model(name, path, model_size(path), None, answer.get("error", "no inputs written"))
     return Model(name, path, model_size(path), inputs)
+
+
+def bench_floor(model: Model, runs: int, limits: Limits) -> Row:
+    """The FP32 model in one plain ONNX Runtime session, run once on the judging inputs, in fresh processes."""
+    if model.inputs is None:
+        return Row(model.name, model.size_bytes, FLOOR, skipped=f"no inputs: {model.inputs_error}")
+    _progress(f"{model.name} ({format_size(model.size_bytes)}): {FLOOR} × {runs}")
+    command = session_command(BIN / "python", model.path, model.inputs)
+    return Row(model.name, model.size_bytes, FLOOR, measure(command, runs, limits, judge=session_judge))
 
 
 def bench_converter(model: Model, converter: Converter, runs: int, limits: Limits) -> Row:
@@ -425,10 +467,11 @@ def check_loads(model: Model, candidate: Path, limits: Limits) -> dict[str, dict
         elif model.inputs is None:
             results[runtime.version] = {"error": f"no inputs: {model.inputs_error}"}
         else:
-            command = [str(runtime.python), __file__, "load", str(candidate), str(model.inputs)]
+            command = session_command(runtime.python, candidate, model.inputs)
             result = _child_json(command, limits)
             if not result.get("runs"):  # does a lower optimization level get past it (a workaround to name)?
-                result["extended"] = _child_json([*command, "ORT_ENABLE_EXTENDED"], limits)
+                extended = session_command(runtime.python, candidate, model.inputs, "ORT_ENABLE_EXTENDED")
+                result["extended"] = _child_json(extended, limits)
             results[runtime.version] = result
     return results
 
@@ -444,10 +487,8 @@ def check_accuracy(model: Model, candidate: Path, limits: Limits) -> dict:
 def _child_json(command: list[str], limits: Limits) -> dict:
     """Run a child command once, capped; its answer is the last line of its output that is a JSON object."""
     run = measure(command, 1, limits).runs[0]
-    for line in reversed(run.output_tail):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"error": f"child failed: {run.reason or 'no answer'}"}
+    answer = last_json(run.output_tail)
+    return answer if answer is not None else {"error": f"child failed: {run.reason or 'no answer'}"}
 
 
 # --- the child commands --------------------------------------------------------------------------------
@@ -481,51 +522,6 @@ def convert(key: str, source: str, target: str) -> int:
     else:
         raise SystemExit(f"unknown converter {key}")
     onnx.save(model, target, save_as_external_data=large, location=Path(target).name + ".data")
-    return 0
-
-
-def write_inputs(model: str, target: str, shapes: str) -> int:
-    """graphdoctor's seeded inputs for `model` (seed 0), saved as .npz: the same feeds for every check."""
-    from graphdoctor.errors import GraphDoctorError
-    from graphdoctor.model import load_model
-    from graphdoctor.verify.inputs import generate_inputs, save_inputs
-
-    dims = {name: tuple(value) for name, value in json.loads(shapes).items()}
-    try:
-        save_inputs(generate_inputs(load_model(model).model, seed=0, shapes=dims), target)
-    except GraphDoctorError as error:
-        print(json.dumps({"error": _first_line(error)}))
-        return 0
-    print(json.dumps({"inputs": target}))
-    return 0
-
-
-def load_and_run(model: str, inputs: str, level: str = "") -> int:
-    """Print one JSON line: does this ONNX Runtime load `model` with default session options (or at the
-    graph optimization `level` named, e.g. ORT_ENABLE_EXTENDED), and run it.
-
-    Runs in an old runtime's venv too, which has only numpy and onnxruntime: import nothing else here."""
-    import numpy as np
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    if level:
-        options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, level)
-    try:
-        session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    except Exception as error:
-        print(json.dumps({"loads": False, "runs": False, "error": "load: " + _first_line(error)}))
-        return 0
-    saved = np.load(inputs)
-    dtypes = {"tensor(float16)": np.float16, "tensor(float)": np.float32}
-    feeds = {i.name: saved[i.name].astype(dtypes.get(i.type, saved[i.name].dtype)) for i in session.get_inputs()}
-    try:
-        outputs = session.run(None, feeds)
-    except Exception as error:
-        print(json.dumps({"loads": True, "runs": False, "error": "run: " + _first_line(error)}))
-        return 0
-    finite = all(np.isfinite(o).all() for o in outputs if np.issubdtype(np.asarray(o).dtype, np.floating))
-    print(json.dumps({"loads": True, "runs": True, "finite": bool(finite)}))
     return 0
 
 
@@ -622,14 +618,11 @@ def _float_weight_bytes(model) -> tuple[int, int]:
 
 
 def _first_line(error: Exception | str) -> str:
-    text = " ".join(str(error).split()).replace("|", "/")
-    return (text[:200] + "…") if len(text) > 200 else text
+    return shorten(str(error), 200)
 
 
 CHILD_COMMANDS: dict[str, Callable[..., int]] = {
     "convert": convert,
-    "inputs": write_inputs,
-    "load": load_and_run,
     "accuracy": compare_accuracy,
     "structure": describe_structure,
 }
@@ -654,7 +647,14 @@ def render_markdown(rows: list[Row], environment: dict) -> str:
         f"| model | converter | {' | '.join(f'ORT {v}' for v in versions)} | emulated 1 − cos | emulated max abs"
         " | CPU 1 − cos | CPU max abs | kept FP32 | Casts added | FP16 weight bytes |",
         f"|---|---|{'---|' * len(versions)}---:|---:|---:|---:|---:|---:|---:|",
-        *(_quality_line(row, versions) for row in rows if row.series is not None or row.converter == ORIGINAL),
+        *(_quality_line(row, versions) for row in rows if _has_output(row) or row.converter == ORIGINAL),
+        "",
+        "Cost ratios (medians of the rows above; the targets, issue 16's, are on wall time; — where a row is"
+        " missing or failed):",
+        "",
+        f"| model | {' | '.join(f'{ratio.label}: wall | {ratio.label}: peak RSS' for ratio in COST_RATIOS)} |",
+        f"|---|{'---:|' * 2 * len(COST_RATIOS)}",
+        *_ratio_lines(rows),
     ]
     notes = _failure_notes(rows)
     if notes:
@@ -663,13 +663,38 @@ def render_markdown(rows: list[Row], environment: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _has_output(row: Row) -> bool:
+    """A converter's row that ran (the floor converts nothing)."""
+    return row.series is not None and row.converter != FLOOR
+
+
+def _ratio_lines(rows: list[Row]) -> list[str]:
+    """One line per model: each CostRatio's wall and peak RSS ratio, the wall one judged where a target applies."""
+    series = {(row.model, row.converter): row.series for row in rows}
+    lines = []
+    for model in dict.fromkeys(row.model for row in rows):
+        cells = []
+        for ratio in COST_RATIOS:
+            over, base = series.get((model, ratio.over)), series.get((model, ratio.base))
+            wall, rss = (median_ratio(over, base, metric) for metric in ("wall_s", "peak_rss_mib"))
+            judged = ratio.limit is not None and model in ratio.targets
+            cells += [format_target(wall, ratio.limit) if judged else _times(wall), _times(rss)]
+        lines.append(f"| {model} | {' | '.join(cells)} |")
+    return lines
+
+
+def _times(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}×"
+
+
 def _cost_line(row: Row) -> str:
     size = format_size(row.size_bytes)
     if row.series is None:
         return f"| {row.model} | {size} | {row.converter} | — | — | — | skipped: {row.skipped} |"
     series = row.series
     runs = f" ({len(series.runs)} run{'s' if len(series.runs) != 1 else ''})"
-    status = "converted" + runs if series.ok else f"**failed**: {series.reason}" + runs
+    done = "ran" if row.converter == FLOOR else "converted"
+    status = done + runs if series.ok else f"**failed**: {series.reason}" + runs
     ratio = f" ({row.output_bytes / row.size_bytes:.2f}×)" if row.output_bytes and row.size_bytes else ""
     return (
         f"| {row.model} | {size} | {row.converter} | {format_number(series.median_wall_s, 2)} |"

@@ -32,7 +32,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["Limits", "Run", "Series", "measure", "run_once"]
+__all__ = [
+    "Limits",
+    "Run",
+    "Series",
+    "inputs_command",
+    "judge_target",
+    "measure",
+    "median_ratio",
+    "run_once",
+    "session_command",
+    "session_judge",
+]
 
 GNU_TIME = "/usr/bin/time"
 MIB = 1024 * 1024
@@ -168,12 +179,12 @@ def explain_failure(tail: list[str]) -> str:
     (polygraphy's `[E] LINT`, `[!]`); the exception a traceback ends with; any error line; the last line."""
     memory = [line for line in tail if re.search(r"MemoryError|bad_alloc|[Oo]ut of memory|Cannot allocate", line)]
     if memory:
-        return _shorten(f"out of memory ({memory[-1]})")
+        return shorten(f"out of memory ({memory[-1]})")
     for pattern, pick in FAILURE_LINES:
         matches = [line for line in tail if re.search(pattern, line)]
         if matches:
-            return _shorten(matches[pick])
-    return _shorten(tail[-1] if tail else "no output")
+            return shorten(matches[pick])
+    return shorten(tail[-1] if tail else "no output")
 
 
 def _run_with_limits(command: list[str], output, limits: Limits, env: Mapping[str, str] | None) -> int | None:
@@ -235,13 +246,123 @@ def _tail(path: Path) -> list[str]:
     return [line.rstrip() for line in text.splitlines() if line.strip()][-TAIL_LINES:]
 
 
-def _shorten(text: str, width: int = 160) -> str:
-    text = " ".join(text.split()).replace("|", "/")  # one line, safe inside a markdown table
+def shorten(text: str, width: int = 160) -> str:
+    """One line, safe inside a markdown table, at most `width` characters."""
+    text = " ".join(text.split()).replace("|", "/")
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+# --- the floor: one plain ONNX Runtime session and one run --------------------------------------------------
+
+# What any check of a model pays at least: a fresh interpreter imports onnxruntime, creates one CPU session
+# with default options and runs it once. A program of its own, run with `python -c`, so that the floor
+# imports nothing more (this module's imports cost ~60 ms and ~4.5 MiB, a few percent of a small model's
+# floor). It also checks that a converted model loads as deployed: on an old ONNX Runtime, whose venv has
+# only numpy and onnxruntime, and optionally at a lower graph optimization level (e.g. ORT_ENABLE_EXTENDED).
+# Prints one JSON line: loads, runs, and whether every float output is finite; or the error.
+SESSION_SCRIPT = """\
+import json, sys
+import numpy as np
+import onnxruntime
+
+def answer(**fields):
+    print(json.dumps(fields))
+    sys.exit(0)
+
+def first_line(error):
+    text = " ".join(str(error).split()).replace("|", "/")
+    return text[:199] + "…" if len(text) > 200 else text
+
+model, inputs, level = sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else ""
+options = onnxruntime.SessionOptions()
+if level:
+    options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, level)
+try:
+    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+except Exception as error:
+    answer(loads=False, runs=False, error="load: " + first_line(error))
+saved = np.load(inputs)
+dtypes = {"tensor(float16)": np.float16, "tensor(float)": np.float32}
+feeds = {i.name: saved[i.name].astype(dtypes.get(i.type, saved[i.name].dtype)) for i in session.get_inputs()}
+try:
+    outputs = session.run(None, feeds)
+except Exception as error:
+    answer(loads=True, runs=False, error="run: " + first_line(error))
+floats = [o for o in outputs if np.issubdtype(np.asarray(o).dtype, np.floating)]
+answer(loads=True, runs=True, finite=bool(all(np.isfinite(o).all() for o in floats)))
+"""
+
+
+def session_command(python: Path | str, model: Path, inputs: Path, level: str = "") -> list[str]:
+    """The floor (or a load check) of `model` on `inputs` (.npz, as `inputs_command` writes them)."""
+    return [str(python), "-c", SESSION_SCRIPT, str(model), str(inputs), *([level] if level else [])]
+
+
+def session_judge(returncode: int, tail: list[str]) -> str:
+    """A floor run counts only when the session loaded and ran: the script answers 0 either way."""
+    answer = last_json(tail)
+    if returncode != 0 or answer is None:
+        return default_judge(returncode, tail) or "no answer from the session script"
+    return "" if answer.get("runs") else answer.get("error", "did not run")
+
+
+def last_json(tail: list[str]) -> dict | None:
+    """A child's answer: the last line of its output that is a JSON object."""
+    for line in reversed(tail):
+        if line.startswith("{"):
+            return json.loads(line)
+    return None
+
+
+def inputs_command(model: Path, target: Path, shapes: Mapping[str, Sequence[int]]) -> list[str]:
+    """Writes graphdoctor's seeded inputs for `model` (seed 0, what `graphdoctor verify --shape` generates) to
+    `target` (.npz), in a child of this venv: the inputs the floor runs on are graphdoctor's own."""
+    return [sys.executable, __file__, "inputs", str(model), str(target), json.dumps(dict(shapes))]
+
+
+def write_inputs(model: str, target: str, shapes: str) -> int:
+    """The child of `inputs_command`; prints one JSON line: the file written, or the error."""
+    from graphdoctor.errors import GraphDoctorError
+    from graphdoctor.model import load_model
+    from graphdoctor.verify.inputs import generate_inputs, save_inputs
+
+    dims = {name: tuple(value) for name, value in json.loads(shapes).items()}
+    try:
+        save_inputs(generate_inputs(load_model(model).model, seed=0, shapes=dims), target)
+    except GraphDoctorError as error:
+        print(json.dumps({"error": shorten(str(error), 200)}))
+        return 0
+    print(json.dumps({"inputs": target}))
+    return 0
+
+
+# --- ratios and the issues' targets on them ------------------------------------------------------------------
+
+
+def median_ratio(series: Series | None, base: Series | None, metric: str) -> float | None:
+    """`series`' median `metric` ("wall_s", "peak_rss_mib", "cpu_s") over `base`'s; None unless both ran
+    every run successfully (a failed run's numbers stop where it failed: no target is judged on them)."""
+    if series is None or base is None or not series.ok or not base.ok:
+        return None
+    value, reference = getattr(series, f"median_{metric}"), getattr(base, f"median_{metric}")
+    return value / reference if value is not None and reference else None
+
+
+def judge_target(ratio: float | None, limit: float) -> str:
+    """'met' when the ratio is at most `limit`, 'not met' above it, 'not measured' without a ratio."""
+    if ratio is None:
+        return "not measured"
+    return "met" if ratio <= limit else "not met"
+
+
+def format_target(ratio: float | None, limit: float) -> str:
+    """'3.12× (≤ 4×: met)': two decimals, so that a ratio just over its limit does not read as on it."""
+    shown = "—" if ratio is None else f"{ratio:.2f}×"
+    return f"{shown} (≤ {limit:g}×: {judge_target(ratio, limit)})"
 
 
 # --- shared by the bench scripts: environment, formatting ---
@@ -333,8 +454,20 @@ def write_raw(out: Path, bench: str, raw: Mapping) -> None:
     reporter(bench)(f"wrote {out / f'{bench}.md'} and {out / f'{bench}.json'}")
 
 
+def main(argv: list[str]) -> int:
+    """`python bench/measure.py inputs MODEL TARGET SHAPES_JSON`: the child of `inputs_command`."""
+    if len(argv) != 4 or argv[0] != "inputs":
+        print("usage: python bench/measure.py inputs MODEL TARGET.npz SHAPES_JSON", file=sys.stderr)
+        return 2
+    return write_inputs(*argv[1:])
+
+
 def run_bench(bench: str, main: Callable[[], int]) -> None:
     """A benchmark's entry point: without GNU time there is no peak RSS, so it stops with one line."""
     if shutil.which(GNU_TIME) is None:
         sys.exit(f"bench/{bench}: needs GNU time at {GNU_TIME} (apt-get install time)")
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

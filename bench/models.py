@@ -1,10 +1,15 @@
 """The models the benchmarks run on: real exports from the fixtures, plus two that only benchmarks need.
 
-- resnet50, yolo: `fixtures.torch_exports.path(name)`, the cached real exports the tests use.
+- resnet50, yolo, mobilenet_v3_large: `fixtures.torch_exports.path(name)`, the cached real exports the tests use.
 - bert: a BERT-base encoder (transformers `BertConfig()` defaults: 12 layers, hidden 768, ~110M parameters),
   exported by the TorchScript exporter at opset 17 with dynamic batch and sequence. Its random weights are
   perturbed so no two tensors are equal: freshly initialised LayerNorms are all ones and all biases zero,
   and a bench of duplicate detection on such a model would measure the initialiser, not a real export.
+- whisper_tiny_encoder: the Whisper-tiny encoder (transformers `WhisperConfig` at tiny's sizes: d_model 384,
+  4 layers, 6 heads, FFN 1536, 80 mel bins, 1500 positions; ~8M parameters, ~31 MiB), random weights perturbed
+  as BERT's, eager attention, TorchScript exporter at opset 17, static input `input_features` [1, 80, 3000]
+  (30 s of audio, the only length the encoder takes) and output `last_hidden_state` [1, 1500, 384]: a speech
+  model whose 1,500-token attention makes its activations, not its weights, what verification pays for.
 - large: a >2 GB model with external data (37 × MatMul 4096×4096 fp32 + Add + Tanh, one weight an exact
   duplicate of another, INT64 shape constants), the case where loading every weight would cost gigabytes.
 - transformer_dynamo, transformer_torchscript (bench/fix.py): one `nn.TransformerEncoder` of 6 identical
@@ -32,11 +37,24 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench"
 MIB = 1024 * 1024
 
-FIXTURE_MODELS = {"resnet50": "resnet50", "yolo": "yolo", "tied": "tied_embeddings"}  # bench name -> fixture
-BUILT_MODELS = ("bert", "large", "transformer_dynamo", "transformer_torchscript")
+FIXTURE_MODELS = {  # bench name -> fixture
+    "resnet50": "resnet50",
+    "yolo": "yolo",
+    "mobilenet_v3_large": "mobilenet_v3_large",
+    "tied": "tied_embeddings",
+}
+BUILT_MODELS = ("bert", "whisper_tiny_encoder", "large", "transformer_dynamo", "transformer_torchscript")
 ALL_MODELS = ("resnet50", "bert", "yolo", "large")  # lint's default set
 FIX_MODELS = ("transformer_dynamo", "transformer_torchscript", "tied", "large")  # bench/fix.py's default set
-KNOWN_MODELS = (*ALL_MODELS, *(name for name in FIX_MODELS if name not in ALL_MODELS))
+KNOWN_MODELS = tuple(dict.fromkeys((*ALL_MODELS, *FIX_MODELS, *FIXTURE_MODELS, *BUILT_MODELS)))
+WHISPER_TINY = {  # openai/whisper-tiny's encoder sizes
+    "d_model": 384,
+    "encoder_layers": 4,
+    "encoder_attention_heads": 6,
+    "encoder_ffn_dim": 1536,
+    "num_mel_bins": 80,
+    "max_source_positions": 1500,
+}
 
 LARGE_DIM = 4096
 LARGE_LAYERS = 36  # distinct weights; one more layer reuses the bytes of layer 0 under another name
@@ -156,6 +174,47 @@ def _keyword_call(model, torch):
             return output.last_hidden_state, output.pooler_output
 
     return KeywordCall().eval()
+
+
+def build_whisper_tiny_encoder(path: Path) -> None:
+    """The Whisper-tiny encoder alone, eager attention; the TorchScript exporter, as for BERT (the encoder takes
+    exactly 2 × max_source_positions frames, so nothing is dynamic)."""
+    import torch
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    torch.manual_seed(0)
+    encoder = WhisperEncoder(WhisperConfig(**WHISPER_TINY, attn_implementation="eager")).eval()
+    _perturb(encoder, torch)
+    frames = 2 * WHISPER_TINY["max_source_positions"]
+    features = torch.randn(1, WHISPER_TINY["num_mel_bins"], frames)
+    temporary = path.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(
+            _last_hidden_state(encoder, torch),
+            (features,),
+            temporary,
+            input_names=["input_features"],
+            output_names=["last_hidden_state"],
+            opset_version=17,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    os.replace(temporary, path)
+
+
+def _last_hidden_state(encoder, torch):
+    """The encoder returns a ModelOutput; trace a wrapper that returns its one tensor."""
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_features):
+            return self.encoder(input_features).last_hidden_state
+
+    return LastHiddenState().eval()
 
 
 def _perturb(model, torch) -> None:
@@ -295,6 +354,7 @@ def _identical_layers_encoder(torch):
 
 BUILDERS = {
     "bert": build_bert,
+    "whisper_tiny_encoder": build_whisper_tiny_encoder,
     "large": build_large,
     "transformer_dynamo": build_transformer_dynamo,
     "transformer_torchscript": build_transformer_torchscript,

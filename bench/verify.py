@@ -1,11 +1,15 @@
 """Benchmark `graphdoctor verify --layerwise` against `polygraphy run --onnxrt --onnx-outputs '*'`.
 
-    .venv/bin/python bench/verify.py                          # resnet50, yolo, bert; 3 runs each
+    .venv/bin/python bench/verify.py                          # resnet50, whisper_tiny_encoder, bert, yolo; 3 runs
     .venv/bin/python bench/verify.py --models resnet50 --runs 1
     .venv/bin/python bench/verify.py --model-file mine=model.onnx --shape mine=input:1x3x224x224
 
-Every model is verified against itself on ONNX Runtime CPU, at the same input shapes for every tool. Two
-groups of rows, each with graphdoctor as the baseline of its ratios:
+Every model is verified against itself on ONNX Runtime CPU, at the same input shapes for every tool. First
+the floor: a fresh process that imports onnxruntime, creates one plain CPU session of the model (default
+options) and runs it once on graphdoctor's own generated inputs, what any check of the model pays at least;
+every row's ratio to it is a column of its own, and issue 16's targets are judged on the layer-wise row's
+(wall ≤ 4× the floor, peak RSS ≤ 2×). Then two groups of rows, each with graphdoctor as the baseline of its
+ratios:
 - layer-wise: `graphdoctor verify M M --layerwise` (both runs, every shared tensor compared, a slice at a
   time) against `polygraphy run M --onnxrt --onnx-outputs '*'` (one run, every tensor fetched at once,
   nothing compared), the same with `--save-outputs` (the JSON a comparison needs) and with `--load-outputs`
@@ -34,36 +38,46 @@ from typing import Any
 
 from measure import (
     MIB,
+    Judge,
     Limits,
     Run,
     Series,
     describe_environment,
     format_number,
     format_size,
+    format_target,
     hidden_torch_env,
+    inputs_command,
+    last_json,
     load_average,
     measure,
+    median_ratio,
     render_environment,
     reporter,
     run_bench,
+    session_command,
+    session_judge,
     write_raw,
 )
-from models import ALL_MODELS, ModelUnavailable, model_path, model_size
+from models import KNOWN_MODELS, ModelUnavailable, model_path, model_size
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 BIN = Path(sys.prefix) / "bin"  # the venv running this script; not resolved, or the venv would be lost
 
-DEFAULT_MODELS = ("resnet50", "yolo", "bert")
+DEFAULT_MODELS = ("resnet50", "whisper_tiny_encoder", "bert", "yolo")
 DEFAULT_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
     "resnet50": {"input": (1, 3, 224, 224)},
+    "whisper_tiny_encoder": {"input_features": (1, 80, 3000)},
+    "mobilenet_v3_large": {"input": (1, 3, 224, 224)},
     "yolo": {"images": (1, 3, 320, 320)},
     "bert": {"input_ids": (1, 128), "attention_mask": (1, 128)},
     "large": {"x": (1, 4096)},
 }
 TARGET_MODEL = "resnet50"
 TARGET_BYTES = 1000**3  # "layer-wise verify of resnet50 keeps peak RSS under 1 GB"
-LAYERWISE, OUTPUTS = "layer-wise", "outputs only"
+FLOOR_WALL, FLOOR_RSS = 4.0, 2.0  # issue 16: layer-wise verify of a model against itself, over its floor
+FLOOR, LAYERWISE, OUTPUTS = "floor", "layer-wise", "outputs only"
 # `sh` writes graphdoctor's JSON report to a file and execs it: the measured process is graphdoctor itself
 REDIRECT = ("/bin/sh", "-c", 'out=$1; shift; exec "$@" > "$out"', "sh")
 
@@ -74,6 +88,7 @@ class BenchModel:
     path: Path
     size_bytes: int
     shapes: dict[str, tuple[int, ...]]
+    inputs_error: str = ""  # why the floor's inputs could not be written
     loads: list[float] = dataclasses.field(default_factory=list)  # 1-min load average as each round starts
 
 
@@ -86,6 +101,7 @@ class Tool:
     group: str
     command: Callable[[BenchModel, Path], list[str]]  # (model, scratch folder) -> argv
     env: Callable[[], dict[str, str]] | None = None
+    judge: Judge | None = None  # measure's default judge (exit 0 is ok) unless given
 
     @property
     def is_graphdoctor(self) -> bool:
@@ -117,12 +133,19 @@ def _polygraphy(*extra: str, all_tensors: bool = True) -> Callable[[BenchModel, 
     return command
 
 
+def _floor(model: BenchModel, scratch: Path) -> list[str]:
+    """One plain ONNX Runtime session and run of the model, on the inputs graphdoctor generates for it."""
+    return session_command(BIN / "python", model.path, scratch / FLOOR_INPUTS)
+
+
 def _dims(dims: tuple[int, ...], separator: str) -> str:
     return separator.join(str(d) for d in dims)
 
 
 SAVED_OUTPUTS = "polygraphy-outputs.json"
+FLOOR_INPUTS = "floor-inputs.npz"
 TOOLS = (
+    Tool("floor", "floor: ORT session + 1 run", FLOOR, _floor, judge=session_judge),
     Tool(
         "graphdoctor-layerwise",
         "graphdoctor verify --layerwise",
@@ -195,7 +218,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--models",
-        help=f"comma-separated, of {', '.join(ALL_MODELS)} and the --model-file names"
+        help=f"comma-separated, of {', '.join(KNOWN_MODELS)} and the --model-file names"
         f" (default: {','.join(DEFAULT_MODELS)}, or the --model-file ones)",
     )
     parser.add_argument("--runs", type=int, default=3, help="runs per tool and model (default: %(default)s)")
@@ -221,6 +244,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.tools.add("polygraphy-save")  # it compares against the JSON that row writes
     groups = {tool.group for tool in TOOLS if tool.key in args.tools}
     args.tools |= {tool.key for tool in TOOLS if tool.is_graphdoctor and tool.group in groups}  # the ratios need it
+    if "graphdoctor-layerwise" in args.tools:
+        args.tools.add("floor")  # the targets are judged against it
     args.model_files = dict(_parse_model_file(item, parser) for item in args.model_file)
     args.shapes = _parse_shapes(args.shape, parser)
     default_models = ",".join(args.model_files or DEFAULT_MODELS)
@@ -264,6 +289,8 @@ def bench_model(model: BenchModel, tools: list[Tool], runs: int, limits: Limits)
     first failure (failures here are deterministic: a timeout, out of memory, a model a tool cannot run)."""
     with tempfile.TemporaryDirectory(prefix="gd-bench-verify-") as folder:
         scratch = Path(folder)
+        if any(tool.key == "floor" for tool in tools):
+            model.inputs_error = write_floor_inputs(model, scratch / FLOOR_INPUTS, limits)
         rows = {tool.key: Row(model.name, tool, Series(tool.command(model, scratch), [])) for tool in tools}
         for round_ in range(1, runs + 1):
             model.loads.append(os.getloadavg()[0])
@@ -272,19 +299,28 @@ def bench_model(model: BenchModel, tools: list[Tool], runs: int, limits: Limits)
                 if row.series.runs and not row.series.ok:
                     continue
                 _progress(f"{model.name} ({format_size(model.size_bytes)}): {tool.name}, run {round_}/{runs}")
-                row.series.runs.append(run_tool(tool, row.series.command, scratch, limits))
+                row.series.runs.append(run_tool(tool, row.series.command, model, scratch, limits))
                 if row.series.runs[-1].ok:
                     row.facts.update(read_facts(tool, scratch, row.facts))
     return list(rows.values())
 
 
-def run_tool(tool: Tool, command: list[str], scratch: Path, limits: Limits) -> Run:
+def write_floor_inputs(model: BenchModel, target: Path, limits: Limits) -> str:
+    """graphdoctor's generated inputs at the bench's shapes (what its rows feed), unmeasured; "" or why not."""
+    run = measure(inputs_command(model.path, target, model.shapes), 1, limits).runs[0]
+    answer = last_json(run.output_tail) or {}
+    return "" if target.exists() else answer.get("error") or run.reason or "no inputs written"
+
+
+def run_tool(tool: Tool, command: list[str], model: BenchModel, scratch: Path, limits: Limits) -> Run:
     executable = command[len(REDIRECT) + 1] if command[0] == REDIRECT[0] else command[0]
     if not Path(executable).exists():
         return Run(0.0, None, None, False, f"{Path(executable).name} is not installed in {BIN.parent}")
     if tool.key == "polygraphy-compare" and not (scratch / SAVED_OUTPUTS).exists():
         return Run(0.0, None, None, False, "no saved outputs to compare with (the --save-outputs row failed)")
-    return measure(command, 1, limits, env=tool.env() if tool.env else None).runs[0]
+    if tool.key == "floor" and model.inputs_error:
+        return Run(0.0, None, None, False, f"no inputs: {model.inputs_error}")
+    return measure(command, 1, limits, judge=tool.judge, env=tool.env() if tool.env else None).runs[0]
 
 
 def read_facts(tool: Tool, scratch: Path, known: dict[str, Any]) -> dict[str, Any]:
@@ -342,17 +378,22 @@ def render_markdown(rows: list[Row], models: list[BenchModel], environment: dict
     """The table, the inputs each model ran at, the target, then where the numbers came from."""
     lines = [
         "| model | tool | median wall s | median CPU s | median peak RSS MiB | ratio vs graphdoctor (time, memory)"
-        " | notes |",
-        "|---|---|---:|---:|---:|---|---|",
+        " | ratio vs floor (time, memory) | notes |",
+        "|---|---|---:|---:|---:|---|---|---|",
     ]
     baselines = {
         (row.model, row.tool.group): row.series for row in rows if row.tool is not None and row.tool.is_graphdoctor
     }
+    floors = _floors(rows)
     facts = {(row.model, row.tool.key): row.facts for row in rows if row.tool is not None}
     for row in rows:
         baseline = baselines.get((row.model, row.tool.group)) if row.tool else None
-        lines.append(_table_line(row, baseline, facts))
-    lines += ["", "Ratios: each peer over graphdoctor's row of its group (layer-wise, outputs only) on the same model."]
+        lines.append(_table_line(row, baseline, floors.get(row.model), facts))
+    lines += [
+        "",
+        "Ratios: each peer over graphdoctor's row of its group (layer-wise, outputs only) on the same model; each"
+        " row over the model's floor (a fresh process: import onnxruntime, one default CPU session, one run).",
+    ]
     lines += ["Inputs (every tool, the same shapes):"]
     lines += [
         f"- {m.name} ({format_size(m.size_bytes)}): {_describe_shapes(m.shapes)}; 1-min load average as each"
@@ -373,15 +414,20 @@ def _render_source(environment: dict) -> str:
     )
 
 
-def _table_line(row: Row, baseline: Series | None, facts: dict) -> str:
+def _floors(rows: list[Row]) -> dict[str, Series]:
+    return {row.model: row.series for row in rows if row.tool is not None and row.tool.key == "floor"}
+
+
+def _table_line(row: Row, baseline: Series | None, floor: Series | None, facts: dict) -> str:
     if row.tool is None or row.series is None:
-        return f"| {row.model} | — | — | — | — | — | skipped: {row.skipped} |"
+        return f"| {row.model} | — | — | — | — | — | — | skipped: {row.skipped} |"
     series = row.series
     notes = "; ".join(filter(None, [_notes(row, facts), _status(series)]))
     return (
         f"| {row.model} | {row.tool.name} | {format_number(series.median_wall_s, 2)}"
         f" | {format_number(series.median_cpu_s, 2)} |"
-        f" {format_number(series.median_peak_rss_mib, 0)} | {_ratios(series, baseline)} | {notes} |"
+        f" {format_number(series.median_peak_rss_mib, 0)} | {_ratios(series, baseline)} |"
+        f" {_ratios(series, floor)} | {notes} |"
     )
 
 
@@ -396,6 +442,8 @@ def _notes(row: Row, facts: dict) -> str:
     key, own = row.tool.key, row.facts
     saved = facts.get((row.model, "polygraphy-save"), {})
     fetched = f"{saved['tensors']} tensors fetched" if "tensors" in saved else "every tensor fetched"
+    if key == "floor":
+        return "one CPU session (default options), one run on graphdoctor's inputs, nothing compared"
     if key == "graphdoctor-layerwise":
         return _graphdoctor_layerwise_notes(own)
     if key == "graphdoctor-outputs":
@@ -463,9 +511,38 @@ def source_fingerprint() -> str:
 
 
 def render_targets(rows: list[Row]) -> list[str]:
-    """The promise of issue 3: layer-wise verify of resnet50 keeps peak RSS under 1 GB. Judged on the largest
-    peak of the runs, not the median: 'keeps under' holds only if no run went over."""
-    lines = ["Targets:"]
+    """Issue 3's promise (layer-wise verify of resnet50 keeps peak RSS under 1 GB), then issue 16's per model."""
+    return ["Targets:", *_memory_target(rows), *_floor_targets(rows)]
+
+
+def _floor_targets(rows: list[Row]) -> list[str]:
+    """Issue 16: layer-wise verify of a model against itself within 4× its floor's wall time and 2× its peak RSS,
+    judged on the medians."""
+    floors = _floors(rows)
+    lines = []
+    for row in rows:
+        if row.tool is None or row.tool.key != "graphdoctor-layerwise":
+            continue
+        floor = floors.get(row.model)
+        wall = median_ratio(row.series, floor, "wall_s")
+        rss = median_ratio(row.series, floor, "peak_rss_mib")
+        lines.append(
+            f"- {row.model} layer-wise over its floor: wall {format_target(wall, FLOOR_WALL)}, peak RSS"
+            f" {format_target(rss, FLOOR_RSS)} (medians: {_medians(row.series)} against {_medians(floor)})"
+        )
+    return lines
+
+
+def _medians(series: Series | None) -> str:
+    if series is None or not series.ok:
+        return "not measured" if series is None else f"failed: {series.reason}"
+    return f"{format_number(series.median_wall_s, 2)} s, {format_number(series.median_peak_rss_mib, 0)} MiB"
+
+
+def _memory_target(rows: list[Row]) -> list[str]:
+    """Issue 3: judged on the largest peak of the runs, not the median: 'keeps under' holds only if no run
+    went over."""
+    lines = []
     for row in rows:
         if row.model != TARGET_MODEL or row.tool is None or row.tool.key != "graphdoctor-layerwise":
             continue
@@ -478,7 +555,7 @@ def render_targets(rows: list[Row]) -> list[str]:
             f" median {format_number(row.series.median_peak_rss_mib, 0)} MiB;"
             f" 1 GB = {TARGET_BYTES / MIB:.1f} MiB)"
         )
-    if len(lines) == 1:
+    if not lines:
         lines.append(f"- {TARGET_MODEL} layer-wise peak RSS < 1 GB: not measured in this run")
     return lines
 
@@ -489,7 +566,14 @@ def write_outputs(rows: list[Row], models: list[BenchModel], environment: dict, 
     raw = {
         "environment": environment,
         "models": [
-            {"name": m.name, "path": str(m.path), "size_bytes": m.size_bytes, "shapes": m.shapes, "loads": m.loads}
+            {
+                "name": m.name,
+                "path": str(m.path),
+                "size_bytes": m.size_bytes,
+                "shapes": m.shapes,
+                "inputs_error": m.inputs_error,
+                "loads": m.loads,
+            }
             for m in models
         ],
         "results": [
