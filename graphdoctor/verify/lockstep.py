@@ -19,11 +19,14 @@ computing the same thing from the same values in both may then run once (ONNX Ru
 common-subexpression elimination), with the same values either way.
 
 Statistics per pair, `r` the reference's tensor and `c` the candidate's in a common float dtype (float32, or
-float64 when either is), sums in float64:
-- both shapes; Σr², Σc² (finite exactly when every value is), Σ(c-r)², max|c-r|, max|r|, and how many
-  elements lie outside atol + rtol·|r| (`c - r` of two finite floats is 0 only where they are equal, so under
-  the exact preset that count is the number of differing elements; 0.0 and -0.0 count as equal);
-- from those, rel_err = sqrt(Σ(c-r)² / Σr²) and cosine = (Σr² + Σc² - Σ(c-r)²) / (2·sqrt(Σr²·Σc²)).
+float64 when either is), computed in that dtype (float64 copies of a Whisper encoder's 54 MB attention maps
+doubled the run's time and memory), with one tensor written per pair, `c - r`:
+- both shapes; Σr², Σc² (finite when every value is; the pair is fetched otherwise) and Σ(c-r)², summed over
+  the last axis and then in float64 (`_Builder.squares`); max|c-r| and max|r| from ReduceMax and ReduceMin;
+- how many elements lie outside atol + rtol·|r|, counted in int32 inside an If that runs only where
+  max|c-r| > atol (`c - r` of two finite floats is 0 only where they are equal, so under the exact preset it
+  counts the differing elements; 0.0 and -0.0 count as equal);
+- from those, rel_err = sqrt(Σ(c-r)² / Σr²) and the cosine (`_cosine`).
 Integer and bool pairs are compared by value, exactly: how many elements differ (Equal on int64), with
 max|c-r| and Σ(c-r)², Σr² in float64. A pair whose shapes differ, or that holds inf or NaN, is not judged from
 these: `LockstepRun.run` names it for the caller to fetch.
@@ -48,7 +51,9 @@ __all__ = ["PREFIX", "LockstepRun", "LockstepUnavailable", "Pair", "PairStatisti
 
 PREFIX = "__gd_cand/"  # the candidate's names in the merged graph
 _STAT = "__gd_diff"
-_MIN_OPSET = 9
+_MIN_OPSET = 11  # If with outer-scope values, Max of scalars
+_UNSQUEEZE_AXES_AS_INPUT = 13  # the opsets where an attribute became an input
+_REDUCE_AXES_AS_INPUT = 18  # (ReduceSumSquare's)
 _BASIC_LEVEL = 1  # onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC: the highest a merged session runs at
 _FLOATS = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
 _INTEGERS = frozenset(
@@ -59,6 +64,7 @@ _INTEGERS = frozenset(
 )  # fmt: skip
 _FLOAT_STATISTICS = ("ref_shape", "cand_shape", "ref_squares", "cand_squares", "diff_squares", "max_abs",
                      "ref_absmax", "outside")  # fmt: skip
+_AXES = {"flat": -1, "first_axis": 0, "last_axis": -1}  # int64 constants: a shape and two axes lists
 _INTEGER_STATISTICS = ("ref_shape", "cand_shape", "ref_squares", "diff_squares", "max_abs", "outside")
 
 
@@ -123,6 +129,7 @@ class LockstepRun:
         level = min(reference.level, candidate.level, _BASIC_LEVEL)
         options.graph_optimization_level = ort.GraphOptimizationLevel(level)
         options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # follows the interleaved node order
+        options.enable_cpu_mem_arena = False  # an arena keeps the peak of every transient reserved
         for key, value in {**dict(reference.config), **dict(candidate.config)}.items():
             options.add_session_config_entry(key, value)
         if folder is not None:
@@ -168,24 +175,28 @@ def _judge(stats: Mapping[str, np.ndarray]) -> PairStatistics | str:
     ref_squares, diff_squares = float(stats["ref_squares"]), float(stats["diff_squares"])
     cand_squares = float(stats.get("cand_squares", 0.0))
     if not all(math.isfinite(s) for s in (ref_squares, cand_squares, diff_squares)):
-        return "non-finite values"
+        return "non-finite values"  # or squares beyond float32's range: the fetched tensors tell
     rel_err = math.sqrt(diff_squares / ref_squares) if ref_squares > 0.0 else (0.0 if diff_squares == 0.0 else math.inf)
+    cosine = _cosine(ref_squares, cand_squares, diff_squares) if "cand_squares" in stats else 1.0
     return PairStatistics(
         shape=shape,
         max_abs=float(stats["max_abs"]),
         rel_err=rel_err,
-        cosine=_cosine(ref_squares, cand_squares, diff_squares) if "cand_squares" in stats else 1.0,
+        cosine=cosine,
         outside=int(stats["outside"]),
         ref_absmax=float(stats.get("ref_absmax", 0.0)),
     )
 
 
 def _cosine(ref_squares: float, cand_squares: float, diff_squares: float) -> float:
-    """cos(r, c) from |r|², |c|² and |c - r|²; as metrics' cosine, 1 for two zero tensors, 0 for one."""
-    norm = math.sqrt(ref_squares * cand_squares)
-    if norm == 0.0:
-        return 1.0 if ref_squares == cand_squares == 0.0 else 0.0
-    return max(-1.0, min(1.0, (ref_squares + cand_squares - diff_squares) / (2.0 * norm)))
+    """cos(r, c) = 1 - (|c - r|² - (|c| - |r|)²) / (2 |r| |c|), an identity whose rounding error is that of the
+    sums times the relative error (|r| and |c| err alike: their difference errs little), where
+    r·c / (|r| |c|) errs by the sums' own error; as metrics' cosine, 1 for two zero tensors, 0 for one."""
+    ref_norm, cand_norm = math.sqrt(ref_squares), math.sqrt(cand_squares)
+    if ref_norm == 0.0 or cand_norm == 0.0:
+        return 1.0 if ref_norm == cand_norm == 0.0 else 0.0
+    cosine = 1.0 - (diff_squares - (cand_norm - ref_norm) ** 2) / (2.0 * ref_norm * cand_norm)
+    return max(-1.0, min(1.0, cosine))
 
 
 # --- merging --------------------------------------------------------------------------------------------------
@@ -302,7 +313,7 @@ def _interleaved(reference: Sequence[onnx.NodeProto], candidate: Sequence[onnx.N
 # --- the statistics -----------------------------------------------------------------------------------------
 
 
-def _stat(index: int, statistic: str) -> str:
+def _stat(index: int | str, statistic: str) -> str:
     return f"{_STAT}/{index}/{statistic}"
 
 
@@ -319,7 +330,7 @@ def _add_statistics(model: onnx.ModelProto, pairs: Sequence[Pair], atol: float, 
     graph = model.graph
     groups = {}
     for index, pair in enumerate(pairs):
-        builder = _Builder(index)
+        builder = _Builder(index, opset)
         (_float_statistics if pair.is_float else _integer_statistics)(builder, pair, atol, rtol)
         groups[PREFIX + pair.name] = groups.get(PREFIX + pair.name, []) + builder.nodes
     produced = {name for node in graph.node for name in node.output}
@@ -341,10 +352,11 @@ def _add_statistics(model: onnx.ModelProto, pairs: Sequence[Pair], atol: float, 
 
 
 class _Builder:
-    """The nodes of one pair's statistics, named under `__gd_diff/<index>/`."""
+    """The nodes of one pair's statistics, named under `__gd_diff/<index>/`, for a model of `opset`."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int | str, opset: int) -> None:
         self.index = index
+        self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
 
     def add(self, op: str, inputs: Sequence[str], statistic: str | None = None, **attributes) -> str:
@@ -355,33 +367,73 @@ class _Builder:
     def cast(self, name: str, dtype: int, to: int) -> str:
         return name if dtype == to else self.add("Cast", [name], to=to)
 
-    def peak(self, name: str, dtype: int, statistic: str, nonempty: bool) -> None:
-        """max(values) of a tensor of magnitudes, 0 for an empty one (ReduceMax of nothing is an error)."""
+    def squares(self, name: str, dtype: int, statistic: str) -> str:
+        """Σx² in float64. ONNX Runtime's ReduceSumSquare over a whole tensor adds in one float32 running sum
+        (2e-4 off on a 13.5M-element attention map); over the last axis, then in float64, it is 2e-9 off. An
+        Unsqueeze first (no copy) gives a scalar a last axis."""
+        if self.opset >= _UNSQUEEZE_AXES_AS_INPUT:
+            lifted = self.add("Unsqueeze", [name, _constant_name("first_axis")])
+        else:
+            lifted = self.add("Unsqueeze", [name], axes=[0])
+        if self.opset >= _REDUCE_AXES_AS_INPUT:
+            rows = self.add("ReduceSumSquare", [lifted, _constant_name("last_axis")], keepdims=1)
+        else:
+            rows = self.add("ReduceSumSquare", [lifted], axes=[-1], keepdims=1)
+        return self.add("ReduceSum", [self.cast(rows, dtype, TensorProto.DOUBLE)], statistic, keepdims=0)
+
+    def magnitude(self, name: str, dtype: int, statistic: str, nonempty: bool) -> str:
+        """max|x| as max(max x, -min x), reading x twice instead of writing |x|; 0 for an empty x (ReduceMax of
+        nothing is an error)."""
         if not nonempty:
             flat = self.add("Reshape", [name, _constant_name("flat")])
             name = self.add("Concat", [flat, _constant_name(f"zero/{dtype}")], axis=0)
-        self.add("ReduceMax", [name], statistic, keepdims=0)
+        low = self.add("Neg", [self.add("ReduceMin", [name], keepdims=0)])
+        return self.add("Max", [self.add("ReduceMax", [name], keepdims=0), low], statistic)
+
+    def outside(
+        self, distance_of: Callable[[_Builder], str], magnitude_of: Callable[[_Builder], str], max_abs: str, dtype: int
+    ) -> None:
+        """How many elements lie outside atol + rtol·|r|, computed only where max|c - r| exceeds atol (else
+        none does): an If whose branch writes four tensors of the pair's size, which most pairs never need."""
+        branch = _Builder(f"{self.index}/if", self.opset)
+        allowed = branch.add(
+            "Add",
+            [
+                branch.add("Mul", [magnitude_of(branch), _constant_name(f"rtol/{dtype}")]),
+                _constant_name(f"atol/{dtype}"),
+            ],
+        )
+        beyond = branch.add("Greater", [distance_of(branch), allowed])
+        counted = branch.add("ReduceSum", [branch.add("Cast", [beyond], to=TensorProto.INT32)], "then", keepdims=0)
+        then = helper.make_graph(
+            branch.nodes, "then", [], [helper.make_tensor_value_info(counted, TensorProto.INT32, [])]
+        )
+        none = _stat(self.index, "else")
+        zero = helper.make_tensor(none, TensorProto.INT32, [], [0])
+        otherwise = helper.make_graph(
+            [helper.make_node("Constant", [], [none], value=zero)],
+            "else",
+            [],
+            [helper.make_tensor_value_info(none, TensorProto.INT32, [])],
+        )
+        needed = self.add("Greater", [max_abs, _constant_name(f"atol/{dtype}")])
+        self.add("If", [needed], "outside", then_branch=then, else_branch=otherwise)
 
 
 def _float_statistics(builder: _Builder, pair: Pair, atol: float, rtol: float) -> None:
-    common = (
-        TensorProto.DOUBLE if TensorProto.DOUBLE in (pair.reference_dtype, pair.candidate_dtype) else TensorProto.FLOAT
-    )
+    doubles = TensorProto.DOUBLE in (pair.reference_dtype, pair.candidate_dtype)
+    common = TensorProto.DOUBLE if doubles else TensorProto.FLOAT
     builder.add("Shape", [pair.name], "ref_shape")
     builder.add("Shape", [PREFIX + pair.name], "cand_shape")
     ref = builder.cast(pair.name, pair.reference_dtype, common)
     cand = builder.cast(PREFIX + pair.name, pair.candidate_dtype, common)
-    for name, statistic in ((ref, "ref_squares"), (cand, "cand_squares")):
-        builder.add("ReduceSumSquare", [builder.cast(name, common, TensorProto.DOUBLE)], statistic, keepdims=0)
+    builder.squares(ref, common, "ref_squares")
+    builder.squares(cand, common, "cand_squares")
     diff = builder.add("Sub", [cand, ref])
-    builder.add("ReduceSumSquare", [builder.cast(diff, common, TensorProto.DOUBLE)], "diff_squares", keepdims=0)
-    distance, magnitude = builder.add("Abs", [diff]), builder.add("Abs", [ref])
-    builder.peak(distance, common, "max_abs", pair.nonempty)
-    builder.peak(magnitude, common, "ref_absmax", pair.nonempty)
-    scaled = builder.add("Mul", [magnitude, _constant_name(f"rtol/{common}")])
-    allowed = builder.add("Add", [scaled, _constant_name(f"atol/{common}")])
-    outside = builder.add("Greater", [distance, allowed])
-    builder.add("ReduceSum", [builder.add("Cast", [outside], to=TensorProto.DOUBLE)], "outside", keepdims=0)
+    builder.squares(diff, common, "diff_squares")
+    max_abs = builder.magnitude(diff, common, "max_abs", pair.nonempty)
+    builder.magnitude(ref, common, "ref_absmax", pair.nonempty)
+    builder.outside(lambda b: b.add("Abs", [diff]), lambda b: b.add("Abs", [ref]), max_abs, common)
 
 
 def _integer_statistics(builder: _Builder, pair: Pair, _atol: float, _rtol: float) -> None:
@@ -393,10 +445,10 @@ def _integer_statistics(builder: _Builder, pair: Pair, _atol: float, _rtol: floa
     builder.add("ReduceSum", [builder.add("Cast", [differ], to=TensorProto.DOUBLE)], "outside", keepdims=0)
     ref_values = builder.add("Cast", [pair.name], to=TensorProto.DOUBLE)
     cand_values = builder.add("Cast", [PREFIX + pair.name], to=TensorProto.DOUBLE)
-    builder.add("ReduceSumSquare", [ref_values], "ref_squares", keepdims=0)
+    builder.squares(ref_values, TensorProto.DOUBLE, "ref_squares")
     diff = builder.add("Sub", [cand_values, ref_values])
-    builder.add("ReduceSumSquare", [diff], "diff_squares", keepdims=0)
-    builder.peak(builder.add("Abs", [diff]), TensorProto.DOUBLE, "max_abs", pair.nonempty)
+    builder.squares(diff, TensorProto.DOUBLE, "diff_squares")
+    builder.magnitude(diff, TensorProto.DOUBLE, "max_abs", pair.nonempty)
 
 
 def _constant_name(name: str) -> str:
@@ -405,7 +457,7 @@ def _constant_name(name: str) -> str:
 
 def _constants(atol: float, rtol: float) -> list[onnx.NodeProto]:
     """Shared scalars (Constant nodes, valid in every opset from 9); ONNX Runtime drops the unused ones."""
-    nodes = [_constant("flat", TensorProto.INT64, [1], [-1])]
+    nodes = [_constant(name, TensorProto.INT64, [1], [axis]) for name, axis in _AXES.items()]
     for dtype in (TensorProto.FLOAT, TensorProto.DOUBLE):
         nodes.append(_constant(f"zero/{dtype}", dtype, [1], [0.0]))
         nodes.append(_constant(f"atol/{dtype}", dtype, [], [atol]))

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
+from onnx import helper, numpy_helper
 
 from fixtures import divergence
 from graphdoctor.model import load_model
@@ -102,3 +104,49 @@ def test_identical_models_are_identical_in_the_graph(tmp_path: Path, preset: str
     in_graph, fetched = both_ways(reference, reference, OnnxruntimeBackend("onnxruntime-cpu"), preset)
     assert in_graph.in_graph == 6 and all(r.passed and r.max_abs == 0.0 for r in in_graph.records)
     assert_same_answers(in_graph, fetched)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18, 20])
+def test_every_opset_form_of_the_statistics_loads(tmp_path: Path, opset: int):
+    """Unsqueeze's axes became an input at 13, ReduceSumSquare's at 18: both forms are built right."""
+    pair = divergence.chain_pair(tmp_path)
+    for path in pair:
+        model = onnx.load(path)
+        model.opset_import[0].version = opset
+        onnx.save(model, path)
+    in_graph, fetched = both_ways(*pair, OnnxruntimeBackend("onnxruntime-cpu"), "fp32")
+    assert in_graph.in_graph == 6, in_graph.in_graph_unavailable
+    assert_same_answers(in_graph, fetched)
+
+
+def test_sums_of_a_large_tensor_keep_float64_precision(tmp_path: Path):
+    """A float32 running sum over 4M squares is 1e-4 off; summed by rows, then in float64, the relative error
+    and cosine agree with numpy's float64 to 1e-7."""
+    rng = np.random.default_rng(0)
+    shape = [1, 4, 1024, 1024]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)
+    for name in ("reference", "candidate"):
+        scale = numpy_helper.from_array(np.float32(1.0 if name == "reference" else 1.001), "scale")
+        graph = helper.make_graph(
+            [helper.make_node("Mul", ["x", "scale"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+            name,
+            [x],
+            [y],
+            [scale],
+        )
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / f"{name}.onnx")
+    inputs = {"x": (rng.random(shape, dtype=np.float32) + 0.5)}
+    report = compare_layerwise(
+        tmp_path / "reference.onnx",
+        tmp_path / "candidate.onnx",
+        OnnxruntimeBackend("onnxruntime-cpu"),
+        inputs,
+        PRESETS["fp32"],
+    )
+    assert report.in_graph == 2
+    ref = inputs["x"].astype(np.float64)
+    cand = (inputs["x"] * np.float32(1.001)).astype(np.float64)
+    expected = np.linalg.norm(cand - ref) / np.linalg.norm(ref)
+    assert report.records[0].rel_err == pytest.approx(expected, rel=1e-6)
+    assert report.records[0].cosine == pytest.approx(1.0, abs=1e-9)  # a scaled tensor points the same way

@@ -247,6 +247,7 @@ def quiet_session_options():
     ort.set_default_logger_severity(4)
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    options.enable_cpu_mem_arena = False
     return options
 
 
