@@ -122,6 +122,7 @@ def fix(
     rewrite drops duplicated value_info, so its bytes differ). Refused with GraphDoctorError, before any work: an
     output or data file that is one of the input's files or a link to one, a malformed model, and external data
     that is missing or shorter than declared (what it holds cannot be written)."""
+    from graphdoctor.analysis.types import infer_types
     from graphdoctor.engine import FixPolicy
     from graphdoctor.verify.backends import require_onnxruntime
     from graphdoctor.verify.compare import detection_task
@@ -148,15 +149,16 @@ def fix(
         batches = sample_batches(loaded.model, inputs, shapes, seed) if measure else None
         feeds = batches[0] if batches else None
         input_source = _input_source(inputs, seed, batches)
-        typed = _typed_copy(source) if batches else None  # types inferred for the ranges and the gate's plan
+        stated = _typed_values(loaded.model)  # what the file types; the rest is forgotten before writing
+        if batches:
+            infer_types(loaded.model)  # for the ranges and the gate's plan, as the lint pass would first
         if fp16 is not None and batches:
-            pipeline.ranges = _activation_ranges(source, typed, batches, size_before)
+            pipeline.ranges = _activation_ranges(source, loaded.model, batches, size_before)
         # a detector (recognised beyond doubt) has its FP16 verdicts decided by the detect preset; before the rewrite
         detection = detection_task("auto", loaded.model) if gate and fp16 is not None else None
-        integers = gate and computes_integers_from_floats(typed)  # else the gate need not look for them
-        del typed
+        integers = gate and computes_integers_from_floats(loaded.model)  # else the gate need not look for them
         pipeline.strip_metadata = strip_metadata
-        pipeline.run(loaded.model, loaded.path)
+        pipeline.run(loaded.model, loaded.path, stated=stated)
         result = functools.partial(_fix_result, source, destination, size_before, dry_run)
         if dry_run or not (pipeline.changed or output is not None):
             return result(pipeline, None, False, None, [], time.perf_counter() - start)
@@ -229,10 +231,12 @@ class _Pipeline:
     def changed(self) -> bool:
         return bool(self.fixes) or (self.fp16 is not None and not self.fp16.already_fp16)
 
-    def run(self, model, path: Path, rules=None) -> None:
+    def run(self, model, path: Path, rules=None, stated: set[int] | None = None) -> None:
+        """Fix `model` (and convert it); `stated`: the values whose types its file states, when types were
+        inferred since it was loaded (their types are kept, the inferred ones dropped before writing)."""
         from graphdoctor.engine import FixPolicy, apply_fixes, select_rules
 
-        typed = _typed_values(model)
+        typed = _typed_values(model) if stated is None else stated
         options = self.rule_options if self.fp16_options is None else _keeping_fences(self.rule_options)
         self.fixes, self.converged = apply_fixes(model, rules or self.rules, self.policy, options, path, self.target)
         if self.fp16_options is not None:
@@ -768,16 +772,6 @@ def _input_source(inputs, seed: int, batches) -> str:
     if len(sources) > 1:
         return f"{sources[0]} (the first of {len(sources)} batches in {inputs}; FP16 ranges measured over all)"
     return str(inputs)
-
-
-def _typed_copy(source: Path) -> ir.Model:
-    """The source loaded again, its types inferred: inferring them on the model being fixed would write every
-    inferred type into the output as value_info."""
-    from graphdoctor.analysis.types import infer_types
-
-    model = load_model(source).model
-    infer_types(model)
-    return model
 
 
 def _activation_ranges(source: Path, model, batches, size: int):
