@@ -152,8 +152,9 @@ def fix(
         stated = _typed_values(loaded.model)  # what the file types; the rest is forgotten before writing
         if batches:
             infer_types(loaded.model)  # for the ranges and the gate's plan, as the lint pass would first
+        reference_outputs: dict = {}  # the source's outputs on `feeds`, from the ranges' run: the gate's reference
         if fp16 is not None and batches:
-            pipeline.ranges = _activation_ranges(source, loaded.model, batches, size_before)
+            pipeline.ranges = _activation_ranges(source, loaded.model, batches, size_before, reference_outputs)
         # a detector (recognised beyond doubt) has its FP16 verdicts decided by the detect preset; before the rewrite
         detection = detection_task("auto", loaded.model) if gate and fp16 is not None else None
         integers = gate and computes_integers_from_floats(loaded.model)  # else the gate need not look for them
@@ -162,7 +163,9 @@ def fix(
         result = functools.partial(_fix_result, source, destination, size_before, dry_run)
         if dry_run or not (pipeline.changed or output is not None):
             return result(pipeline, None, False, None, [], time.perf_counter() - start)
-        check = _Gate(source, feeds, input_source, size_before, detection, integers) if gate else None
+        check = None
+        if gate:
+            check = _Gate(source, feeds, input_source, size_before, detection, integers, reference_outputs)
         with writing(destination):
             return _write_verified(
                 loaded.model, destination, use_external, pipeline, check, fp16_repairs, result, start, deployed
@@ -501,13 +504,16 @@ class _Gate:
     GiB run a segment at a time, so verifying never holds all their weights at once (FP16 emulation, which cannot,
     is then left out and the verdicts say so)."""
 
-    def __init__(self, source: Path, feeds, input_source: str, size: int, detection=None, integers=True) -> None:
+    def __init__(
+        self, source: Path, feeds, input_source: str, size: int, detection=None, integers=True, expected=None
+    ) -> None:
         self.source = source
         self.feeds = feeds
         self.input_source = input_source
         self.large = size > SEGMENTED_ABOVE
         self.detection = detection  # a detector: the FP16 verdicts by the detect preset (compare.DetectionTask)
         self.integers = integers  # the source computes integers from floats: compare them exactly
+        self.expected = expected or None  # the source's outputs on `feeds`, computed with the ranges (FP32, CPU)
 
     def run(self, candidate: Path, pipeline: _Pipeline) -> VerifyResult:
         """Verify `candidate` against the original, or, when fixes changed outputs on purpose (inference
@@ -547,6 +553,7 @@ class _Gate:
                 oracle=oracle,
                 integers=self.integers,
                 detect=self.detection,
+                expected=self.expected if reference == self.source and oracle is None else None,
             )
             return result if key == "fp16" else _without_missing_bf16_kernels(result)
         # nothing became FP16 (FP16 emulation would then round the FP32 model as if converting it)
@@ -774,13 +781,14 @@ def _input_source(inputs, seed: int, batches) -> str:
     return str(inputs)
 
 
-def _activation_ranges(source: Path, model, batches, size: int):
+def _activation_ranges(source: Path, model, batches, size: int, outputs: dict):
     """Ranges of the FP32 model's activations over the sample batches, for the converter; run a segment at
-    a time for models over 1 GiB. `model` is the source, loaded and typed (not loaded again)."""
+    a time for models over 1 GiB. `model` is the source, loaded and typed (not loaded again); `outputs`
+    receives its outputs on the first batch, where the same run computed them."""
     from graphdoctor.verify.ranges import value_ranges_over
     from graphdoctor.verify.segmented import SegmentedOnnxruntimeBackend
 
     run = None
     if size > SEGMENTED_ABOVE:
         run = functools.partial(SegmentedOnnxruntimeBackend().run, source)
-    return value_ranges_over(source, batches, model=model, run=run)
+    return value_ranges_over(source, batches, model=model, run=run, outputs=outputs)

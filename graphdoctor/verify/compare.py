@@ -104,6 +104,7 @@ def verify_models(
     oracle: Backend | None = None,
     integers: bool = True,
     detect: DetectionTask | None = None,
+    expected: Mapping[str, np.ndarray] | None = None,
 ) -> VerifyResult:
     """`tolerance` is one for all backends, or a function choosing one per backend (FP16 backends get the
     fp16 preset under 'auto'); `VerifyResult.tolerance` is the first backend's.
@@ -118,12 +119,15 @@ def verify_models(
     `detect` compares what both models detect (details["detections"]): the detect preset then decides each
     verdict that has detections to compare, the tensor metrics stay beside it.
 
+    `expected`, when given, are the outputs of `reference` on `inputs` computed already on ONNX Runtime CPU
+    (fix's range statistics run computes them): the oracle does not run it again for them.
+
     A reference the oracle cannot run gives every available backend a verdict 'error', not an exception."""
     start = time.perf_counter()
     tolerance_of = tolerance if callable(tolerance) else (lambda _backend: tolerance)
     first = tolerance_of(backends[0])
     oracle = oracle or OnnxruntimeBackend(ORACLE)
-    expected = reference_outputs
+    expected = reference_outputs if reference_outputs is not None else expected
     if expected is None:
         try:
             expected = oracle.run(reference, inputs)

@@ -79,10 +79,12 @@ def value_ranges_over(
     names: Sequence[str] | None = None,
     budget_bytes: int = DEFAULT_BUDGET,
     run: BatchRun | None = None,
+    outputs: dict[str, np.ndarray] | None = None,
 ) -> dict[str, TensorRange]:
     """`value_ranges` on each of `batches`, merged per tensor (`merge_ranges`). One batch is held at a time:
     pass a lazy sequence or a generator (verify.inputs.load_input_batches gives one), not a list of them all.
-    Without `run`, one session measures every batch, one run each.
+    Without `run`, one session measures every batch, one run each. `outputs`, a dict, receives the model's
+    own outputs on the first batch where that session computed them (in-graph statistics; left empty else).
 
     `run(feeds, names)` replaces the ONNX Runtime run, as `value_ranges`'s `run` does, for any batch.
     Raises ValueError on no batches: ranges measured on nothing would say every tensor is safe.
@@ -90,11 +92,13 @@ def value_ranges_over(
     if model is None:
         model = _typed_model(model_path)
     wanted = list(names) if names is not None else float_tensor_names(model)
-    measurer = _Measurer(Path(model_path), model, wanted, budget_bytes, run)
+    measurer = _Measurer(Path(model_path), model, wanted, budget_bytes, run, keep_outputs=outputs is not None)
     merged: dict[str, TensorRange] | None = None
     for index, feeds in enumerate(batches):
         logger.info("measuring ranges on batch %d", index + 1)
         measured = measurer.ranges(feeds)
+        if index == 0 and outputs is not None:
+            outputs.update(measurer.outputs())
         merged = measured if merged is None else _merge_all(merged, measured)
     if merged is None:
         raise ValueError("value_ranges_over: no batches of inputs")
@@ -108,7 +112,13 @@ class _Measurer:
     custom `run` (another backend, a segmented run) fetches every tensor: only it knows how to run the model."""
 
     def __init__(
-        self, model_path: Path, model: ir.Model, names: Sequence[str], budget_bytes: int, run: BatchRun | None
+        self,
+        model_path: Path,
+        model: ir.Model,
+        names: Sequence[str],
+        budget_bytes: int,
+        run: BatchRun | None,
+        keep_outputs: bool = False,
     ) -> None:
         self.names, self.budget_bytes = list(names), budget_bytes
         self._producers = _producers(model)
@@ -117,11 +127,15 @@ class _Measurer:
         self._statistics: InGraphStatistics | None = None
         if inside:
             try:
-                self._statistics = InGraphStatistics(model_path, model, inside)
+                self._statistics = InGraphStatistics(model_path, model, inside, keep_outputs)
             except StatisticsUnavailable as why:
                 self._fallback(why)
         if self._fetched and self._statistics is not None:
             logger.info("ranges: %d tensors fetched (not reducible in the graph)", len(self._fetched))
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The model's outputs from the last batch's statistics run; {} when none computed them."""
+        return dict(self._statistics.outputs) if self._statistics is not None else {}
 
     def _fallback(self, why: Exception) -> None:
         logger.info("ranges: in-graph statistics unavailable (%s); fetching every tensor instead", why)

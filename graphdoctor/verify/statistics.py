@@ -85,11 +85,13 @@ def _opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.graph.opset_imports.get("", 1))
 
 
-def add_statistics(proto: onnx.ModelProto, names: Sequence[str], nonempty: Collection[str] = ()) -> None:
+def add_statistics(
+    proto: onnx.ModelProto, names: Sequence[str], nonempty: Collection[str] = (), keep_outputs: bool = False
+) -> None:
     """Make the statistics of `names` the outputs of `proto` (`PREFIX/<i>/<statistic>`, i their index), each
     tensor's reduction nodes placed right after its producer so that it can be freed early. The model's own
-    outputs are dropped: nodes that feed no statistic are pruned. Tensors in `nonempty` (a static shape
-    without zeros) need no NaN pad."""
+    outputs are dropped unless `keep_outputs` (then they come first): nodes that feed no statistic are
+    pruned. Tensors in `nonempty` (a static shape without zeros) need no NaN pad."""
     graph = proto.graph
     constants = _constants()
     reductions = {name: _reduction_nodes(name, i, name not in nonempty) for i, name in enumerate(names)}
@@ -102,7 +104,8 @@ def add_statistics(proto: onnx.ModelProto, names: Sequence[str], nonempty: Colle
         raise StatisticsUnavailable(f"no tensor named {next(iter(reductions))!r} in the main graph")
     del graph.node[:]
     graph.node.extend(nodes)
-    del graph.output[:]
+    if not keep_outputs:
+        del graph.output[:]
     graph.output.extend(onnx.ValueInfoProto(name=_stat(i, s)) for i in range(len(names)) for s in STATISTICS)
 
 
@@ -203,9 +206,12 @@ class InGraphStatistics:
     the basic level and 1.2 s with none. Fused kernels round differently by FP32's 1e-7, far below the
     margin FP16 range analysis keeps, and one run gains nothing from folding constants first.
 
+    With `keep_outputs`, the model's own outputs are computed by the same run: `outputs` holds the last
+    run's (fix's gate compares the candidate with those instead of running the original again).
+
     Raises StatisticsUnavailable when the augmented graph cannot be built or loaded."""
 
-    def __init__(self, model_path: Path, model: ir.Model, names: Sequence[str]) -> None:
+    def __init__(self, model_path: Path, model: ir.Model, names: Sequence[str], keep_outputs: bool = False) -> None:
         import onnxruntime as ort
 
         from graphdoctor.verify.backends.onnxruntime import EXTERNAL_FOLDER, quiet_session_options
@@ -218,7 +224,8 @@ class InGraphStatistics:
         options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(model_path.resolve().parent))
         try:
             apart = load_apart(model_path)  # the weights are copied, not parsed and encoded again
-            add_statistics(apart.graph, self.names, nonempty_tensors(model))
+            self._model_outputs = [o.name for o in apart.graph.graph.output] if keep_outputs else []
+            add_statistics(apart.graph, self.names, nonempty_tensors(model), keep_outputs)
             source = apart.serialized()
             del apart
             self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -227,6 +234,7 @@ class InGraphStatistics:
         except Exception as error:  # onnx and onnxruntime raise their own exception types
             raise StatisticsUnavailable(first_line(error)) from None
         self._outputs = [o.name for o in self._session.get_outputs()]
+        self.outputs: dict[str, np.ndarray] = {}
 
     def ranges(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, TensorRange], list[str]]:
         """The ranges the statistics of one batch tell, and the names of the tensors whose range they cannot
@@ -238,6 +246,7 @@ class InGraphStatistics:
         except Exception as error:  # onnxruntime raises its own exception types
             raise StatisticsUnavailable(first_line(error)) from None
         scalars = dict(zip(self._outputs, results, strict=True))
+        self.outputs = {name: scalars.pop(name) for name in self._model_outputs}
         measured, unresolved = {}, []
         for index, name in enumerate(self.names):
             stats = {statistic: scalars[_stat(index, statistic)] for statistic in STATISTICS}

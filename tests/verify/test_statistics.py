@@ -176,6 +176,16 @@ def test_one_run_per_batch_and_no_fetching(tmp_path: Path, caplog):
         assert_same(merged[tensor], old[tensor])
 
 
+def test_the_same_run_gives_the_model_outputs_of_the_first_batch(tmp_path: Path):
+    """fix's gate compares the candidate with these instead of running the original again."""
+    path = save(CHAIN, tmp_path / "chain.onnx")
+    batches = [{"t0": np.full((128, 128), index, F32)} for index in (1, 2)]
+    outputs: dict[str, np.ndarray] = {}
+    value_ranges_over(path, iter(batches), outputs=outputs)
+    assert list(outputs) == ["t40"]
+    np.testing.assert_array_equal(outputs["t40"], OnnxruntimeBackend("onnxruntime-cpu").run(path, batches[0])["t40"])
+
+
 IF_MODEL = model_from_text("""<ir_version: 8, opset_import: ["" : 17]>
 g (float[3] x, bool c) => (float[3] y) {
     doubled = Add(x, x)
