@@ -5,19 +5,20 @@ Fetching the tensors themselves (as extra graph outputs) holds them all at once,
 slice at a time: one session per slice, each run copying every fetched tensor out. Here the reductions run
 where the tensor lives; ONNX Runtime frees each intermediate after its last use, and only scalars come out.
 
-For each float32 tensor `x`, flattened:
+For each float32 tensor `x`:
 - `shape`: Shape(x), whose product is the size; `sum`: ReduceSum(x), finite only if every value is;
-- `argmin`/`argmax`, `min`/`max`: ArgMin/ArgMax (first occurrence) and the values there, over x padded with
-  one +inf/-inf (ArgMin fails on an empty tensor; no pad where the static shape says it is not empty);
+- `min`/`max`: ReduceMin/ReduceMax, over x flattened and padded with one +inf/-inf where its static shape
+  does not say it holds elements (a reduction of nothing fails);
 - `nonzero`, `above_flush`: how many |x| > 0 and > 2^-25 (their difference is what FP16 flushes to 0), each a
   ReduceSum of Cast(bool -> double), exact to 2^53 and several times faster in ONNX Runtime than int64.
 Every reduction is over all axes with no `axes` (the same in every opset: ReduceSum's axes became an input at
 13, ReduceMin/Max's at 18). No Where masks non-finite values (the slowest of these ops): a tensor whose sum is
 not finite holds inf or NaN, and one whose extremes reach 65520 overflows FP16 (rare, e.g. attention masks),
-and only counting would tell how many values do; `range_from` leaves those to the caller to fetch. For every
-other tensor it gives the `TensorRange` that `analysis.ranges.range_of` gives on the tensor, number for
-number: its worst value breaks a tie of magnitude (min == -max) by the 1 Mi-element chunk each first occurs
-in, as range_of does.
+and only counting would tell how many values do; `range_from` leaves those to the caller to fetch, and the
+rare tensor over 1 Mi elements whose extremes tie in magnitude (min == -max), whose worst value range_of
+picks by the 1 Mi-element chunk each first occurs in (ArgMin and ArgMax for every tensor made the session
+half as large again to tell it). For every other tensor it gives the `TensorRange` that
+`analysis.ranges.range_of` gives on the tensor, number for number.
 
 ONNX Runtime runs the statistics in priority-based order: its default topological order puts them after the
 whole model, holding every watched tensor until the end.
@@ -54,7 +55,7 @@ __all__ = [
 
 PREFIX = "__gd_stat"
 MIN_OPSET = 9  # Where
-STATISTICS = ("shape", "sum", "argmin", "min", "argmax", "max", "nonzero", "above_flush")
+STATISTICS = ("shape", "sum", "min", "max", "nonzero", "above_flush")
 
 
 class StatisticsUnavailable(Exception):
@@ -143,13 +144,12 @@ def _reduction_nodes(name: str, index: int, pad: bool) -> list[onnx.NodeProto]:
         return output
 
     add("Shape", [name], _stat(index, "shape"))
-    flat = add("Reshape", [name, f"{PREFIX}/flat"], "flat")
-    add("ReduceSum", [flat], _stat(index, "sum"), keepdims=0)
-    for low, arg, pad_value in (("min", "ArgMin", "inf"), ("max", "ArgMax", "-inf")):
+    add("ReduceSum", [name], _stat(index, "sum"), keepdims=0)
+    flat = add("Reshape", [name, f"{PREFIX}/flat"], "flat") if pad else name
+    for low, reduce, pad_value in (("min", "ReduceMin", "inf"), ("max", "ReduceMax", "-inf")):
         padded = add("Concat", [flat, f"{PREFIX}/{pad_value}"], f"for_{low}", axis=0) if pad else flat
-        position = add(arg, [padded], _stat(index, f"arg{low}"), axis=0, keepdims=0)
-        add("Gather", [padded, position], _stat(index, low), axis=0)
-    magnitude = add("Abs", [flat], "abs")
+        add(reduce, [padded], _stat(index, low), keepdims=0)
+    magnitude = add("Abs", [name], "abs")
     for statistic, threshold in (("nonzero", "zero"), ("above_flush", "flush")):
         mask = add("Greater", [magnitude, f"{PREFIX}/{threshold}"], f"over_{statistic}")
         counted = add("Cast", [mask], f"{statistic}_f64", to=TensorProto.DOUBLE)
@@ -166,7 +166,9 @@ def range_from(name: str, node: ir.Node | None, stats: Mapping[str, np.ndarray])
     low, high = float(stats["min"]), float(stats["max"])
     if size and (not math.isfinite(float(stats["sum"])) or max(-low, high) >= FP16_OVERFLOW):
         return None
-    worst = _worst(low, high, int(stats["argmin"]), int(stats["argmax"])) if size else math.nan
+    if size > _CHUNK and low == -high != 0.0:
+        return None  # range_of picks between the tied extremes by where each first occurs
+    worst = _worst(low, high) if size else math.nan
     nonzero = int(stats["nonzero"])
     return TensorRange(
         name=name,
@@ -187,14 +189,12 @@ def range_from(name: str, node: ir.Node | None, stats: Mapping[str, np.ndarray])
     )
 
 
-def _worst(low: float, high: float, low_at: int, high_at: int) -> float:
-    """range_of's worst: the extreme of larger magnitude; on a tie, the one whose first occurrence's chunk
-    comes first (the low one within a chunk); 0.0 when every finite value is zero."""
+def _worst(low: float, high: float) -> float:
+    """range_of's worst for a tensor of one chunk: the extreme of larger magnitude, the low one on a tie;
+    0.0 when every finite value is zero."""
     if abs(low) != abs(high):
         return low if abs(low) > abs(high) else high
-    if high == 0:
-        return 0.0
-    return low if low_at // _CHUNK <= high_at // _CHUNK else high
+    return 0.0 if high == 0 else low
 
 
 class InGraphStatistics:

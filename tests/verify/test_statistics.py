@@ -87,14 +87,16 @@ def _chunked(first: float, second: float) -> np.ndarray:
 def test_statistics_equal_range_of_the_tensor(tmp_path: Path, opset: int, array: np.ndarray):
     """The input and the node's output (negated: the other sign of every tie) against range_of, per opset
     (ReduceSum's axes became an input at 13, ReduceMin/Max's at 18; neither is given). A tensor holding inf,
-    NaN or a value past FP16's overflow is left to fetching, and value_ranges still gives range_of's range."""
+    NaN or a value past FP16's overflow, or one over a chunk whose extremes tie in magnitude, is left to
+    fetching, and value_ranges still gives range_of's range."""
     path = identity_model(tmp_path, opset)
     model = _typed(path)
     expected = {"x": range_of("x", array), "y": range_of("y", -array, model.graph.node(0))}
     measured, unresolved = InGraphStatistics(path, model, ["x", "y"]).ranges({"x": array})
     both = value_ranges(path, {"x": array}, model=model)
     for name, tensor_range in expected.items():
-        assert (name in unresolved) == bool(tensor_range.nonfinite or tensor_range.overflow)
+        tied = tensor_range.size > _CHUNK and tensor_range.min == -tensor_range.max != 0.0
+        assert (name in unresolved) == bool(tensor_range.nonfinite or tensor_range.overflow or tied)
         if name not in unresolved:
             assert_same(measured[name], tensor_range)
         assert_same(both[name], tensor_range)
