@@ -69,6 +69,8 @@ def _method(details: Mapping[str, Any]) -> str:
         if details.get("layers_per_run")
         else f"budget {_mib(details['budget_bytes'])}"
     )
+    if details.get("over_budget") and not details.get("layers_per_run"):
+        limit += f", exceeded: {details['over_budget']}"
     fetched = f"{per_run}; {limit}"
     if not details.get("in_graph"):
         why = details.get("in_graph_unavailable")

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from graphdoctor.analysis.format import format_dtype
+from graphdoctor.analysis.format import format_bytes, format_dtype
 from graphdoctor.analysis.graph import is_constant_node
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.verify.backends import Backend
@@ -170,6 +170,7 @@ class LayerwiseReport:
     seconds: float
     in_graph: int = 0  # tensors compared by statistics computed in the graph (one run of both models)
     in_graph_unavailable: str = ""  # why no tensor was, when none was
+    over_budget: str = ""  # why a slice fetched more than the budget, when one did
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for `BackendVerdict.details["layerwise"]` and the JSON report:
@@ -179,7 +180,8 @@ class LayerwiseReport:
          "first_nonfinite": DIVERGENCE | null, "first_difference": name | null, "path": [name, ...],
          "stages": [{"stage", "tensors", "beyond_tolerance", "max_abs", "rel_err", "min_cosine"}],
          "tensors": [RECORD, ...] (topological order of the reference), "seconds",
-         "in_graph": count compared in the graph, "fetched": count fetched in slices, "in_graph_unavailable"}
+         "in_graph": count compared in the graph, "fetched": count fetched in slices, "in_graph_unavailable",
+         "over_budget": why a slice exceeded the budget, or ""}
         RECORD: {"name", "node", "op", "shape", "passed", "max_abs", "rel_err", "cosine", "mismatch",
                  "ref_nonfinite", "cand_nonfinite", "ref_absmax", "growth", "reason"}
         DIVERGENCE: {"kind", "tensor", "node", "op", "inputs": [{"name", "rel_err"}], "hints": [str]}
@@ -203,6 +205,7 @@ class LayerwiseReport:
             "in_graph": self.in_graph,
             "fetched": len(self.records) - self.in_graph,
             "in_graph_unavailable": self.in_graph_unavailable,
+            "over_budget": self.over_budget,
         }
 
 
@@ -281,7 +284,7 @@ def compare_layerwise(
                 logger.info("layer-wise: no statistics in the graph (%s): fetching every tensor", why)
             advance(len(probes) - len(pending))
         fetching = dataclasses.replace(planner, probes=pending)
-        run = _SliceRunner(light_reference, light_candidate, oracle, backend, inputs, measured)
+        run = _SliceRunner(light_reference, light_candidate, oracle, backend, inputs, measured, options.budget_bytes)
         while sum(slices) < len(pending):
             chunk = fetching.next_slice(sum(slices), options.budget_bytes, options.layers_per_run)
             planner.measured.update(run.compare(chunk))
@@ -315,6 +318,7 @@ def compare_layerwise(
         seconds=time.perf_counter() - start,
         in_graph=in_graph,
         in_graph_unavailable="" if in_graph else unavailable,
+        over_budget=measured.over_budget,
     )
 
 
@@ -400,7 +404,7 @@ def compare_integer_tensors(
         return []
     # the models as they are (no copy with weights outside, as layer-wise makes): integers take a run or two
     measured = _Measurements(inputs, planner.graph_inputs, PRESETS["exact"])
-    run = _SliceRunner(reference, candidate, oracle, backend, inputs, measured)
+    run = _SliceRunner(reference, candidate, oracle, backend, inputs, measured, budget_bytes)
     done = 0
     while done < len(planner.probes):
         chunk = planner.next_slice(done, budget_bytes, None)
@@ -668,6 +672,7 @@ class _Measurements:
         self.ranges: dict[str, float] = {n: _absmax(np.asarray(a)) for n, a in inputs.items() if n in graph_inputs}
         self.skipped: Counter[str] = Counter()
         self.max_bytes = 0  # both models' fetched arrays of the largest slice
+        self.over_budget = ""  # why a slice exceeded the budget, the first time one did
 
     def keep(self, record: LayerRecord) -> None:
         self.found[record.name] = record
@@ -693,11 +698,13 @@ class _SliceRunner:
         backend: Backend,
         inputs: Mapping[str, np.ndarray],
         measured: _Measurements,
+        budget_bytes: int,
     ) -> None:
         self.reference, self.candidate = reference, candidate
         self.oracle, self.backend = oracle, backend
         self.inputs = inputs
         self.measured = measured
+        self.budget_bytes = budget_bytes
 
     def compare(self, chunk: Sequence[Probe]) -> dict[str, int]:
         """Fetch, compare and drop one slice; returns the reference tensors' sizes, measured."""
@@ -708,6 +715,12 @@ class _SliceRunner:
         fetched = sum(sizes.values()) + sum(_value_nbytes(value) for value in actual.values())
         self.measured.max_bytes = max(self.measured.max_bytes, fetched)
         logger.info("layer-wise run: %d tensors, %.1f MiB", len(names), fetched / 2**20)
+        if fetched > self.budget_bytes and not self.measured.over_budget:
+            self.measured.over_budget = (
+                f"one tensor pair alone holds {format_bytes(fetched)}"
+                if len(names) == 1
+                else f"a run fetched {format_bytes(fetched)}: sizes the shapes did not tell were estimated short"
+            )
         for probe in chunk:
             if probe.name not in expected or probe.name not in actual:
                 self.measured.skipped["not returned by the backend"] += 1

@@ -197,6 +197,15 @@ def test_layers_per_run_overrides_the_budget(chain: Pair):
     assert report.runs == 2 and report.first_divergence.record.node == "mm2"  # slicing changes no result
 
 
+def test_a_run_over_the_budget_says_so(chain: Pair):
+    """Each 1 KiB tensor pair is larger than a 1 KiB budget: it runs alone, and the report does not claim
+    the budget was kept."""
+    report = layerwise(chain, options=LayerwiseOptions(budget_bytes=1024, in_graph=False))
+    assert report.max_tensors_per_run == 1 and report.max_bytes_per_run > 1024
+    assert report.over_budget == "one tensor pair alone holds 2.0 KiB"
+    assert layerwise(chain, options=LayerwiseOptions(in_graph=False)).over_budget == ""
+
+
 def test_a_tensor_larger_than_the_budget_runs_alone():
     assert fit_count([10, 100, 5, 5], budget_bytes=20) == 1
     assert fit_count([100, 5], budget_bytes=20) == 1
