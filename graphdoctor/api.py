@@ -130,8 +130,10 @@ def verify(
     With `torch_program` (a torch.export .pt2), that program is the reference instead, and `reference`, the
     ONNX model exported from it, runs on each backend; no `candidate` then.
 
-    `layerwise` also compares every float tensor both models compute under the same name, a slice per run
-    (`layers_per_run` tensors, else a 256 MiB budget), and names the first node beyond tolerance.
+    `layerwise` also compares every tensor both models compute under the same name, and names the first node
+    beyond tolerance: where both backends run on ONNX Runtime CPU, in one session that reduces each pair to
+    statistics inside the graph; else, and with `layers_per_run`, fetched a slice per run (`layers_per_run`
+    tensors, else a 256 MiB budget).
 
     `task` 'detect' compares what both models detect (`detect` says how to read detections; the detect preset
     decides), 'auto' does so when the reference is a detector beyond doubt (saying why), 'tensor' never.

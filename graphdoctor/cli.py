@@ -626,14 +626,16 @@ def _as_list(value: Any) -> list[str]:
 @click.option(
     "--layerwise",
     is_flag=True,
-    help="Also compare every tensor both models compute under the same name, a slice per run, and name the "
-    "first node beyond tolerance, with the error per stage.",
+    help="Also compare every tensor both models compute under the same name, and name the first node beyond "
+    "tolerance, with the error per stage. On ONNX Runtime CPU both models run in one session that reduces each "
+    "tensor pair to statistics; elsewhere the tensors are fetched, a slice per run.",
 )
 @click.option(
     "--layers-per-run",
     type=click.IntRange(min=1),
     metavar="N",
-    help="With --layerwise: expose N tensors per run (default: as many as fit 256 MiB for both models).",
+    help="With --layerwise: fetch every tensor, N per run, instead of statistics in one session (where "
+    "tensors are fetched, the default is as many as fit 256 MiB for both models).",
 )
 @detection_options
 @click.option("--format", "output_format", type=click.Choice(VERIFY_FORMATS), default="text", show_default=True)
