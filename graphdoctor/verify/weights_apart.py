@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-__all__ = ["GraphApart", "load_apart"]
+__all__ = ["GraphApart", "encode_varint", "load_apart", "read_varint"]
 
 _MODEL_GRAPH = 7  # ModelProto.graph
 _GRAPH_WEIGHTS = frozenset({5, 15})  # GraphProto.initializer, GraphProto.sparse_initializer
@@ -42,7 +42,7 @@ class GraphApart:
         if not self.weights:
             return light
         length = sum(end - begin for begin, end in self.weights)
-        header = _encode_varint(_MODEL_GRAPH << 3 | _LENGTH_DELIMITED) + _encode_varint(length)
+        header = encode_varint(_MODEL_GRAPH << 3 | _LENGTH_DELIMITED) + encode_varint(length)
         with (
             open(self.path, "rb") as file,
             mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data,
@@ -92,15 +92,15 @@ def _fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, i
     position = start
     while position < end:
         begin = position
-        key, position = _varint(data, position)
+        key, position = read_varint(data, position)
         wire = key & 7
         if wire == 0:
-            _, position = _varint(data, position)
+            _, position = read_varint(data, position)
             payload = begin
         elif wire == 1:
             payload, position = position, position + 8
         elif wire == _LENGTH_DELIMITED:
-            length, payload = _varint(data, position)
+            length, payload = read_varint(data, position)
             position = payload + length
         elif wire == 5:
             payload, position = position, position + 4
@@ -111,7 +111,8 @@ def _fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, i
         yield key >> 3, begin, payload, position
 
 
-def _varint(data: mmap.mmap, position: int) -> tuple[int, int]:
+def read_varint(data: bytes | mmap.mmap, position: int) -> tuple[int, int]:
+    """The protobuf varint at `position` and the position after it; ValueError when it is cut short."""
     value, shift = 0, 0
     while True:
         if position >= len(data) or shift > 63:
@@ -126,10 +127,12 @@ def _varint(data: mmap.mmap, position: int) -> tuple[int, int]:
 
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field: its key, its length, its bytes."""
-    return b"".join([_encode_varint(number << 3 | _LENGTH_DELIMITED), _encode_varint(len(payload)), payload])
+    return b"".join([encode_varint(number << 3 | _LENGTH_DELIMITED), encode_varint(len(payload)), payload])
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """`value` as a protobuf varint (a negative one as its 64-bit two's complement, as protobuf writes it)."""
+    value &= (1 << 64) - 1
     encoded = bytearray()
     while True:
         low, value = value & 0x7F, value >> 7

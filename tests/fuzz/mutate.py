@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 
+from graphdoctor.verify.weights_apart import encode_varint, read_varint
+
 __all__ = ["BYTE_MUTATORS", "PROTO_MUTATORS", "Mutated", "NotApplicable", "all_graphs", "all_tensors"]
 
 HUGE = 10**12
@@ -106,30 +108,6 @@ def _rename(model: onnx.ModelProto, old: str, new: str) -> None:
 # --- byte level -------------------------------------------------------------------------------------------
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("bad varint")
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    value &= (1 << 64) - 1
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 @dataclass(frozen=True)
 class _Field:
     start: int  # the tag's first byte
@@ -145,20 +123,20 @@ def wire_fields(data: bytes, start: int = 0, end: int | None = None, depth: int 
     pos = start
     while pos < end:
         field_start = pos
-        tag, pos = _varint(data, pos)
+        tag, pos = read_varint(data, pos)
         wire = tag & 7
         if tag >> 3 == 0:
             raise ValueError("field 0")
         length_at = None
         if wire == 0:
-            _, pos = _varint(data, pos)
+            _, pos = read_varint(data, pos)
         elif wire == 1:
             pos += 8
         elif wire == 5:
             pos += 4
         elif wire == 2:
             length_start = pos
-            length, pos = _varint(data, pos)
+            length, pos = read_varint(data, pos)
             length_at = (length_start, pos)
             payload = pos
             pos += length
@@ -198,9 +176,9 @@ def varint_length(rng: random.Random, data: bytes) -> tuple[bytes, str]:
     candidates = [f for f in wire_fields(data) if f.length_at is not None]
     field_ = rng.choice(candidates)
     begin, end = field_.length_at
-    old, _ = _varint(data, begin)
+    old, _ = read_varint(data, begin)
     new = rng.choice([0, max(old - 1, 0), old + 1, old * 2 + 7, 2**31, 2**63, 2**64 - 1])
-    return data[:begin] + _encode_varint(new) + data[end:], f"length at byte {begin}: {old} -> {new}"
+    return data[:begin] + encode_varint(new) + data[end:], f"length at byte {begin}: {old} -> {new}"
 
 
 def append_garbage(rng: random.Random, data: bytes) -> tuple[bytes, str]:
@@ -210,7 +188,7 @@ def append_garbage(rng: random.Random, data: bytes) -> tuple[bytes, str]:
     elif kind == "zeros":
         tail = bytes(rng.choice([1, 64]))
     elif kind == "tag":  # a graph field (7, length-delimited) whose length runs past the end
-        tail = b"\x3a" + _encode_varint(rng.choice([10, 2**20, 2**40]))
+        tail = b"\x3a" + encode_varint(rng.choice([10, 2**20, 2**40]))
     else:  # a second model concatenated: protobuf merges the two
         tail = data
     return data + tail, f"appended {len(tail)} bytes ({kind})"
