@@ -51,7 +51,7 @@ __all__ = ["PREFIX", "LockstepRun", "LockstepUnavailable", "Pair", "PairStatisti
 
 PREFIX = "__gd_cand/"  # the candidate's names in the merged graph
 _STAT = "__gd_diff"
-_MIN_OPSET = 11  # If with outer-scope values, Max of scalars
+_MIN_OPSET = 11  # the oldest opset the statistics are tested at (tests/verify/test_lockstep.py)
 _UNSQUEEZE_AXES_AS_INPUT = 13  # the opsets where an attribute became an input
 _REDUCE_AXES_AS_INPUT = 18  # (ReduceSumSquare's)
 _BASIC_LEVEL = 1  # onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC: the highest a merged session runs at
@@ -129,7 +129,6 @@ class LockstepRun:
         level = min(reference.level, candidate.level, _BASIC_LEVEL)
         options.graph_optimization_level = ort.GraphOptimizationLevel(level)
         options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # follows the interleaved node order
-        options.enable_cpu_mem_arena = False  # an arena keeps the peak of every transient reserved
         for key, value in {**dict(reference.config), **dict(candidate.config)}.items():
             options.add_session_config_entry(key, value)
         if folder is not None:
@@ -332,7 +331,7 @@ def _add_statistics(model: onnx.ModelProto, pairs: Sequence[Pair], atol: float, 
     for index, pair in enumerate(pairs):
         builder = _Builder(index, opset)
         (_float_statistics if pair.is_float else _integer_statistics)(builder, pair, atol, rtol)
-        groups[PREFIX + pair.name] = groups.get(PREFIX + pair.name, []) + builder.nodes
+        groups[PREFIX + pair.name] = builder.nodes
     produced = {name for node in graph.node for name in node.output}
     missing = [pair.name for pair in pairs if pair.name not in produced or PREFIX + pair.name not in produced]
     if missing:
@@ -345,10 +344,7 @@ def _add_statistics(model: onnx.ModelProto, pairs: Sequence[Pair], atol: float, 
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.output[:]
-    names = [
-        _stat(i, s) for i, p in enumerate(pairs) for s in (_FLOAT_STATISTICS if p.is_float else _INTEGER_STATISTICS)
-    ]
-    graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    graph.output.extend(onnx.ValueInfoProto(name=_stat(i, s)) for i, p in enumerate(pairs) for s in _statistics(p))
 
 
 class _Builder:
