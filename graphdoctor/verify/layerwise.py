@@ -265,31 +265,8 @@ def compare_layerwise(
     planner, skipped = _plan(reference, candidate, inputs)
     probes = planner.probes
     logger.info("layer-wise: %d shared tensors to compare", len(probes))
-    slices: list[int] = []
     measured = _Measurements(inputs, planner.graph_inputs, tolerance)
-    in_graph = options.in_graph and options.layers_per_run is None  # slices asked for: no reason to give
-    unavailable = ""
-    with ExitStack() as stack:
-        light_reference = stack.enter_context(weights_outside(reference))
-        light_candidate = light_reference if candidate == reference else stack.enter_context(weights_outside(candidate))
-        advance = stack.enter_context(_progress(len(probes), options.progress))
-        pending = probes
-        if in_graph:
-            try:
-                pending = _compare_in_graph(
-                    light_reference, light_candidate, oracle, backend, planner, inputs, measured
-                )
-            except LockstepUnavailable as why:
-                unavailable = str(why)
-                logger.info("layer-wise: no statistics in the graph (%s): fetching every tensor", why)
-            advance(len(probes) - len(pending))
-        fetching = dataclasses.replace(planner, probes=pending)
-        run = _SliceRunner(light_reference, light_candidate, oracle, backend, inputs, measured, options.budget_bytes)
-        while sum(slices) < len(pending):
-            chunk = fetching.next_slice(sum(slices), options.budget_bytes, options.layers_per_run)
-            planner.measured.update(run.compare(chunk))
-            slices.append(len(chunk))
-            advance(len(chunk))
+    slices, unavailable = _measure(reference, candidate, oracle, backend, planner, inputs, measured, options)
     records = measured.records(probes)
     first = next((r for r in records if not r.passed), None)
     nonfinite = next((r for r in records if r.is_nonfinite), None)
@@ -301,7 +278,7 @@ def compare_layerwise(
         candidate,
         backend,
     )
-    in_graph = len(probes) - len(pending)
+    in_graph = len(probes) - sum(slices)
     return LayerwiseReport(
         records=records,
         runs=len(slices) + (1 if in_graph else 0),
@@ -320,6 +297,45 @@ def compare_layerwise(
         in_graph_unavailable="" if in_graph else unavailable,
         over_budget=measured.over_budget,
     )
+
+
+def _measure(
+    reference: Path,
+    candidate: Path,
+    oracle: Backend,
+    backend: Backend,
+    planner: _Planner,
+    inputs: Mapping[str, np.ndarray],
+    measured: _Measurements,
+    options: LayerwiseOptions,
+) -> tuple[list[int], str]:
+    """Every probe into `measured`: in the graph where both backends allow it, the rest fetched in slices.
+    Returns the slices' lengths, and why no statistics were computed in the graph ("" when they were, or
+    when slices were asked for)."""
+    slices: list[int] = []
+    unavailable = ""
+    with ExitStack() as stack:
+        light_reference = stack.enter_context(weights_outside(reference))
+        light_candidate = light_reference if candidate == reference else stack.enter_context(weights_outside(candidate))
+        advance = stack.enter_context(_progress(len(planner.probes), options.progress))
+        pending = planner.probes
+        if options.in_graph and options.layers_per_run is None:
+            try:
+                pending = _compare_in_graph(
+                    light_reference, light_candidate, oracle, backend, planner, inputs, measured
+                )
+            except LockstepUnavailable as why:
+                unavailable = str(why)
+                logger.info("layer-wise: no statistics in the graph (%s): fetching every tensor", why)
+            advance(len(planner.probes) - len(pending))
+        fetching = dataclasses.replace(planner, probes=pending)
+        run = _SliceRunner(light_reference, light_candidate, oracle, backend, inputs, measured, options.budget_bytes)
+        while sum(slices) < len(pending):
+            chunk = fetching.next_slice(sum(slices), options.budget_bytes, options.layers_per_run)
+            planner.measured.update(run.compare(chunk))
+            slices.append(len(chunk))
+            advance(len(chunk))
+    return slices, unavailable
 
 
 def _compare_in_graph(
