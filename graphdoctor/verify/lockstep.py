@@ -14,9 +14,9 @@ domain, and external data in one folder (or none). The session runs at the lower
 levels, and at most the basic one, with both configs: with a statistic reading every tensor the extended
 fusions have nothing left to fuse, yet looking for them costs seconds on a transformer; the basic level's
 rounding differs from the fused one at FP32's 1e-7, far below what layer-wise localisation looks at.
-Weights the models share (the same file, or equal tensors under the same name) are held once; a node
-computing the same thing from the same values in both may then run once (ONNX Runtime's
-common-subexpression elimination), with the same values either way.
+Weights the models share (the same file, or equal tensors under the same name) are held once, and graph
+inputs both declare alike are one input: a node computing the same thing from the same values in both then
+runs once (ONNX Runtime's common-subexpression elimination), with the same values either way.
 
 Statistics per pair, `r` the reference's tensor and `c` the candidate's in a common float dtype (float32, or
 float64 when either is), computed in that dtype (float64 copies of a Whisper encoder's 54 MB attention maps
@@ -209,7 +209,7 @@ def merged_model(reference: CpuGraph, candidate: CpuGraph) -> tuple[onnx.ModelPr
     model.opset_import.extend(_opsets(reference.proto, candidate.proto))
     model.functions.extend(_functions(reference.proto, candidate.proto))
     ref_graph = reference.proto.graph
-    shared = _shared_initializers(ref_graph, candidate.proto.graph)
+    shared = _shared_initializers(ref_graph, candidate.proto.graph) | _shared_inputs(ref_graph, candidate.proto.graph)
     cand_graph = onnx.GraphProto()
     cand_graph.CopyFrom(candidate.proto.graph)
     _rename(cand_graph, lambda name: name if not name or name in shared else PREFIX + name)
@@ -262,6 +262,14 @@ def _shared_initializers(reference: onnx.GraphProto, candidate: onnx.GraphProto)
     """Names of the main-graph initializers equal in both (the same bytes, or the same external range)."""
     by_name = {t.name: t for t in reference.initializer}
     return {t.name for t in candidate.initializer if t.name in by_name and by_name[t.name] == t}
+
+
+def _shared_inputs(reference: onnx.GraphProto, candidate: onnx.GraphProto) -> set[str]:
+    """Names of the graph inputs both declare with the same type: fed the same array, read as one input.
+    With the weights shared too, what both compute alike from them is computed once (ONNX Runtime's
+    common-subexpression elimination): a model against itself, or the part before a fix's first change."""
+    by_name = {v.name: v.type for v in reference.input}
+    return {v.name for v in candidate.input if v.name in by_name and by_name[v.name] == v.type}
 
 
 def _rename(graph: onnx.GraphProto, rename: Callable[[str], str]) -> None:

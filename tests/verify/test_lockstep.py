@@ -87,6 +87,20 @@ def test_weights_both_models_hold_are_held_once(tmp_path: Path):
     assert {t.name for t in changed.graph.initializer} - {t.name for t in same.graph.initializer} == {PREFIX + "W2"}
 
 
+def test_inputs_declared_alike_are_one_input(tmp_path: Path):
+    """Fed the same array, read as one: what both compute alike from it and the shared weights runs once."""
+    reference, candidate = divergence.chain_pair(tmp_path)
+    backend = OnnxruntimeBackend("onnxruntime-cpu")
+    merged, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
+    assert [v.name for v in merged.graph.input] == [v.name for v in onnx.load(reference).graph.input]
+    model = onnx.load(candidate)
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16  # a converted model's input
+    onnx.save(model, candidate)
+    merged, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
+    name = model.graph.input[0].name
+    assert [v.name for v in merged.graph.input] == [name, PREFIX + name]
+
+
 def test_each_candidate_node_follows_the_reference_node_computing_the_same_tensor(tmp_path: Path):
     reference, candidate = divergence.chain_pair(tmp_path)
     backend = OnnxruntimeBackend("onnxruntime-cpu")
