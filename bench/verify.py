@@ -475,10 +475,22 @@ def _graphdoctor_layerwise_notes(facts: dict) -> str:
     verdict = "passed" if facts.get("passed") else "differs"
     return (
         f"{layerwise['tensors_compared']} tensors compared ({layerwise['tensors_beyond_tolerance']} beyond"
-        f" tolerance{'; skipped ' + skipped if skipped else ''}) in {layerwise['runs']} slice runs of at most"
-        f" {layerwise['max_tensors_per_run']} ({format_size(layerwise['max_bytes_per_run'])} fetched),"
+        f" tolerance{'; skipped ' + skipped if skipped else ''}): {_layerwise_method(layerwise)},"
         f" {verdict}; report {format_size(facts['report_bytes'])}"
     )
+
+
+def _layerwise_method(layerwise: dict) -> str:
+    """How they were compared: statistics in one session, fetched in slices, or both."""
+    in_graph, fetched = layerwise.get("in_graph", 0), layerwise.get("fetched", layerwise["tensors_compared"])
+    slices = (
+        f"{fetched} fetched in {layerwise['runs'] - (1 if in_graph else 0)} slice runs of at most"
+        f" {layerwise['max_tensors_per_run']} ({format_size(layerwise['max_bytes_per_run'])} fetched)"
+    )
+    if not in_graph:
+        return slices
+    both = f"{in_graph} by statistics in one session of both models"
+    return f"{both}, {slices}" if fetched else both
 
 
 def _ratios(series: Series, baseline: Series | None) -> str:
