@@ -58,8 +58,15 @@ from graphdoctor.analysis.format import format_bytes, format_dtype
 from graphdoctor.analysis.graph import is_constant_node
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.verify.backends import Backend
-from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend, weights_outside
-from graphdoctor.verify.lockstep import LockstepRun, LockstepUnavailable, Pair, PairStatistics, comparable
+from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend, release_freed_memory, weights_outside
+from graphdoctor.verify.lockstep import (
+    RANDOM_OPS,
+    LockstepRun,
+    LockstepUnavailable,
+    Pair,
+    PairStatistics,
+    comparable,
+)
 from graphdoctor.verify.metrics import (
     PRESETS,
     TensorComparison,
@@ -358,6 +365,7 @@ def _compare_in_graph(
             raise LockstepUnavailable(f"{runner.name} does not run on ONNX Runtime's CPU provider")
     session = LockstepRun(graphs[0], graphs[1], pairs, measured.tolerance.atol, measured.tolerance.rtol)
     del graphs
+    release_freed_memory()  # the protos' copies of the weights, before the run's tensors
     statistics, unresolved = session.run(inputs)
     del session
     by_name = {pair.name: pair for pair in pairs}
@@ -564,13 +572,9 @@ def _computed_from_floats(graph: ir.Graph) -> set[str]:
     return reached
 
 
-_RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli"})
-_RANDOM_OPS |= {"Multinomial"}
-
-
 def _draws_at_random(node: ir.Node) -> bool:
     """A random op, or a Dropout given a training_mode input (its mask and output are drawn at random)."""
-    if node.op_type in _RANDOM_OPS:
+    if node.op_type in RANDOM_OPS:
         return True
     return node.op_type == "Dropout" and len(node.inputs) > 2 and node.inputs[2] is not None
 

@@ -15,8 +15,10 @@ levels, and at most the basic one, with both configs: with a statistic reading e
 fusions have nothing left to fuse, yet looking for them costs seconds on a transformer; the basic level's
 rounding differs from the fused one at FP32's 1e-7, far below what layer-wise localisation looks at.
 Weights the models share (the same file, or equal tensors under the same name) are held once, and graph
-inputs both declare alike are one input: a node computing the same thing from the same values in both then
-runs once (ONNX Runtime's common-subexpression elimination), with the same values either way.
+inputs both declare alike are one input; a candidate node with the same op, attributes and inputs as a
+reference node is folded into it (`_fold_identical`): one node computes both tensors, equal by construction,
+and their pair needs no statistic but its shape and magnitude. A model against itself runs once; a fixed
+model against its original runs its unchanged part once.
 
 Statistics per pair, `r` the reference's tensor and `c` the candidate's in a common float dtype (float32, or
 float64 when either is), computed in that dtype (float64 copies of a Whisper encoder's 54 MB attention maps
@@ -34,6 +36,7 @@ these: `LockstepRun.run` names it for the caller to fetch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,7 +50,7 @@ from onnx import TensorProto, helper
 from graphdoctor.errors import first_line
 from graphdoctor.verify.backends import CpuGraph
 
-__all__ = ["PREFIX", "LockstepRun", "LockstepUnavailable", "Pair", "PairStatistics", "comparable"]
+__all__ = ["PREFIX", "RANDOM_OPS", "LockstepRun", "LockstepUnavailable", "Pair", "PairStatistics", "comparable"]
 
 PREFIX = "__gd_cand/"  # the candidate's names in the merged graph
 _STAT = "__gd_diff"
@@ -65,6 +68,7 @@ _INTEGERS = frozenset(
 _FLOAT_STATISTICS = ("ref_shape", "cand_shape", "ref_squares", "cand_squares", "diff_squares", "max_abs",
                      "ref_absmax", "outside")  # fmt: skip
 _AXES = {"flat": -1, "first_axis": 0, "last_axis": -1}  # int64 constants: a shape and two axes lists
+_IDENTICAL_STATISTICS = ("ref_shape", "ref_absmax")
 _INTEGER_STATISTICS = ("ref_shape", "cand_shape", "ref_squares", "diff_squares", "max_abs", "outside")
 
 
@@ -81,6 +85,7 @@ class Pair:
     reference_dtype: int
     candidate_dtype: int
     nonempty: bool = False  # both static shapes say it holds elements: no pad before a ReduceMax
+    identical: bool = False  # computed by one node of the merged graph: equal by construction
 
     @property
     def is_float(self) -> bool:
@@ -122,8 +127,8 @@ class LockstepRun:
 
         from graphdoctor.verify.backends.onnxruntime import EXTERNAL_FOLDER, quiet_session_options
 
-        self.pairs = list(pairs)
-        proto, folder = merged_model(reference, candidate)
+        proto, folder, same = merged_model(reference, candidate)
+        self.pairs = [dataclasses.replace(p, identical=same.get(PREFIX + p.name) == p.name) for p in pairs]
         _add_statistics(proto, self.pairs, atol, rtol)
         options = quiet_session_options()
         level = min(reference.level, candidate.level, _BASIC_LEVEL)
@@ -169,6 +174,8 @@ class LockstepRun:
 
 def _judge(stats: Mapping[str, np.ndarray]) -> PairStatistics | str:
     shape = tuple(int(d) for d in stats["ref_shape"])
+    if "cand_shape" not in stats:  # one tensor for both: equal by construction
+        return PairStatistics(shape, 0.0, 0.0, 1.0, 0, float(stats.get("ref_absmax", 0.0)))
     if shape != tuple(int(d) for d in stats["cand_shape"]):
         return "shapes differ"
     ref_squares, diff_squares = float(stats["ref_squares"]), float(stats["diff_squares"])
@@ -201,18 +208,20 @@ def _cosine(ref_squares: float, cand_squares: float, diff_squares: float) -> flo
 # --- merging --------------------------------------------------------------------------------------------------
 
 
-def merged_model(reference: CpuGraph, candidate: CpuGraph) -> tuple[onnx.ModelProto, Path | None]:
-    """Both graphs in one model, the candidate's names prefixed (but for the weights both share), nodes
-    interleaved; no outputs yet. Also the folder external data is read from (None: there is none)."""
+def merged_model(reference: CpuGraph, candidate: CpuGraph) -> tuple[onnx.ModelProto, Path | None, dict[str, str]]:
+    """Both graphs in one model, the candidate's names prefixed (but for the weights and inputs both share),
+    nodes interleaved, the candidate's nodes that compute what a reference node computes folded into it
+    (`_fold_identical`); no outputs yet. Also the folder external data is read from (None: there is none), and
+    the folded candidate tensors, each with the reference tensor it is."""
     folder = _data_folder(reference, candidate)
     model = onnx.ModelProto(ir_version=max(reference.proto.ir_version, candidate.proto.ir_version))
     model.opset_import.extend(_opsets(reference.proto, candidate.proto))
     model.functions.extend(_functions(reference.proto, candidate.proto))
     ref_graph = reference.proto.graph
     shared = _shared_initializers(ref_graph, candidate.proto.graph) | _shared_inputs(ref_graph, candidate.proto.graph)
-    cand_graph = onnx.GraphProto()
-    cand_graph.CopyFrom(candidate.proto.graph)
+    cand_graph = _graph_without(candidate.proto.graph, shared)
     _rename(cand_graph, lambda name: name if not name or name in shared else PREFIX + name)
+    cand_nodes, same = _fold_identical(ref_graph.node, cand_graph.node)
     graph = model.graph
     graph.name = "lockstep"
     graph.input.extend(ref_graph.input)
@@ -221,8 +230,64 @@ def merged_model(reference: CpuGraph, candidate: CpuGraph) -> tuple[onnx.ModelPr
     graph.initializer.extend(t for t in cand_graph.initializer if t.name not in shared)
     graph.sparse_initializer.extend(ref_graph.sparse_initializer)
     graph.sparse_initializer.extend(cand_graph.sparse_initializer)
-    graph.node.extend(_interleaved(ref_graph.node, cand_graph.node))
-    return model, folder
+    graph.node.extend(_interleaved(ref_graph.node, cand_nodes))
+    return model, folder, same
+
+
+def _graph_without(graph: onnx.GraphProto, initializers: set[str]) -> onnx.GraphProto:
+    """A copy of `graph` less the named initializers (the shared weights are not copied to be dropped)."""
+    copy = onnx.GraphProto()
+    for name in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(copy, name).extend(getattr(graph, name))
+    copy.initializer.extend(t for t in graph.initializer if t.name not in initializers)
+    return copy
+
+
+# ops whose outputs differ between two runs of one node (and Dropout given a training_mode input)
+RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"}
+)
+
+
+def _fold_identical(
+    reference: Sequence[onnx.NodeProto], candidate: Sequence[onnx.NodeProto]
+) -> tuple[list[onnx.NodeProto], dict[str, str]]:
+    """The candidate's nodes less those with a reference node of the same op, attributes and inputs (through
+    the tensors already folded): one node then computes both tensors, which are equal by construction, and no
+    statistic needs to compare them (ONNX Runtime's common-subexpression elimination would merge them too,
+    after the statistics were built). Also each folded candidate tensor with the reference tensor it is.
+    Nodes with subgraphs and random ops are kept."""
+    computed = {_signature(n, n.input): list(n.output) for n in reference if _foldable(n)}
+    same: dict[str, str] = {}
+    kept = []
+    for node in candidate:
+        node.input[:] = [same.get(name, name) for name in node.input]
+        outputs = computed.get(_signature(node, node.input)) if _foldable(node) else None
+        if outputs is not None and len(outputs) == len(node.output):
+            same.update((mine, theirs) for mine, theirs in zip(node.output, outputs, strict=True) if mine)
+            continue
+        for subgraph in _subgraphs(node):
+            _redirect(subgraph, same)
+        kept.append(node)
+    return kept, same
+
+
+def _foldable(node: onnx.NodeProto) -> bool:
+    training = node.op_type == "Dropout" and len(node.input) > 2 and bool(node.input[2])
+    return node.op_type not in RANDOM_OPS and not training and not any(True for _ in _subgraphs(node))
+
+
+def _signature(node: onnx.NodeProto, inputs: Sequence[str]) -> tuple:
+    attributes = tuple(sorted((a.name, a.SerializeToString()) for a in node.attribute))
+    return node.domain, node.op_type, node.overload, tuple(inputs), attributes
+
+
+def _redirect(graph: onnx.GraphProto, same: Mapping[str, str]) -> None:
+    """A subgraph's reads of outer tensors that were folded, to the tensors they are."""
+    for node in graph.node:
+        node.input[:] = [same.get(name, name) for name in node.input]
+        for subgraph in _subgraphs(node):
+            _redirect(subgraph, same)
 
 
 def _data_folder(reference: CpuGraph, candidate: CpuGraph) -> Path | None:
@@ -325,6 +390,8 @@ def _stat(index: int | str, statistic: str) -> str:
 
 
 def _statistics(pair: Pair) -> tuple[str, ...]:
+    if pair.identical:
+        return _IDENTICAL_STATISTICS if pair.is_float else _IDENTICAL_STATISTICS[:1]
     return _FLOAT_STATISTICS if pair.is_float else _INTEGER_STATISTICS
 
 
@@ -338,10 +405,13 @@ def _add_statistics(model: onnx.ModelProto, pairs: Sequence[Pair], atol: float, 
     groups = {}
     for index, pair in enumerate(pairs):
         builder = _Builder(index, opset)
-        (_float_statistics if pair.is_float else _integer_statistics)(builder, pair, atol, rtol)
-        groups[PREFIX + pair.name] = builder.nodes
+        if pair.identical:
+            _identical_statistics(builder, pair)
+        else:
+            (_float_statistics if pair.is_float else _integer_statistics)(builder, pair, atol, rtol)
+        groups[pair.name if pair.identical else PREFIX + pair.name] = builder.nodes
     produced = {name for node in graph.node for name in node.output}
-    missing = [pair.name for pair in pairs if pair.name not in produced or PREFIX + pair.name not in produced]
+    missing = [p.name for p in pairs if p.name not in produced or not (p.identical or PREFIX + p.name in produced)]
     if missing:
         raise LockstepUnavailable(f"'{missing[0]}' is not computed by both main graphs")
     nodes = _constants(atol, rtol)
@@ -438,6 +508,14 @@ def _float_statistics(builder: _Builder, pair: Pair, atol: float, rtol: float) -
     max_abs = builder.magnitude(diff, common, "max_abs", pair.nonempty)
     builder.magnitude(ref, common, "ref_absmax", pair.nonempty)
     builder.outside(lambda b: b.add("Abs", [diff]), lambda b: b.add("Abs", [ref]), max_abs, common)
+
+
+def _identical_statistics(builder: _Builder, pair: Pair) -> None:
+    """One tensor for both: its shape, and for a float one its magnitude (the hints read the reference's)."""
+    builder.add("Shape", [pair.name], "ref_shape")
+    if pair.is_float:
+        dtype = TensorProto.DOUBLE if pair.reference_dtype == TensorProto.DOUBLE else TensorProto.FLOAT
+        builder.magnitude(builder.cast(pair.name, pair.reference_dtype, dtype), dtype, "ref_absmax", pair.nonempty)
 
 
 def _integer_statistics(builder: _Builder, pair: Pair, _atol: float, _rtol: float) -> None:

@@ -79,10 +79,10 @@ def test_a_gpu_backend_is_compared_by_fetching():
 def test_weights_both_models_hold_are_held_once(tmp_path: Path):
     reference, candidate = divergence.chain_pair(tmp_path)
     backend = OnnxruntimeBackend("onnxruntime-cpu")
-    same, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(reference))
+    same, _, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(reference))
     held = len(onnx.load(reference).graph.initializer)
     assert len(same.graph.initializer) == held
-    changed, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
+    changed, _, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
     assert len(changed.graph.initializer) == held + 1  # W2 differs: both are held
     assert {t.name for t in changed.graph.initializer} - {t.name for t in same.graph.initializer} == {PREFIX + "W2"}
 
@@ -91,12 +91,12 @@ def test_inputs_declared_alike_are_one_input(tmp_path: Path):
     """Fed the same array, read as one: what both compute alike from it and the shared weights runs once."""
     reference, candidate = divergence.chain_pair(tmp_path)
     backend = OnnxruntimeBackend("onnxruntime-cpu")
-    merged, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
+    merged, _, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
     assert [v.name for v in merged.graph.input] == [v.name for v in onnx.load(reference).graph.input]
     model = onnx.load(candidate)
     model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16  # a converted model's input
     onnx.save(model, candidate)
-    merged, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
+    merged, _, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
     name = model.graph.input[0].name
     assert [v.name for v in merged.graph.input] == [name, PREFIX + name]
 
@@ -104,12 +104,25 @@ def test_inputs_declared_alike_are_one_input(tmp_path: Path):
 def test_each_candidate_node_follows_the_reference_node_computing_the_same_tensor(tmp_path: Path):
     reference, candidate = divergence.chain_pair(tmp_path)
     backend = OnnxruntimeBackend("onnxruntime-cpu")
-    merged, _ = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
+    merged, _, same = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
     order = [output for node in merged.graph.node for output in node.output]
     ref_outputs = [output for node in onnx.load(reference).graph.node for output in node.output]
     for name in ref_outputs:
-        assert order.index(PREFIX + name) == order.index(name) + 1
+        if PREFIX + name not in same:
+            assert order.index(PREFIX + name) == order.index(name) + 1
     onnx.checker.check_model(merged)  # topologically sorted, every name defined once
+
+
+def test_nodes_computing_the_same_from_the_same_are_folded(tmp_path: Path):
+    """The chain's candidate differs from W2 on: mm1 and relu1 read the same input and weights, so one node
+    computes both models' h1 and a1, and no statistic compares them; from mm2 on both are computed."""
+    reference, candidate = divergence.chain_pair(tmp_path)
+    backend = OnnxruntimeBackend("onnxruntime-cpu")
+    merged, _, same = merged_model(backend.cpu_graph(reference), backend.cpu_graph(candidate))
+    assert same == {PREFIX + "h1": "h1", PREFIX + "a1": "a1"}
+    assert len(merged.graph.node) == 2 * len(onnx.load(reference).graph.node) - 2
+    itself, _, folded = merged_model(backend.cpu_graph(reference), backend.cpu_graph(reference))
+    assert len(itself.graph.node) == len(onnx.load(reference).graph.node) and len(folded) == 6
 
 
 @pytest.mark.parametrize("preset", ["fp32", "exact"])

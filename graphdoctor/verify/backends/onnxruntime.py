@@ -33,6 +33,7 @@ __all__ = [
     "check_loads",
     "provider_problem",
     "quiet_session_options",
+    "release_freed_memory",
     "session_model",
     "weights_outside",
 ]
@@ -251,6 +252,20 @@ def quiet_session_options():
     options.log_severity_level = 4
     options.enable_cpu_mem_arena = False
     return options
+
+
+def release_freed_memory() -> None:
+    """Give the memory Python and ONNX Runtime freed back to the system (glibc's malloc_trim) before a run that
+    allocates much: glibc keeps freed heap resident, and a run's tensors, mapped afresh, would count on top
+    of it in the process's peak (whisper-tiny's layer-wise run peaked 12 MiB higher). Nothing elsewhere."""
+    import ctypes
+    import gc
+
+    gc.collect()  # graphs are reference cycles: their protos are freed only by the collector
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim this way
+        return
 
 
 def check_loads(model: Path) -> None:
