@@ -355,7 +355,8 @@ def graphdoctor_facts(report: Path) -> dict[str, Any]:
     layerwise = verdict.get("details", {}).get("layerwise")
     if layerwise is not None:
         keys = ("tensors_compared", "tensors_beyond_tolerance", "runs", "max_tensors_per_run", "max_bytes_per_run")
-        facts["layerwise"] = {key: layerwise.get(key) for key in (*keys, "skipped", "error", "seconds")}
+        how = ("in_graph", "fetched", "in_graph_unavailable")
+        facts["layerwise"] = {key: layerwise.get(key) for key in (*keys, *how, "skipped", "error", "seconds")}
     return facts
 
 

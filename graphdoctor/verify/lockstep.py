@@ -85,7 +85,9 @@ class Pair:
     reference_dtype: int
     candidate_dtype: int
     nonempty: bool = False  # both static shapes say it holds elements: no pad before a ReduceMax
-    identical: bool = False  # computed by one node of the merged graph: equal by construction
+    identical: bool = (
+        False  # the candidate's node folded into a reference node (`_fold_identical`): equal by construction
+    )
 
     @property
     def is_float(self) -> bool:
@@ -128,7 +130,7 @@ class LockstepRun:
         from graphdoctor.verify.backends.onnxruntime import EXTERNAL_FOLDER, quiet_session_options
 
         proto, folder, same = merged_model(reference, candidate)
-        self.pairs = [dataclasses.replace(p, identical=same.get(PREFIX + p.name) == p.name) for p in pairs]
+        self.pairs = [dataclasses.replace(p, identical=PREFIX + p.name in same) for p in pairs]
         _add_statistics(proto, self.pairs, atol, rtol)
         options = quiet_session_options()
         level = min(reference.level, candidate.level, _BASIC_LEVEL)
@@ -257,12 +259,14 @@ def _fold_identical(
     statistic needs to compare them (ONNX Runtime's common-subexpression elimination would merge them too,
     after the statistics were built). Also each folded candidate tensor with the reference tensor it is.
     Nodes with subgraphs and random ops are kept."""
-    computed = {_signature(n, n.input): list(n.output) for n in reference if _foldable(n)}
+    computed: dict[tuple, list[list[str]]] = {}
+    for node in (n for n in reference if _foldable(n)):
+        computed.setdefault(_signature(node, node.input), []).append(list(node.output))
     same: dict[str, str] = {}
     kept = []
     for node in candidate:
         node.input[:] = [same.get(name, name) for name in node.input]
-        outputs = computed.get(_signature(node, node.input)) if _foldable(node) else None
+        outputs = _counterpart(node, computed.get(_signature(node, node.input), [])) if _foldable(node) else None
         if outputs is not None and len(outputs) == len(node.output):
             same.update((mine, theirs) for mine, theirs in zip(node.output, outputs, strict=True) if mine)
             continue
@@ -270,6 +274,13 @@ def _fold_identical(
             _redirect(subgraph, same)
         kept.append(node)
     return kept, same
+
+
+def _counterpart(node: onnx.NodeProto, computing: Sequence[list[str]]) -> list[str] | None:
+    """The outputs of the reference node `node` folds into: the one computing the same names where the
+    reference computes one thing twice (torch exports take an input's Shape in several places), else the first."""
+    own = [name.removeprefix(PREFIX) for name in node.output]
+    return next((outputs for outputs in computing if outputs == own), computing[0] if computing else None)
 
 
 def _foldable(node: onnx.NodeProto) -> bool:

@@ -125,6 +125,28 @@ def test_nodes_computing_the_same_from_the_same_are_folded(tmp_path: Path):
     assert len(itself.graph.node) == len(onnx.load(reference).graph.node) and len(folded) == 6
 
 
+def test_a_tensor_computed_twice_by_the_reference_stays_in_the_graph(tmp_path: Path):
+    """torch exports take an input's Shape in several places: each candidate Shape folds into the reference
+    Shape of its own name, not into whichever was last, so every pair is still judged in the graph."""
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s1"], name="shape1"),
+        helper.make_node("Shape", ["x"], ["s2"], name="shape2"),
+        helper.make_node("Reshape", ["x", "s1"], ["r1"], name="reshape1"),
+        helper.make_node("Reshape", ["x", "s2"], ["r2"], name="reshape2"),
+        helper.make_node("Add", ["r1", "r2"], ["y"], name="add"),
+    ]
+    path = tmp_path / "twice.onnx"
+    onnx.save(
+        helper.make_model(helper.make_graph(nodes, "twice", [x], [y]), opset_imports=[helper.make_opsetid("", 17)]),
+        path,
+    )
+    in_graph, fetched = both_ways(path, path, OnnxruntimeBackend("onnxruntime-cpu"), "exact")
+    assert in_graph.in_graph == len(in_graph.records) == 5 and in_graph.runs == 1, in_graph.in_graph_unavailable
+    assert_same_answers(in_graph, fetched)
+
+
 @pytest.mark.parametrize("preset", ["fp32", "exact"])
 def test_identical_models_are_identical_in_the_graph(tmp_path: Path, preset: str):
     reference, _ = divergence.chain_pair(tmp_path)
