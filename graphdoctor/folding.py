@@ -1,4 +1,5 @@
-"""Folding values known before run time into constants: ONNX's reference runtime on one node at a time.
+"""Folding values known before run time into constants, one node at a time: in numpy for the ops of shape
+arithmetic (graphdoctor.integer_ops), else by ONNX's reference runtime.
 
 GD001 folds shape arithmetic on static shapes with it; GD013 folds the inputs TensorRT's importer needs as
 constants (Reduce axes, OneHot depth) when an exporter computed them from constants. Only integer and bool
@@ -15,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphdoctor import rewrite
+from graphdoctor import integer_ops, rewrite
 from graphdoctor.analysis.constants import const_tensor
 
 __all__ = ["FOLDABLE_OPS", "MAX_OPERAND_BYTES", "constant_value", "dim_bound", "is_ai_onnx", "remove_dead", "run_node"]
@@ -39,16 +40,20 @@ def is_ai_onnx(node: ir.Node) -> bool:
 def run_node(
     node: ir.Node, operands: Sequence[np.ndarray | None], versions: tuple[int, int], budget: int
 ) -> list[np.ndarray] | None:
-    """The node's outputs computed by ONNX's reference runtime on a one-node model (`versions`: opset and IR
-    version), or None when they are not all integer or bool, exceed `budget` bytes, disagree with the declared
-    dtypes, or the node fails (division by zero included: undefined in ONNX)."""
+    """The node's outputs computed in numpy (graphdoctor.integer_ops) or else by ONNX's reference runtime on a
+    one-node model (`versions`: opset and IR version), or None when they are not all integer or bool, exceed
+    `budget` bytes, disagree with the declared dtypes, or the node fails (division by zero included: undefined
+    in ONNX)."""
     if _result_elements(node, operands) > budget:
         return None
     divisor = operands[1] if node.op_type in ("Div", "Mod") and len(operands) > 1 else None
     if divisor is not None and divisor.dtype.kind in "iu" and not divisor.all():
         return None
-    arrays = _evaluated(_one_node_model(node, operands, versions), operands)
+    attributes = {name: attribute.value for name, attribute in node.attributes.items()}
+    arrays = integer_ops.compute(node.op_type, operands, attributes, versions[0])
     if arrays is None:
+        arrays = _evaluated(_one_node_model(node, operands, versions), operands)
+    if arrays is None or len(arrays) != len(node.outputs):
         return None
     for value, array in zip(node.outputs, arrays, strict=True):
         declared = value.dtype

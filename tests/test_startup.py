@@ -85,3 +85,34 @@ def test_a_module_the_child_imports_is_seen():
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert completed.stdout.split() == ["True", "False"]
+
+
+FOLDING_CHILD = """
+import contextlib, io, json, sys
+from graphdoctor.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as report:
+    try:
+        main(["lint", sys.argv[1], "--exit-zero", "--format", "json", "--select", "GD001"])
+    except SystemExit:
+        pass
+findings = json.loads(report.getvalue())["models"][0]["findings"]
+print(json.dumps({
+    "folded": sum(f["message_id"] == "static_shape_arithmetic" for f in findings),
+    "reference_runtime": "onnx.reference" in sys.modules,
+}))
+"""
+
+
+@pytest.mark.parametrize("name", ["dynamo_bert", "t5_encoder_dynamo", "bert_opset17"])
+def test_folding_torch_shape_arithmetic_needs_no_reference_runtime(name: str):
+    """GD001 folds the exports' Shape/Slice/Gather/Cast/Reshape arithmetic in numpy (graphdoctor.integer_ops):
+    ONNX's reference runtime, 0.1-0.3 s of import, is not loaded."""
+    from fixtures import torch_exports
+
+    if name not in torch_exports.NAMES:
+        pytest.skip(f"fixture {name!r} is not built by fixtures.torch_exports")
+    completed = subprocess.run(
+        [sys.executable, "-c", FOLDING_CHILD, str(torch_exports.path(name))], capture_output=True, text=True, check=True
+    )
+    report = json.loads(completed.stdout.splitlines()[-1])
+    assert report["folded"] > 0 and not report["reference_runtime"]
