@@ -148,8 +148,8 @@ def verify(
         raise GraphDoctorError("--torch compares REFERENCE with the program it was exported from: give no CANDIDATE")
     if layerwise and torch_program is not None:
         raise GraphDoctorError("--layerwise compares the tensors of two ONNX models: it does not combine with --torch")
-    ref = load_model(reference)
-    cand = load_model(candidate) if candidate is not None else ref
+    ref = load_model(reference, weights_in_place=True)  # ONNX Runtime reads the weights: not parsed here
+    cand = load_model(candidate, weights_in_place=True) if candidate is not None else ref
     _refuse_malformed(ref, cand)
     chosen = [get_backend(name) for name in backends]
     pictures, sources = [], []

@@ -67,11 +67,14 @@ class LoadedModel:
     file_size: int
 
 
-def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Load `path` without reading external data; raise ModelLoadError on anything unreadable or unsafe."""
+def load_model(path: str | os.PathLike[str], weights_in_place: bool = False) -> LoadedModel:
+    """Load `path` without reading external data; raise ModelLoadError on anything unreadable or unsafe.
+    `weights_in_place`: the weights stored inside the file are not parsed either, but read from it when asked
+    (graphdoctor.weights_in_place), for readers of the graph that leave the weights to ONNX Runtime."""
     file = Path(path)
     size = _check_is_model_file(file)
-    proto = _parse_model_proto(file)
+    proto = _parse_leaving_weights(file) if weights_in_place else None
+    proto = _parse_model_proto(file) if proto is None else proto
     _check_is_onnx(file, proto)
     _refuse_unknown_data_types(file, proto)
     try:
@@ -222,6 +225,15 @@ def _check_is_model_file(file: Path) -> int:
     if size == 0:
         raise ModelLoadError(f"{file}: is empty (0 bytes), not an ONNX model")
     return size
+
+
+def _parse_leaving_weights(file: Path) -> onnx.ModelProto | None:
+    from graphdoctor.weights_in_place import parse_leaving_weights
+
+    try:
+        return parse_leaving_weights(file)
+    except OSError:  # unreadable: the usual parse says so
+        return None
 
 
 def _parse_model_proto(file: Path) -> onnx.ModelProto:

@@ -58,7 +58,7 @@ from graphdoctor.analysis.format import format_bytes, format_dtype
 from graphdoctor.analysis.graph import is_constant_node
 from graphdoctor.errors import GraphDoctorError
 from graphdoctor.verify.backends import Backend
-from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend, release_freed_memory, weights_outside
+from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend, release_freed_memory
 from graphdoctor.verify.lockstep import (
     RANDOM_OPS,
     LockstepRun,
@@ -322,21 +322,17 @@ def _measure(
     slices: list[int] = []
     unavailable = ""
     with ExitStack() as stack:
-        light_reference = stack.enter_context(weights_outside(reference))
-        light_candidate = light_reference if candidate == reference else stack.enter_context(weights_outside(candidate))
         advance = stack.enter_context(_progress(len(planner.probes), options.progress))
         pending = planner.probes
         if options.in_graph and options.layers_per_run is None:
             try:
-                pending = _compare_in_graph(
-                    light_reference, light_candidate, oracle, backend, planner, inputs, measured
-                )
+                pending = _compare_in_graph(reference, candidate, oracle, backend, planner, inputs, measured)
             except LockstepUnavailable as why:
                 unavailable = str(why)
                 logger.info("layer-wise: no statistics in the graph (%s): fetching every tensor", why)
             advance(len(planner.probes) - len(pending))
         fetching = dataclasses.replace(planner, probes=pending)
-        run = _SliceRunner(light_reference, light_candidate, oracle, backend, inputs, measured, options.budget_bytes)
+        run = _SliceRunner(reference, candidate, oracle, backend, inputs, measured, options.budget_bytes)
         while sum(slices) < len(pending):
             chunk = fetching.next_slice(sum(slices), options.budget_bytes, options.layers_per_run)
             planner.measured.update(run.compare(chunk))
@@ -478,7 +474,7 @@ def _load_shaped(path: Path, inputs: Mapping[str, np.ndarray]) -> ir.Model:
     from graphdoctor.analysis.types import infer_types
     from graphdoctor.model import load_model
 
-    model = load_model(path).model
+    model = load_model(path, weights_in_place=True).model
     for value in model.graph.inputs:
         if value.name in inputs:
             value.shape = ir.Shape(np.asarray(inputs[value.name]).shape)

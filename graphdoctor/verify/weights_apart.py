@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
-__all__ = ["GraphApart", "encode_varint", "load_apart", "read_varint"]
+from graphdoctor.protowire import LENGTH_DELIMITED, encode_varint, field, fields
+
+__all__ = ["GraphApart", "load_apart"]
 
 _MODEL_GRAPH = 7  # ModelProto.graph
 _GRAPH_WEIGHTS = frozenset({5, 15})  # GraphProto.initializer, GraphProto.sparse_initializer
-_LENGTH_DELIMITED = 2
 
 
 @dataclass
@@ -42,7 +42,7 @@ class GraphApart:
         if not self.weights:
             return light
         length = sum(end - begin for begin, end in self.weights)
-        header = encode_varint(_MODEL_GRAPH << 3 | _LENGTH_DELIMITED) + encode_varint(length)
+        header = encode_varint(_MODEL_GRAPH << 3 | LENGTH_DELIMITED) + encode_varint(length)
         with (
             open(self.path, "rb") as file,
             mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data,
@@ -72,71 +72,15 @@ def _cut(data: mmap.mmap) -> tuple[bytes, list[tuple[int, int]]]:
     """The encoded model less its main graph's weights, and the byte ranges of those weights' fields."""
     kept: list[bytes] = []
     weights: list[tuple[int, int]] = []
-    for number, begin, payload, end in _fields(data, 0, len(data)):
+    for number, begin, payload, end in fields(data, 0, len(data)):
         if number != _MODEL_GRAPH:
             kept.append(data[begin:end])
             continue
         graph: list[bytes] = []
-        for inner, field_begin, _, field_end in _fields(data, payload, end):
+        for inner, field_begin, _, field_end in fields(data, payload, end):
             if inner in _GRAPH_WEIGHTS:
                 weights.append((field_begin, field_end))
             else:
                 graph.append(data[field_begin:field_end])
-        kept.append(_field(_MODEL_GRAPH, b"".join(graph)))
+        kept.append(field(_MODEL_GRAPH, b"".join(graph)))
     return b"".join(kept), weights
-
-
-def _fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, where its encoding begins, where its payload begins, where it ends) of each field in
-    data[start:end]."""
-    position = start
-    while position < end:
-        begin = position
-        key, position = read_varint(data, position)
-        wire = key & 7
-        if wire == 0:
-            _, position = read_varint(data, position)
-            payload = begin
-        elif wire == 1:
-            payload, position = position, position + 8
-        elif wire == _LENGTH_DELIMITED:
-            length, payload = read_varint(data, position)
-            position = payload + length
-        elif wire == 5:
-            payload, position = position, position + 4
-        else:
-            raise ValueError(f"protobuf wire type {wire} at byte {begin}: not an ONNX model")
-        if position > end:
-            raise ValueError(f"a field at byte {begin} runs past the end: not an ONNX model")
-        yield key >> 3, begin, payload, position
-
-
-def read_varint(data: bytes | mmap.mmap, position: int) -> tuple[int, int]:
-    """The protobuf varint at `position` and the position after it; ValueError when it is cut short."""
-    value, shift = 0, 0
-    while True:
-        if position >= len(data) or shift > 63:
-            raise ValueError("a truncated varint: not an ONNX model")
-        byte = data[position]
-        value |= (byte & 0x7F) << shift
-        position += 1
-        if byte < 0x80:
-            return value, position
-        shift += 7
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field: its key, its length, its bytes."""
-    return b"".join([encode_varint(number << 3 | _LENGTH_DELIMITED), encode_varint(len(payload)), payload])
-
-
-def encode_varint(value: int) -> bytes:
-    """`value` as a protobuf varint (a negative one as its 64-bit two's complement, as protobuf writes it)."""
-    value &= (1 << 64) - 1
-    encoded = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        if not value:
-            encoded.append(low)
-            return bytes(encoded)
-        encoded.append(low | 0x80)

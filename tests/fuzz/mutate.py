@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 
-from graphdoctor.verify.weights_apart import encode_varint, read_varint
+from graphdoctor.protowire import encode_varint, read_varint
 
 __all__ = ["BYTE_MUTATORS", "PROTO_MUTATORS", "Mutated", "NotApplicable", "all_graphs", "all_tensors"]
 

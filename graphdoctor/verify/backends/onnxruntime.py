@@ -14,8 +14,7 @@ import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +30,11 @@ __all__ = [
     "as_declared",
     "as_written",
     "check_loads",
+    "graph_of",
     "provider_problem",
     "quiet_session_options",
     "release_freed_memory",
     "session_model",
-    "weights_outside",
 ]
 
 EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
@@ -133,9 +132,7 @@ class OnnxruntimeBackend(Backend):
         """The model as written, at the graph optimization level this backend runs it with (CPU only)."""
         if self.on_gpu:
             return None
-        import onnx
-
-        proto = onnx.load_model(os.fspath(model), load_external_data=False)
+        proto = graph_of(model)
         if self.optimize:
             return CpuGraph(proto, model.resolve().parent, _ALL_OPTIMIZATIONS)
         return CpuGraph(proto, model.resolve().parent, 0, ((_NO_PREPACKING, "1"),))
@@ -384,35 +381,21 @@ def session_model(model: Path, outputs: Sequence[str] | None, options) -> str | 
         return os.fspath(model)
     import onnx
 
-    from graphdoctor.verify.weights_apart import load_apart
-
-    apart = load_apart(model)  # the weights are copied, not parsed and encoded again
-    del apart.graph.graph.output[:]
-    apart.graph.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
+    proto = graph_of(model)
+    del proto.graph.output[:]
+    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
     options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(model.resolve().parent))
-    return apart.serialized()
+    return proto.SerializeToString()
 
 
-@contextmanager
-def weights_outside(model: Path, min_file_bytes: int = 64 * 1024 * 1024) -> Iterator[Path]:
-    """The model, or a temporary copy of it whose weights live in an external-data file.
-
-    Fetching other tensors means a new session per slice, and `session_model` re-reads and re-serializes
-    the graph each time: with weights stored inside a large .onnx file, that copies every weight per run.
-    Moving them out once makes each later session read a small graph and map the weights."""
+def graph_of(model: Path):
+    """The model's proto with no weight parsed that need not be: external data stays external, and the
+    weights inside a file of 64 MiB or more stay in it, as external data of the file itself (graphdoctor.
+    weights_in_place), which ONNX Runtime reads from its folder. Smaller files are parsed whole: their weights
+    inline, two of them merge into one session from any two folders (verify.lockstep)."""
     import onnx
 
-    if model.stat().st_size < min_file_bytes:
-        yield model
-        return
-    proto = onnx.load_model(os.fspath(model), load_external_data=False)
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        yield model  # already external (or mixed): its locations are relative to its own folder
-        return
-    with tempfile.TemporaryDirectory(prefix="graphdoctor-") as folder:
-        target = Path(folder) / model.name
-        onnx.save_model(
-            proto, os.fspath(target), save_as_external_data=True, location=f"{model.name}.data", size_threshold=1024
-        )
-        del proto
-        yield target
+    from graphdoctor.weights_in_place import MERGEABLE_BELOW, parse_leaving_weights
+
+    in_place = parse_leaving_weights(model) if model.stat().st_size >= MERGEABLE_BELOW else None
+    return onnx.load_model(os.fspath(model), load_external_data=False) if in_place is None else in_place
