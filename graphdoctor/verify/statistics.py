@@ -39,7 +39,8 @@ from onnx import TensorProto, helper
 from graphdoctor.analysis.graph import node_label
 from graphdoctor.analysis.ranges import _CHUNK, FP16_FLUSH, FP16_OVERFLOW, TensorRange
 from graphdoctor.errors import first_line
-from graphdoctor.verify.weights_apart import load_apart
+from graphdoctor.verify.weights_apart import GraphApart, load_apart
+from graphdoctor.weights_in_place import parse_leaving_weights
 
 __all__ = [
     "MIN_OPSET",
@@ -223,12 +224,14 @@ class InGraphStatistics:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.add_session_config_entry(EXTERNAL_FOLDER, os.fspath(model_path.resolve().parent))
         try:
-            apart = load_apart(model_path)  # the weights are copied, not parsed and encoded again
+            in_place = parse_leaving_weights(model_path)  # the weights stay in the file, read by ONNX Runtime
+            apart = load_apart(model_path) if in_place is None else GraphApart(in_place, model_path, [])
             self._model_outputs = [o.name for o in apart.graph.graph.output] if keep_outputs else []
             add_statistics(apart.graph, self.names, nonempty_tensors(model), keep_outputs)
             source = apart.serialized()
             del apart
             self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            del source
         except StatisticsUnavailable:
             raise
         except Exception as error:  # onnx and onnxruntime raise their own exception types
