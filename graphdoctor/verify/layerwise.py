@@ -46,7 +46,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,8 +321,7 @@ def _measure(
     when slices were asked for)."""
     slices: list[int] = []
     unavailable = ""
-    with ExitStack() as stack:
-        advance = stack.enter_context(_progress(len(planner.probes), options.progress))
+    with _progress(len(planner.probes), options.progress) as advance:
         pending = planner.probes
         if options.in_graph and options.layers_per_run is None:
             try:
