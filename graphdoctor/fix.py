@@ -125,8 +125,6 @@ def fix(
     from graphdoctor.analysis.types import infer_types
     from graphdoctor.engine import FixPolicy
     from graphdoctor.verify.backends import require_onnxruntime
-    from graphdoctor.verify.compare import detection_task
-    from graphdoctor.verify.layerwise import computes_integers_from_floats
 
     if not dry_run:
         require_onnxruntime("fix (its gate, and the check that what it writes loads)")
@@ -155,9 +153,7 @@ def fix(
         reference_outputs: dict = {}  # the source's outputs on `feeds`, from the ranges' run: the gate's reference
         if fp16 is not None and batches:
             pipeline.ranges = _activation_ranges(source, loaded.model, batches, size_before, reference_outputs)
-        # a detector (recognised beyond doubt) has its FP16 verdicts decided by the detect preset; before the rewrite
-        detection = detection_task("auto", loaded.model) if gate and fp16 is not None else None
-        integers = gate and computes_integers_from_floats(loaded.model)  # else the gate need not look for them
+        detection, integers = _gate_needs(loaded.model, fp16 is not None) if gate else (None, False)
         pipeline.strip_metadata = strip_metadata
         pipeline.run(loaded.model, loaded.path, stated=stated)
         result = functools.partial(_fix_result, source, destination, size_before, dry_run)
@@ -170,6 +166,16 @@ def fix(
             return _write_verified(
                 loaded.model, destination, use_external, pipeline, check, fp16_repairs, result, start, deployed
             )
+
+
+def _gate_needs(model, converting: bool):
+    """What the gate looks for, read before the rewrite: whether the model is a detector (recognised beyond
+    doubt), whose FP16 verdicts the detect preset decides, and whether it computes integer tensors from
+    floats, which are compared exactly. Imported here: without the gate the verifier is never loaded."""
+    from graphdoctor.verify.compare import detection_task
+    from graphdoctor.verify.layerwise import computes_integers_from_floats
+
+    return (detection_task("auto", model) if converting else None), computes_integers_from_floats(model)
 
 
 def _write_verified(
