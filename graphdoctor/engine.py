@@ -229,16 +229,18 @@ def apply_fixes(
     path: Path | None = None,
     target: Target = DEFAULT_TARGET,
     max_rounds: int = 10,
+    well_formed: bool = False,
 ) -> tuple[list[RuleFixes], bool]:
     """Apply the allowed fixes of `rules`, rule by rule, until a whole round changes nothing (a fixed point:
     one rule's fix may expose work for another, as dedup leaves dead Identity nodes). Every rule checks a
     fresh analysis after any change, since cached facts describe the graph before it.
 
     `target` is the runtime the rules check for (GD001's sentinels matter only on TensorRT 8.x).
+    `well_formed`: the caller found no defect in the model, and the analyses do not search for any again.
     Returns what each rule did and whether the fixed point was reached within `max_rounds`."""
     fixers = [rule for rule in rules if can_fix(rule)]
     done = {rule.code: RuleFixes(rule) for rule in fixers}
-    analysis = Analysis(model, path, target=target)
+    analysis = Analysis(model, path, target=target, well_formed=well_formed)
     for _ in range(max_rounds):
         changed = False
         for rule in fixers:
@@ -247,7 +249,7 @@ def apply_fixes(
             chosen = [f for f in _checked(rule, model, context) if policy.allows(f)]
             if chosen and _repair(chosen, model, done[rule.code]):
                 changed = True
-                analysis = Analysis(model, path, target=target)
+                analysis = Analysis(model, path, target=target, well_formed=well_formed)
         if not changed:
             return [fixes for fixes in done.values() if fixes.count], True
     return [fixes for fixes in done.values() if fixes.count], False

@@ -247,13 +247,17 @@ class _Pipeline:
 
         typed = _typed_values(model) if stated is None else stated
         options = self.rule_options if self.fp16_options is None else _keeping_fences(self.rule_options)
-        self.fixes, self.converged = apply_fixes(model, rules or self.rules, self.policy, options, path, self.target)
+        # well formed: `fix` refused malformed input (_refuse_unreadable) before any rule ran
+        fixes = apply_fixes(model, rules or self.rules, self.policy, options, path, self.target, well_formed=True)
+        self.fixes, self.converged = fixes
         if self.fp16_options is not None:
             from graphdoctor.fp16 import convert_to_fp16
 
             self.fp16 = convert_to_fp16(model, self.fp16_options, self.ranges)
             cleanup = select_rules(load_rules(), _FP16_CLEANUP)
-            tidied, converged = apply_fixes(model, cleanup, FixPolicy(), self.rule_options, path, self.target)
+            tidied, converged = apply_fixes(
+                model, cleanup, FixPolicy(), self.rule_options, path, self.target, well_formed=True
+            )
             self.fixes, self.converged = _merged(self.fixes, tidied), self.converged and converged
         _forget_inferred_types(model, typed)
         if self.strip_metadata:
