@@ -87,7 +87,7 @@ class Analysis:
     @cached_property
     def defects(self) -> list[Defect]:
         """What makes the model malformed (GD016 reports them). The engine asks before any rule runs, so they
-        describe the model as read, before shape inference adds types. None for a model the caller found well
+        describe the model as read, before shape inference adds types. Empty for a model the caller found well
         formed: `fix` searched the model as read, and each search after a repair costs as much again (a third of
         a second on BERT-base)."""
         return [] if self.well_formed else find_defects(self.model)
