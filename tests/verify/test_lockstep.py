@@ -199,3 +199,30 @@ def test_sums_of_a_large_tensor_keep_float64_precision(tmp_path: Path):
     expected = np.linalg.norm(cand - ref) / np.linalg.norm(ref)
     assert report.records[0].rel_err == pytest.approx(expected, rel=1e-6)
     assert report.records[0].cosine == pytest.approx(1.0, abs=1e-9)  # a scaled tensor points the same way
+
+
+def test_a_converted_candidate_runs_with_onnx_runtimes_casts_in_place(tmp_path: Path):
+    """ONNX Runtime's CPU provider runs the FP16 chain's MatMuls and Relus in FP32, through Casts it inserts
+    at the end of its node order: merged as they were, the candidate waited for them while every reference
+    tensor waited for its pair. Placed before merging (verify.cpu_casts), each renamed tensor is cast back to
+    FP16 right after its producer, every pair is judged in the graph, and the answers are those of fetching
+    the tensors up to FP16 rounding (a fetched tensor is rounded where it is fetched, and what follows it
+    computes from the rounded value)."""
+    from graphdoctor import api
+    from graphdoctor.fp16 import Fp16Options
+
+    reference, _ = divergence.chain_pair(tmp_path)
+    candidate = tmp_path / "chain.fp16.onnx"
+    api.fix(reference, candidate, fp16=Fp16Options(), verify=False)
+    graph = OnnxruntimeBackend("onnxruntime-cpu").cpu_graph(candidate).proto.graph
+    outputs = [output for node in graph.node for output in node.output]
+    backs = [node for node in graph.node if node.name.endswith("/back")]
+    assert len(graph.node) > len(onnx.load(candidate).graph.node) and backs
+    for back in backs:  # right after the node computing its FP32 value
+        assert outputs.index(back.input[0]) + 1 == outputs.index(back.output[0])
+    in_graph, fetched = both_ways(reference, candidate, OnnxruntimeBackend("onnxruntime-cpu"), "fp16")
+    assert in_graph.in_graph == len(in_graph.records) == 6 and in_graph.runs == 1, in_graph.in_graph_unavailable
+    for ours, theirs in zip(in_graph.records, fetched.records, strict=True):
+        assert (ours.name, ours.passed, ours.shape) == (theirs.name, theirs.passed, theirs.shape)
+        assert ours.max_abs == pytest.approx(theirs.max_abs, rel=0.05, abs=1e-3 * max(theirs.ref_absmax, 1.0))
+    assert (in_graph.first_divergence is None) == (fetched.first_divergence is None)

@@ -132,10 +132,14 @@ class OnnxruntimeBackend(Backend):
         """The model as written, at the graph optimization level this backend runs it with (CPU only)."""
         if self.on_gpu:
             return None
-        proto = graph_of(model)
+        from graphdoctor.verify.cpu_casts import as_placed, holds_low_precision
+
+        proto, folder = graph_of(model), model.resolve().parent
+        if holds_low_precision(proto):  # the Casts this provider inserts, where it runs them (verify.cpu_casts)
+            proto = as_placed(proto, folder)
         if self.optimize:
-            return CpuGraph(proto, model.resolve().parent, _ALL_OPTIMIZATIONS)
-        return CpuGraph(proto, model.resolve().parent, 0, ((_NO_PREPACKING, "1"),))
+            return CpuGraph(proto, folder, _ALL_OPTIMIZATIONS)
+        return CpuGraph(proto, folder, 0, ((_NO_PREPACKING, "1"),))
 
     def _session(self, ort, model: Path, source, options):
         try:
