@@ -129,7 +129,8 @@ class OnnxruntimeBackend(Backend):
         return results
 
     def cpu_graph(self, model: Path) -> CpuGraph | None:
-        """The model as written, at the graph optimization level this backend runs it with (CPU only)."""
+        """The model at the graph optimization level this backend runs it with (CPU only): as written, or, for a
+        low-precision model, with the Casts the CPU provider inserts where it runs them (verify.cpu_casts)."""
         if self.on_gpu:
             return None
         from graphdoctor.verify.cpu_casts import as_placed, holds_low_precision
