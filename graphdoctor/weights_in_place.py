@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 
 from graphdoctor.protowire import LENGTH_DELIMITED, encode_varint, field, fields, read_varint
 
-__all__ = ["parse_leaving_weights"]
+__all__ = ["left_in_place_for_sessions", "parse_leaving_weights"]
 
 _MODEL_GRAPH = 7  # ModelProto.graph
 _GRAPH_INITIALIZER = 5  # GraphProto.initializer
@@ -37,6 +37,13 @@ _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 _VARINT = 0
 MIN_BYTES = 1024  # smaller tensors stay inline
 MERGEABLE_BELOW = 64 * 1024 * 1024  # verify's sessions leave the weights of larger files in place (graph_of)
+
+
+def left_in_place_for_sessions(path: Path) -> bool:
+    """Whether verify's sessions leave this file's weights in it: for files of MERGEABLE_BELOW or more. Smaller
+    files are parsed whole, their weights inline, so that two of them merge into one session from any two
+    folders (verify.lockstep); external data must lie in one folder."""
+    return path.stat().st_size >= MERGEABLE_BELOW
 
 
 def parse_leaving_weights(path: Path) -> onnx.ModelProto | None:

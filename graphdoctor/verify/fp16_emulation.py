@@ -497,9 +497,9 @@ class Bf16EmulationBackend(LowPrecisionEmulationBackend):
 def _prepare(path: Path, key: tuple, storage: LowPrecision, backend: str) -> _Prepared:
     from graphdoctor.analysis.types import infer_types
     from graphdoctor.model import load_model, serialize
-    from graphdoctor.weights_in_place import MERGEABLE_BELOW
+    from graphdoctor.weights_in_place import left_in_place_for_sessions
 
-    loaded = load_model(path, weights_in_place=path.stat().st_size >= MERGEABLE_BELOW)  # as graph_of leaves them
+    loaded = load_model(path, weights_in_place=left_in_place_for_sessions(path))  # as graph_of leaves them
     infer_types(loaded.model)
     folder = path.resolve().parent
     _ask_onnxruntime_for_dtypes(loaded.model, folder)

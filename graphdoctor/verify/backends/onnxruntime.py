@@ -395,12 +395,11 @@ def session_model(model: Path, outputs: Sequence[str] | None, options) -> str | 
 
 def graph_of(model: Path):
     """The model's proto with no weight parsed that need not be: external data stays external, and the
-    weights inside a file of 64 MiB or more stay in it, as external data of the file itself (graphdoctor.
-    weights_in_place), which ONNX Runtime reads from its folder. Smaller files are parsed whole: their weights
-    inline, two of them merge into one session from any two folders (verify.lockstep)."""
+    weights inside a large file stay in it, as external data of the file itself (graphdoctor.weights_in_place),
+    which ONNX Runtime reads from its folder; smaller files are parsed whole (`left_in_place_for_sessions`)."""
     import onnx
 
-    from graphdoctor.weights_in_place import MERGEABLE_BELOW, parse_leaving_weights
+    from graphdoctor.weights_in_place import left_in_place_for_sessions, parse_leaving_weights
 
-    in_place = parse_leaving_weights(model) if model.stat().st_size >= MERGEABLE_BELOW else None
+    in_place = parse_leaving_weights(model) if left_in_place_for_sessions(model) else None
     return onnx.load_model(os.fspath(model), load_external_data=False) if in_place is None else in_place
