@@ -248,8 +248,9 @@ class _Pipeline:
         typed = _typed_values(model) if stated is None else stated
         options = self.rule_options if self.fp16_options is None else _keeping_fences(self.rule_options)
         # well formed: `fix` refused malformed input (_refuse_unreadable) before any rule ran
-        fixes = apply_fixes(model, rules or self.rules, self.policy, options, path, self.target, well_formed=True)
-        self.fixes, self.converged = fixes
+        self.fixes, self.converged = apply_fixes(
+            model, rules or self.rules, self.policy, options, path, self.target, well_formed=True
+        )
         if self.fp16_options is not None:
             from graphdoctor.fp16 import convert_to_fp16
 

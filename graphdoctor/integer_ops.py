@@ -4,10 +4,10 @@ runtime.
 Why: torch exports compute shapes with Shape, Gather, Slice, Concat, Unsqueeze, ConstantOfShape and a little
 integer arithmetic, and GD001 folds them on every lint and every round of `fix`. ONNX's reference runtime
 costs 0.1–0.3 s to import and ~2 ms a node to build, on small models the largest part of a lint or of
-`fix --fp16 --no-verify`. These ops are numpy's own
-functions on integer and bool arrays (the reference runtime calls the same ones), so the results are the
-same, dtype included. Anything outside what is written here (other ops, float or mixed dtypes, an index out
-of range, axes that do not fit) is left to the reference runtime, which decides as before.
+`fix --fp16 --no-verify`. These ops are numpy's own functions on integer and bool arrays (the reference
+runtime calls the same ones), so the results are the same, dtype included. Anything outside what is written
+here (other ops, float or mixed dtypes, an index out of range, axes that do not fit) is left to the reference
+runtime, which decides as before.
 """
 
 from __future__ import annotations

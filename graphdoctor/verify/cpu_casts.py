@@ -49,7 +49,8 @@ def as_placed(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
     placed = _saved_by_onnxruntime(model, folder, known)
     if placed is None:
         return model
-    produced = {name for node in placed.graph.node for name in node.output} | {t.name for t in placed.graph.initializer}
+    initializers = {t.name for t in placed.graph.initializer}
+    produced = {name for node in placed.graph.node for name in node.output} | initializers
     types = _output_types(model)
     nodes: list[onnx.NodeProto] = []
     for node in placed.graph.node:
@@ -59,7 +60,7 @@ def as_placed(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
             if output.startswith(_RENAMED) and name in types and name not in produced:
                 nodes.append(helper.make_node("Cast", [output], [name], name=f"{output}/back", to=types[name]))
     added = [t for t in placed.graph.initializer if t.name not in known]  # Constant nodes become initializers
-    nodes += _dropped(model, nodes, {t.name for t in placed.graph.initializer})
+    nodes += _dropped(model, nodes, initializers)
     written = {name for node in model.graph.node for name in node.output if name}
     if not written <= {name for node in nodes for name in node.output} | {t.name for t in added}:
         logger.info("layer-wise: ONNX Runtime's Casts leave tensors unnamed; the graph is merged as written")
