@@ -1,5 +1,5 @@
 """`python -m graphdoctor` runs the CLI."""
 
-from graphdoctor.cli import main
+from graphdoctor.cli import run
 
-main()
+run()

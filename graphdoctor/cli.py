@@ -25,7 +25,7 @@ from graphdoctor import __version__
 from graphdoctor.errors import GraphDoctorError, Interrupted
 from graphdoctor.targets import DEFAULT_TARGET
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "run"]
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 SEVERITIES = ("error", "warning", "info")
@@ -752,6 +752,39 @@ def main(argv: list[str] | None = None) -> None:
     finally:  # callers in the same process (tests, scripts) get their handlers back
         _restore_handlers(previous)
     sys.exit(code or 0)
+
+
+def run() -> None:
+    """The console command and `python -m graphdoctor`: `main`, then out without tearing the interpreter down.
+    Python's own exit frees every module and object one by one: 0.1-0.15 s after `fix --fp16` of a 12 MiB
+    model, as much as its rule pass. Output is flushed and exit handlers run as at any exit; with another thread
+    still running, or output that cannot be flushed (a closed pipe), the exit is Python's own, which waits for
+    the thread or reports the pipe."""
+    try:
+        main()
+    except SystemExit as exit_info:
+        _leave(exit_info.code)
+
+
+def _leave(code: Any) -> None:
+    import atexit
+    import threading
+
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython's own, what its exit calls first
+    if not isinstance(code, (int, type(None))) or threading.active_count() > 1 or run_exit_handlers is None:
+        sys.exit(code)
+    _flush_or_exit(code)
+    run_exit_handlers()
+    _flush_or_exit(code)
+    os._exit(code or 0)
+
+
+def _flush_or_exit(code: int | None) -> None:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe or stream: Python's exit says so as it always did
+        sys.exit(code)
 
 
 def _restore_handlers(previous: dict) -> None:

@@ -127,6 +127,28 @@ def test_main_turns_graphdoctor_errors_into_exit_two(capsys):
     assert capsys.readouterr().err.startswith("graphdoctor: error: /nonexistent/model.onnx: no such file")
 
 
+LEAVING = """
+import atexit, sys, threading, time
+from graphdoctor.cli import _leave
+atexit.register(lambda: print("exit handler ran", file=sys.stderr))
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished"))).start()
+sys.stdout.write("x" * 300_000 + "\\n")
+_leave(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("thread", ["none", "thread"])
+def test_the_console_exit_keeps_output_handlers_codes_and_threads(thread: str):
+    """`run` leaves without Python's teardown: what is buffered still comes out whole, exit handlers still
+    run, the code is kept, and a thread still running is waited for (Python's own exit then)."""
+    completed = subprocess.run([sys.executable, "-c", LEAVING, thread, "3"], capture_output=True, text=True)
+    assert completed.returncode == 3
+    assert completed.stdout.startswith("x" * 300_000 + "\n")
+    assert "exit handler ran" in completed.stderr
+    assert ("thread finished" in completed.stdout) == (thread == "thread")
+
+
 def test_lint_path_never_imports_heavy_modules(double_path: Path):
     """lint must start fast: no torch, onnxsim or tensorrt on its import path, and sympy (which onnx-ir
     imports) left a placeholder until something asks for it."""
