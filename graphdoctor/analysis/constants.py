@@ -18,13 +18,36 @@ __all__ = ["const_array", "const_tensor", "iter_constant_values", "stored_bytes"
 
 
 def const_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
-    """The tensor behind an initializer or a Constant node's output; None for anything else."""
+    """The tensor behind an initializer or a Constant node's output; None for anything else.
+
+    A Constant's `value` tensor is taken as onnx-ir's `get_const_tensor` takes it, without the check of its
+    type against `TensorProtocol`, a runtime protocol: that check cost 0.03 s per rule pass on yolov8n's 300
+    Constants. Other Constants (value_floats, ...) and tensors of other classes go through onnx-ir."""
     if value is None:
         return None
+    if value.const_value is not None:
+        return value.const_value
+    tensor = _constant_value_tensor(value)
+    if tensor is not None:
+        return tensor
     try:
         return ir.convenience.get_const_tensor(value)
     except (ValueError, TypeError):  # a malformed Constant node (an attribute of the wrong type; GD016 names it)
         return None
+
+
+_TENSOR_CLASSES = (ir.Tensor, ir.TensorProtoTensor, ir.ExternalTensor, ir.LazyTensor, ir.PackedTensor, ir.StringTensor)
+
+
+def _constant_value_tensor(value: ir.Value) -> ir.TensorProtocol | None:
+    node = value.producer()
+    if node is None or node.op_type != "Constant" or node.domain != "" or len(node.outputs) != 1:
+        return None
+    attribute = node.attributes.get("value") if len(node.attributes) == 1 else None
+    if attribute is None or attribute.is_ref() or not isinstance(attribute.value, _TENSOR_CLASSES):
+        return None
+    attribute.value.name = value.name  # as onnx-ir names it
+    return attribute.value
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:
