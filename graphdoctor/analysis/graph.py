@@ -32,12 +32,19 @@ def iter_graph_sites(model: ir.Model) -> Iterator[GraphSite]:
 def _with_subgraphs(graph: ir.Graph | ir.Function, path: str) -> Iterator[GraphSite]:
     yield graph, path
     for node in graph:
-        for attr in node.attributes.values():
+        for attr in _attribute_values(node):
             if attr.type == ir.AttributeType.GRAPH:
                 yield from _with_subgraphs(attr.value, _join(path, f"{node_label(node)}.{attr.name}"))
             elif attr.type == ir.AttributeType.GRAPHS:
                 for i, subgraph in enumerate(attr.value):
                     yield from _with_subgraphs(subgraph, _join(path, f"{node_label(node)}.{attr.name}[{i}]"))
+
+
+def _attribute_values(node: ir.Node):
+    """The node's attributes, read from the dict inside onnx-ir's `Attributes` (a UserDict) where it has one:
+    three times faster to walk, and every rule walks every node's attributes looking for subgraphs."""
+    attributes = node.attributes
+    return getattr(attributes, "data", attributes).values()
 
 
 def _join(path: str, part: str) -> str:
@@ -48,7 +55,7 @@ def subgraph_owners(nodes: Iterable[ir.Node]) -> dict[int, ir.Node]:
     """id(subgraph) -> the node (If, Loop, Scan) holding it as an attribute."""
     owners: dict[int, ir.Node] = {}
     for node in nodes:
-        for attr in node.attributes.values():
+        for attr in _attribute_values(node):
             if attr.type == ir.AttributeType.GRAPH:
                 owners[id(attr.value)] = node
             elif attr.type == ir.AttributeType.GRAPHS:
