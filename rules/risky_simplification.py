@@ -63,9 +63,6 @@ from graphdoctor.simplify import (
     installed_simplifiers,
     run_simplifier,
 )
-from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
-from graphdoctor.verify.compare import compare_outputs
-from graphdoctor.verify.inputs import generate_inputs, input_specs
 from graphdoctor.verify.metrics import PRESETS, TensorComparison
 
 __all__ = ["META", "Options", "check"]
@@ -259,7 +256,11 @@ def _input_sets(
     The first set is the lint's sample inputs, else generated ones; the original runs on it twice, since a model
     with random ops (Dropout in training mode) differs from itself and no comparison would mean anything. When
     the model has dynamic dims, a second set at other sizes catches a dim that the simplifier folded into a
-    constant while the declared shape stayed dynamic; it is dropped when the original does not run there."""
+    constant while the declared shape stayed dynamic; it is dropped when the original does not run there.
+    The verifier is imported here: only `lint --deep` runs this rule, and every other command loads it."""
+    from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
+    from graphdoctor.verify.inputs import generate_inputs
+
     backend = OnnxruntimeBackend("onnxruntime-cpu", optimize=False)
     try:
         feeds = dict(sample_inputs) if sample_inputs is not None else generate_inputs(model, seed=seed)
@@ -286,6 +287,8 @@ def _input_sets(
 
 def _self_disagreement(model: ir.Model, first: Mapping[str, np.ndarray], again: Mapping[str, np.ndarray]) -> str:
     """Why the original's outputs cannot serve as a reference: they change from run to run; '' when they do not."""
+    from graphdoctor.verify.compare import compare_outputs
+
     differing = [c for c in compare_outputs(first, again, _TOLERANCE) if not c.passed]
     if not differing:
         return ""
@@ -300,6 +303,8 @@ def _self_disagreement(model: ir.Model, first: Mapping[str, np.ndarray], again: 
 def _other_sizes(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     """Input shapes with every dynamic dim at another size, a symbolic name keeping one size across inputs; empty
     when no input has a dynamic dim. Sizes go down where they can (a sequence past the position table fails)."""
+    from graphdoctor.verify.inputs import input_specs
+
     shapes: dict[str, tuple[int, ...]] = {}
     by_symbol: dict[str, int] = {}
     for spec in input_specs(model):
@@ -342,6 +347,10 @@ def _output_changes(
 ) -> Iterator[Finding]:
     """Changed outputs, each reported once: at the first input set, or, when it only differs at the second (other
     sizes of the dynamic dims), as a dim frozen inside the graph."""
+    from graphdoctor.verify.backends.onnxruntime import OnnxruntimeBackend
+    from graphdoctor.verify.compare import compare_outputs
+    from graphdoctor.verify.inputs import input_specs
+
     accepted = {spec.name for spec in input_specs(simplified.model)}
     reported: set[str] = set()
     for index, input_set in enumerate(input_sets):
