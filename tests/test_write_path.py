@@ -337,3 +337,31 @@ def test_what_onnxs_checker_rejects_is_not_written(tmp_path, gd):
     code, _, err = gd("fix", tmp_path / "in" / "old.onnx", "-o", tmp_path / "out.onnx", "--no-verify")
     assert code == 2 and "fails ONNX's checker" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out.onnx").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("location", "length", "refused"),
+    [
+        ("out.onnx.data", 64, False),
+        ("weights.bin", 64, True),
+        ("out.onnx.data", 65, True),
+        ("out.onnx.data", None, True),
+    ],
+)
+def test_a_reference_outside_the_own_data_file_is_refused(tmp_path: Path, location, length, refused):
+    """The last check before a staged model counts as written: every external reference lies in its own data
+    file, within its length (the protobuf as serialized is read, so a reference is judged as it is written)."""
+    from graphdoctor.model import check_references
+
+    (tmp_path / "out.onnx.data").write_bytes(bytes(64))
+    tensor = onnx.TensorProto(name="W", data_type=onnx.TensorProto.FLOAT, dims=[16])
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entries = {"location": location, "offset": "0", **({"length": str(length)} if length is not None else {})}
+    for key, value in entries.items():
+        tensor.external_data.add(key=key, value=value)
+    proto = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], initializer=[tensor]))
+    if not refused:
+        check_references(proto, tmp_path / "out.onnx", "out.onnx.data")
+        return
+    with pytest.raises(GraphDoctorError, match="the model as written would not load: tensor 'W' refers to"):
+        check_references(proto, tmp_path / "out.onnx", "out.onnx.data")
