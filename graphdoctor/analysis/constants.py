@@ -21,8 +21,8 @@ def const_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
     """The tensor behind an initializer or a Constant node's output; None for anything else.
 
     A Constant's `value` tensor is taken as onnx-ir's `get_const_tensor` takes it, without the check of its
-    type against `TensorProtocol`, a runtime protocol: that check cost 0.03 s per rule pass on yolov8n's 300
-    Constants. Other Constants (value_floats, ...) and tensors of other classes go through onnx-ir."""
+    type against `TensorProtocol`, a runtime protocol: 88 µs a call, where the rules of one pass over yolov8n
+    ask 700 times (0.06 s). Other Constants (value_floats, ...) and tensors of other classes go through onnx-ir."""
     if value is None:
         return None
     if value.const_value is not None:
