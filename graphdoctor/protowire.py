@@ -4,11 +4,12 @@ parsing them (verify.weights_apart, weights_in_place) and to forge encodings in 
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-__all__ = ["LENGTH_DELIMITED", "encode_varint", "field", "fields", "read_varint"]
+__all__ = ["LENGTH_DELIMITED", "encode_varint", "field", "fields", "read_varint", "rewrite_main_graph", "wire_type"]
 
 LENGTH_DELIMITED = 2  # the wire type of strings, bytes and embedded messages
+_MODEL_GRAPH = 7  # ModelProto.graph
 
 
 def fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
@@ -34,6 +35,25 @@ def fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, in
         if position > end:
             raise ValueError(f"a field at byte {begin} runs past the end: not an ONNX model")
         yield key >> 3, begin, payload, position
+
+
+def rewrite_main_graph(data: mmap.mmap, change: Callable[[int, int, int, int], bytes]) -> bytes:
+    """The encoded ModelProto in `data` with each field of its main graph replaced by what `change(number,
+    begin, payload, end)` returns for it (`data[begin:end]` keeps it, b"" drops it); the model's other fields
+    are copied as they are."""
+    kept: list[bytes] = []
+    for number, begin, payload, end in fields(data, 0, len(data)):
+        if number != _MODEL_GRAPH or wire_type(data, begin) != LENGTH_DELIMITED:
+            kept.append(data[begin:end])
+            continue
+        graph = [change(*inner) for inner in fields(data, payload, end)]
+        kept.append(field(_MODEL_GRAPH, b"".join(graph)))
+    return b"".join(kept)
+
+
+def wire_type(data: bytes | mmap.mmap, begin: int) -> int:
+    """The wire type of the field whose encoding begins at `begin`."""
+    return read_varint(data, begin)[0] & 7
 
 
 def read_varint(data: bytes | mmap.mmap, position: int) -> tuple[int, int]:

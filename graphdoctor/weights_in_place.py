@@ -25,11 +25,10 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from graphdoctor.protowire import LENGTH_DELIMITED, encode_varint, field, fields, read_varint
+from graphdoctor.protowire import LENGTH_DELIMITED, encode_varint, field, fields, rewrite_main_graph, wire_type
 
 __all__ = ["left_in_place_for_sessions", "parse_leaving_weights"]
 
-_MODEL_GRAPH = 7  # ModelProto.graph
 _GRAPH_INITIALIZER = 5  # GraphProto.initializer
 _RAW_DATA, _EXTERNAL_DATA, _DATA_LOCATION = 9, 13, 14  # TensorProto's fields
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2  # StringStringEntryProto's
@@ -73,21 +72,17 @@ def parse_leaving_weights(path: Path) -> onnx.ModelProto | None:
 
 def _cut(data: mmap.mmap, location: bytes) -> tuple[bytes, int]:
     """The encoded model with the weights left in place, and how many were."""
-    kept: list[bytes] = []
     left = 0
-    for number, begin, payload, end in fields(data, 0, len(data)):
-        if number != _MODEL_GRAPH or _wire_type(data, begin) != LENGTH_DELIMITED:
-            kept.append(data[begin:end])
-            continue
-        graph: list[bytes] = []
-        for inner, field_begin, inner_payload, field_end in fields(data, payload, end):
-            tensor = None
-            if inner == _GRAPH_INITIALIZER and _wire_type(data, field_begin) == LENGTH_DELIMITED:
-                tensor = _in_place(data, inner_payload, field_end, location)
-            graph.append(data[field_begin:field_end] if tensor is None else field(_GRAPH_INITIALIZER, tensor))
-            left += tensor is not None
-        kept.append(field(_MODEL_GRAPH, b"".join(graph)))
-    return b"".join(kept), left
+
+    def leave_in_place(number: int, begin: int, payload: int, end: int) -> bytes:
+        nonlocal left
+        tensor = None
+        if number == _GRAPH_INITIALIZER and wire_type(data, begin) == LENGTH_DELIMITED:
+            tensor = _in_place(data, payload, end, location)
+        left += tensor is not None
+        return data[begin:end] if tensor is None else field(_GRAPH_INITIALIZER, tensor)
+
+    return rewrite_main_graph(data, leave_in_place), left
 
 
 def _in_place(data: mmap.mmap, start: int, end: int, location: bytes) -> bytes | None:
@@ -99,7 +94,7 @@ def _in_place(data: mmap.mmap, start: int, end: int, location: bytes) -> bytes |
         if number in (_EXTERNAL_DATA, _DATA_LOCATION):
             return None  # external data already (or a data location we do not read)
         if number == _RAW_DATA:
-            if raw is not None or _wire_type(data, begin) != LENGTH_DELIMITED:
+            if raw is not None or wire_type(data, begin) != LENGTH_DELIMITED:
                 return None
             raw = (payload, stop)
         else:
@@ -126,7 +121,3 @@ def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
     if any(d < 0 for d in tensor.dims):
         return None
     return math.prod(tensor.dims) * int(dtype.itemsize)
-
-
-def _wire_type(data: mmap.mmap, begin: int) -> int:
-    return read_varint(data, begin)[0] & 7

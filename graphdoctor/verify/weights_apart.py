@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from graphdoctor.protowire import LENGTH_DELIMITED, encode_varint, field, fields
+from graphdoctor.protowire import LENGTH_DELIMITED, encode_varint, rewrite_main_graph
 
 __all__ = ["GraphApart", "load_apart"]
 
@@ -70,17 +70,12 @@ def load_apart(path: str | os.PathLike[str]) -> GraphApart:
 
 def _cut(data: mmap.mmap) -> tuple[bytes, list[tuple[int, int]]]:
     """The encoded model less its main graph's weights, and the byte ranges of those weights' fields."""
-    kept: list[bytes] = []
     weights: list[tuple[int, int]] = []
-    for number, begin, payload, end in fields(data, 0, len(data)):
-        if number != _MODEL_GRAPH:
-            kept.append(data[begin:end])
-            continue
-        graph: list[bytes] = []
-        for inner, field_begin, _, field_end in fields(data, payload, end):
-            if inner in _GRAPH_WEIGHTS:
-                weights.append((field_begin, field_end))
-            else:
-                graph.append(data[field_begin:field_end])
-        kept.append(field(_MODEL_GRAPH, b"".join(graph)))
-    return b"".join(kept), weights
+
+    def leave_weights(number: int, begin: int, _payload: int, end: int) -> bytes:
+        if number in _GRAPH_WEIGHTS:
+            weights.append((begin, end))
+            return b""
+        return data[begin:end]
+
+    return rewrite_main_graph(data, leave_weights), weights
