@@ -30,13 +30,15 @@ def _model(tmp_path: Path) -> Path:
     return save(fp16_cases.scaled_by(2.0), tmp_path / "model.onnx")
 
 
-def test_a_crash_of_the_default_session_blocks_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The child, started before the rules ran, crashes on the staged model: nothing is written, nothing left."""
+@pytest.mark.parametrize("verify", [False, True])
+def test_a_crash_of_the_default_session_blocks_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verify):
+    """The child, started before the rules ran, crashes on the staged model: nothing is written, nothing left;
+    with the gate too, which passes while the child runs beside it."""
     assert "options = ort.SessionOptions()" in ort_backend._DEFAULT_SESSION
     monkeypatch.setattr(ort_backend, "_DEFAULT_SESSION", _CRASHING_SESSION)
     path, output = _model(tmp_path), tmp_path / "out.onnx"
     with pytest.raises(GraphDoctorError, match=r"ONNX Runtime crashed \(signal 11\).*; nothing was written$"):
-        api.fix(path, output, fp16=Fp16Options(), verify=False)
+        api.fix(path, output, fp16=Fp16Options(), verify=verify)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
