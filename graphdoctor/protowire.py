@@ -6,10 +6,20 @@ from __future__ import annotations
 import mmap
 from collections.abc import Callable, Iterator
 
-__all__ = ["LENGTH_DELIMITED", "encode_varint", "field", "fields", "read_varint", "rewrite_main_graph", "wire_type"]
+__all__ = [
+    "LENGTH_DELIMITED",
+    "MODEL_GRAPH",
+    "encode_varint",
+    "field",
+    "field_header",
+    "fields",
+    "read_varint",
+    "rewrite_main_graph",
+    "wire_type",
+]
 
 LENGTH_DELIMITED = 2  # the wire type of strings, bytes and embedded messages
-_MODEL_GRAPH = 7  # ModelProto.graph
+MODEL_GRAPH = 7  # ModelProto.graph
 
 
 def fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
@@ -43,11 +53,11 @@ def rewrite_main_graph(data: mmap.mmap, change: Callable[[int, int, int, int], b
     are copied as they are."""
     kept: list[bytes] = []
     for number, begin, payload, end in fields(data, 0, len(data)):
-        if number != _MODEL_GRAPH or wire_type(data, begin) != LENGTH_DELIMITED:
+        if number != MODEL_GRAPH or wire_type(data, begin) != LENGTH_DELIMITED:
             kept.append(data[begin:end])
             continue
         graph = [change(*inner) for inner in fields(data, payload, end)]
-        kept.append(field(_MODEL_GRAPH, b"".join(graph)))
+        kept.append(field(MODEL_GRAPH, b"".join(graph)))
     return b"".join(kept)
 
 
@@ -72,7 +82,12 @@ def read_varint(data: bytes | mmap.mmap, position: int) -> tuple[int, int]:
 
 def field(number: int, payload: bytes) -> bytes:
     """A length-delimited field: its key, its length, its bytes."""
-    return b"".join([encode_varint(number << 3 | LENGTH_DELIMITED), encode_varint(len(payload)), payload])
+    return field_header(number, len(payload)) + payload
+
+
+def field_header(number: int, length: int) -> bytes:
+    """The key and length of a length-delimited field whose `length` bytes of payload follow."""
+    return encode_varint(number << 3 | LENGTH_DELIMITED) + encode_varint(length)
 
 
 def encode_varint(value: int) -> bytes:

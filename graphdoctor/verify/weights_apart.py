@@ -18,11 +18,10 @@ from pathlib import Path
 
 import onnx
 
-from graphdoctor.protowire import LENGTH_DELIMITED, encode_varint, rewrite_main_graph
+from graphdoctor.protowire import MODEL_GRAPH, field_header, rewrite_main_graph
 
 __all__ = ["GraphApart", "load_apart"]
 
-_MODEL_GRAPH = 7  # ModelProto.graph
 _GRAPH_WEIGHTS = frozenset({5, 15})  # GraphProto.initializer, GraphProto.sparse_initializer
 
 
@@ -42,7 +41,7 @@ class GraphApart:
         if not self.weights:
             return light
         length = sum(end - begin for begin, end in self.weights)
-        header = encode_varint(_MODEL_GRAPH << 3 | LENGTH_DELIMITED) + encode_varint(length)
+        header = field_header(MODEL_GRAPH, length)
         with (
             open(self.path, "rb") as file,
             mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data,
